@@ -1,0 +1,301 @@
+"""Checkpoint I/O: find weight files, detect the layout, map names, transpose Linear weights, report clearly.
+
+Layouts (got_spec.md section 6), detected from the parameter names:
+- `paddle`: ours and PaddleMIX's (`qwen2.*`, `lm_head.weight`), Paddle Linear layout `[in, out]`;
+- `got`: the original PyTorch GOT release (`model.*`, `model.vision_tower_high.*`, `lm_head.weight`);
+- `hf`: Hugging Face `got_ocr2` (`vision_tower.*`, `multi_modal_projector.*`, `language_model.*`).
+PyTorch Linear weights are `[out, in]`: every 2-D `*.weight` except the token embedding is transposed.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import paddle
+from safetensors import safe_open
+from safetensors.paddle import save_file
+from tqdm import tqdm
+
+from .config import CONFIG_NAME, GOTConfig
+from .errors import CheckpointError
+from .logger import logger
+
+SAFETENSORS_NAME = "model.safetensors"
+WEIGHT_FILES = (
+    # (file or index name, format)
+    ("model.safetensors.index.json", "safetensors"),
+    (SAFETENSORS_NAME, "safetensors"),
+    ("pytorch_model.bin.index.json", "torch"),
+    ("pytorch_model.bin", "torch"),
+    ("model_state.pdparams", "pdparams"),
+)
+# Files copied along by the converter: everything a tokenizer or processor needs.
+TOKENIZER_FILES = (
+    "qwen.tiktoken",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "generation_config.json",
+)
+EMBEDDING_NAME = "qwen2.embed_tokens.weight"
+LM_HEAD_NAME = "lm_head.weight"
+# Buffers some exports carry that our model recomputes.
+IGNORED_NAME_PATTERN = re.compile(r"rotary_emb\.inv_freq$")
+LISTED_NAMES = 5
+
+# Hugging Face -> ours, applied in order to names that start with the key.
+_HF_PREFIXES = (
+    ("language_model.model.", "qwen2."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision_tower.patch_embed.projection.", "qwen2.vision_tower_high.patch_embed.proj."),
+    ("vision_tower.pos_embed", "qwen2.vision_tower_high.pos_embed"),
+    ("vision_tower.layers.", "qwen2.vision_tower_high.blocks."),
+    ("vision_tower.neck.conv1.", "qwen2.vision_tower_high.neck.0."),
+    ("vision_tower.neck.layer_norm1.", "qwen2.vision_tower_high.neck.1."),
+    ("vision_tower.neck.conv2.", "qwen2.vision_tower_high.neck.2."),
+    ("vision_tower.neck.layer_norm2.", "qwen2.vision_tower_high.neck.3."),
+    ("multi_modal_projector.conv_upsampler1.", "qwen2.vision_tower_high.net_2."),
+    ("multi_modal_projector.conv_upsampler2.", "qwen2.vision_tower_high.net_3."),
+    ("multi_modal_projector.multimodal_projector.", "qwen2.mm_projector_vary."),
+)
+_HF_BLOCK_NORMS = re.compile(r"(\.blocks\.\d+\.)layer_norm([12])\.")
+
+
+def _hf_name(name: str) -> str:
+    for source, target in _HF_PREFIXES:
+        if name.startswith(source):
+            name = target + name[len(source):]
+            break
+    return _HF_BLOCK_NORMS.sub(r"\1norm\2.", name)
+
+
+def _got_name(name: str) -> str:
+    return "qwen2." + name[len("model."):] if name.startswith("model.") else name
+
+
+def detect_layout(names: List[str]) -> str:
+    """Return "paddle", "got" or "hf" from a checkpoint's parameter names; CheckpointError if none fits."""
+    if any(n.startswith("qwen2.") for n in names):
+        return "paddle"
+    if any(n.startswith(("language_model.", "vision_tower.", "multi_modal_projector.")) for n in names):
+        return "hf"
+    if any(n.startswith("model.") for n in names):
+        return "got"
+    shown = ", ".join(sorted(names)[:LISTED_NAMES]) or "no parameters"
+    raise CheckpointError(
+        f"Unknown checkpoint layout: expected names starting with qwen2., model. or language_model./vision_tower., "
+        f"found {shown}."
+    )
+
+
+def needs_transpose(our_name: str, layout: str) -> bool:
+    """True for PyTorch Linear weights (2-D `*.weight` other than the token embedding)."""
+    return layout != "paddle" and our_name.endswith(".weight") and our_name != EMBEDDING_NAME
+
+
+class WeightSource:
+    """Lazy access to a checkpoint's tensors (as paddle tensors), whatever the file format."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.fmt, self.files = self._find_files(directory)
+        self._cache: Dict[str, paddle.Tensor] = {}
+        self._where: Dict[str, str] = {}
+        if self.fmt == "safetensors":
+            for file in self.files:
+                with self._open_safetensors(file) as handle:
+                    for name in handle.keys():
+                        self._where[name] = file
+        else:
+            for file in self.files:
+                for name, tensor in self._load_whole(file).items():
+                    self._cache[name] = tensor
+                    self._where[name] = file
+
+    @staticmethod
+    def _find_files(directory: str) -> Tuple[str, List[str]]:
+        if not os.path.isdir(directory):
+            raise CheckpointError(f"Checkpoint directory {directory} does not exist.")
+        for file_name, fmt in WEIGHT_FILES:
+            path = os.path.join(directory, file_name)
+            if not os.path.isfile(path):
+                continue
+            if file_name.endswith(".index.json"):
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        shards = sorted(set(json.load(f)["weight_map"].values()))
+                except (OSError, ValueError, KeyError, AttributeError) as err:
+                    raise CheckpointError(f"Cannot read the shard index {path}: {err}.") from None
+                missing = [s for s in shards if not os.path.isfile(os.path.join(directory, s))]
+                if missing:
+                    raise CheckpointError(f"Shard {missing[0]} listed in {path} is missing.")
+                return fmt, [os.path.join(directory, s) for s in shards]
+            return fmt, [path]
+        expected = ", ".join(name for name, _ in WEIGHT_FILES)
+        raise CheckpointError(f"No weights found in {directory}: expected one of {expected}.")
+
+    @staticmethod
+    def _open_safetensors(file: str):
+        try:
+            return safe_open(file, framework="paddle")
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(f"Cannot read {file}: {err}.") from None
+
+    @staticmethod
+    def _load_whole(file: str) -> Dict[str, paddle.Tensor]:
+        if file.endswith(".pdparams"):
+            try:
+                return dict(paddle.load(file))
+            except Exception as err:
+                raise CheckpointError(f"Cannot read {file}: {err}.") from None
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(
+                f"{file} is a PyTorch file: install torch to read it, or convert it to safetensors."
+            ) from None
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"Cannot read {file}: {err}.") from None
+        converted = {}
+        for name, tensor in state.items():
+            dtype = str(tensor.dtype).replace("torch.", "")
+            converted[name] = paddle.to_tensor(tensor.float().numpy()).astype(dtype)
+        return converted
+
+    def names(self) -> List[str]:
+        """Every parameter name in the checkpoint."""
+        return list(self._where)
+
+    def get(self, name: str) -> paddle.Tensor:
+        """One tensor, read from disk on demand."""
+        if name in self._cache:
+            return self._cache[name]
+        with self._open_safetensors(self._where[name]) as handle:
+            return handle.get_tensor(name)
+
+
+def _list(names) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:LISTED_NAMES])
+    return shown + (f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else "")
+
+
+def _tensors_equal(first: paddle.Tensor, second: paddle.Tensor) -> bool:
+    return first.shape == second.shape and bool((first == second).all())
+
+
+SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_pretrained(model_class: type, path: str, dtype: str = "float32"):
+    """Build `model_class` from a local directory in any layout; returns the model in eval mode and `dtype`."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise CheckpointError(f"Unsupported dtype {dtype!r}: choose one of {', '.join(SUPPORTED_DTYPES)}.")
+    config = GOTConfig.from_pretrained(path)
+    source = WeightSource(path)
+    layout = detect_layout(source.names())
+    rename: Callable[[str], str] = {"paddle": lambda n: n, "got": _got_name, "hf": _hf_name}[layout]
+    our_names = {}
+    for name in source.names():
+        if IGNORED_NAME_PATTERN.search(name):
+            continue
+        our_names[rename(name)] = name
+
+    # The original release stores lm_head although its config says tied: tie only when it equals the embedding.
+    has_head = LM_HEAD_NAME in our_names
+    tied = not has_head
+    if has_head and EMBEDDING_NAME in our_names:
+        head = source.get(our_names[LM_HEAD_NAME])
+        embedding = source.get(our_names[EMBEDDING_NAME])
+        tied = _tensors_equal(head.T if layout == "paddle" else head, embedding)
+        if tied:
+            del our_names[LM_HEAD_NAME]
+        else:
+            logger.info("lm_head.weight differs from the token embedding: keeping it as an untied output head.")
+    config.tie_word_embeddings = tied
+
+    with paddle.LazyGuard():
+        model = model_class(config)
+    parameters = model.state_dict()
+    missing = set(parameters) - set(our_names)
+    unexpected = set(our_names) - set(parameters)
+    if missing:
+        raise CheckpointError(f"The checkpoint in {path} lacks parameters the model needs: {_list(missing)}.")
+    if unexpected:
+        raise CheckpointError(f"The checkpoint in {path} has parameters the model does not know: {_list(unexpected)}.")
+
+    for our_name, parameter in tqdm(parameters.items(), desc="Loading weights", unit="tensor", leave=False):
+        tensor = source.get(our_names[our_name])
+        if needs_transpose(our_name, layout) and tensor.ndim == 2:
+            tensor = tensor.T
+        if list(tensor.shape) != list(parameter.shape):
+            raise CheckpointError(
+                f"Shape mismatch for {our_name}: the model expects {list(parameter.shape)}, "
+                f"the checkpoint has {list(tensor.shape)}."
+            )
+        parameter.set_value(tensor.astype(parameter.dtype))
+    model.to(dtype=dtype)
+    model.eval()
+    logger.info(f"Loaded {path} ({layout} layout, {source.fmt}, {len(parameters)} tensors, {dtype}).")
+    return model
+
+
+def _replace_into(source_dir: str, destination: str) -> None:
+    """Move every file of `source_dir` into `destination` with atomic renames, then remove `source_dir`."""
+    os.makedirs(destination, exist_ok=True)
+    for file_name in os.listdir(source_dir):
+        os.replace(os.path.join(source_dir, file_name), os.path.join(destination, file_name))
+    os.rmdir(source_dir)
+
+
+def staging_dir(destination: str) -> str:
+    """A fresh temporary directory next to `destination` (same filesystem, so renames are atomic)."""
+    parent = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".staging-", dir=parent)
+
+
+def save_pretrained(model, directory: str, extra_files: Optional[Iterator[str]] = None) -> None:
+    """Write config.json + model.safetensors (our layout) into `directory`; files appear only when complete.
+
+    `extra_files` are paths copied along (tokenizer files). Nothing is left behind if writing fails.
+    """
+    staging = staging_dir(directory)
+    try:
+        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state, os.path.join(staging, SAFETENSORS_NAME), metadata={"format": "paddle"})
+        model.config.save_pretrained(staging)
+        for file in extra_files or ():
+            shutil.copy2(file, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _replace_into(staging, directory)
+
+
+def tokenizer_files(directory: str) -> List[str]:
+    """The tokenizer/processor files present in `directory`."""
+    return [os.path.join(directory, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, f))]
+
+
+def convert_checkpoint(source: str, destination: str, dtype: str = "float32") -> None:
+    """Load `source` (any layout, logged) and write it to `destination` in ours, tokenizer files included.
+
+    Nothing is written if loading fails.
+    """
+    from .modeling.got import GOTQwenForCausalLM
+
+    if os.path.abspath(source) == os.path.abspath(destination):
+        raise CheckpointError("--src and --dst must be different directories.")
+    model = GOTQwenForCausalLM.from_pretrained(source, dtype=dtype)
+    save_pretrained(model, destination, extra_files=tokenizer_files(source))

@@ -1,0 +1,132 @@
+"""GOTQwenForCausalLM: encode tiles -> project -> fill the `<imgpad>` slots -> Qwen2 decoder -> logits / loss.
+
+Names follow PaddleMIX (`qwen2.vision_tower_high`, `qwen2.mm_projector_vary`, `qwen2.layers.N...`, `lm_head`) so
+its checkpoints load unchanged; `paddle_got.checkpoint` maps the PyTorch and Hugging Face layouts onto them.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..config import GOTConfig
+from ..constants import IGNORE_INDEX
+from .qwen2 import KVCache, Qwen2Model
+from .vision import GOTVisionEncoder
+
+
+@dataclass
+class GOTCausalLMOutput:
+    """`logits` `[batch, seq, vocab]` float32; `loss` a float32 scalar when labels were given."""
+
+    logits: paddle.Tensor
+    loss: Optional[paddle.Tensor] = None
+    past_key_values: Optional[KVCache] = None
+
+
+class GOTQwenModel(Qwen2Model):
+    """The Qwen2 decoder plus the vision tower and the projector that feed it."""
+
+    def __init__(self, config: GOTConfig):
+        super().__init__(config)
+        self.vision_tower_high = GOTVisionEncoder(config.vision_config, output_dim=config.hidden_size)
+        self.mm_projector_vary = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def encode_images(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
+        """Tiles `[T, 3, S, S]` -> projected features `[T, tokens_per_tile, hidden]`."""
+        return self.mm_projector_vary(self.vision_tower_high(pixel_values))
+
+    def embed(self, input_ids: paddle.Tensor, image_features: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        """Token embeddings `[B, L, hidden]` with the `<imgpad>` slots replaced by `image_features` in order.
+
+        `image_features` is `[T, tokens_per_tile, hidden]`; the number of features must equal the number of slots.
+        """
+        inputs_embeds = self.embed_tokens(input_ids)
+        slots = input_ids == self.config.im_patch_token
+        num_slots = int(slots.astype("int64").sum())
+        num_features = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        if num_slots != num_features:
+            raise ValueError(
+                f"The prompt has {num_slots} image slots but the images give {num_features} features "
+                f"({self.config.image_tokens_per_tile} per tile)."
+            )
+        if num_slots == 0:
+            return inputs_embeds
+        features = image_features.reshape([-1, inputs_embeds.shape[-1]]).astype(inputs_embeds.dtype)
+        return paddle.masked_scatter(inputs_embeds, slots.unsqueeze(-1).expand_as(inputs_embeds), features)
+
+
+class GOTQwenForCausalLM(nn.Layer):
+    """The whole GOT-OCR2.0 model. Build with a `GOTConfig`, or load with `from_pretrained(path)`."""
+
+    def __init__(self, config: GOTConfig):
+        super().__init__()
+        self.config = config
+        self.qwen2 = GOTQwenModel(config)
+        self.lm_head = None
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: str = "float32") -> "GOTQwenForCausalLM":
+        """Load a local checkpoint directory in any supported layout (see `paddle_got.checkpoint`)."""
+        from ..checkpoint import load_pretrained
+
+        return load_pretrained(cls, path, dtype)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write our layout (config.json + model.safetensors) atomically into `directory`."""
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+    def compute_logits(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
+        """`[B, L, hidden]` -> float32 logits `[B, L, vocab]` (tied to the embedding unless an lm_head exists)."""
+        if self.lm_head is not None:
+            logits = self.lm_head(hidden_states)
+        else:
+            logits = paddle.matmul(hidden_states, self.qwen2.embed_tokens.weight, transpose_y=True)
+        return logits.astype("float32")
+
+    def forward(
+        self,
+        input_ids: paddle.Tensor,
+        pixel_values: Optional[paddle.Tensor] = None,
+        attention_mask: Optional[paddle.Tensor] = None,
+        position_ids: Optional[paddle.Tensor] = None,
+        labels: Optional[paddle.Tensor] = None,
+        past_key_values: Optional[KVCache] = None,
+        image_features: Optional[paddle.Tensor] = None,
+        last_logits_only: bool = False,
+    ) -> GOTCausalLMOutput:
+        """Logits (and loss when `labels` is given) for `input_ids` `[B, L]` int64.
+
+        `pixel_values` `[T, 3, S, S]` holds the tiles of every sample in order; alternatively pass
+        already projected `image_features` `[T, tokens_per_tile, hidden]` (generation encodes once).
+        `attention_mask` `[B, past + L]` marks real tokens (left padding). `past_key_values` is a `KVCache`
+        filled in place. `last_logits_only` computes logits for the last position only (`[B, 1, vocab]`).
+        """
+        if pixel_values is not None:
+            image_features = self.qwen2.encode_images(pixel_values.astype(self.qwen2.embed_tokens.weight.dtype))
+        inputs_embeds = self.qwen2.embed(input_ids, image_features)
+        hidden_states = self.qwen2.decode(inputs_embeds, attention_mask, position_ids, past_key_values)
+        if last_logits_only:
+            hidden_states = hidden_states[:, -1:]
+        logits = self.compute_logits(hidden_states)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return GOTCausalLMOutput(logits=logits, loss=loss, past_key_values=past_key_values)
+
+
+def causal_lm_loss(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+    """Mean cross-entropy of `logits[:, :-1]` against `labels[:, 1:]` over labels that are not IGNORE_INDEX.
+
+    A batch with no supervised token gives 0 (with a gradient path), never a division by zero.
+    """
+    vocab = logits.shape[-1]
+    shift_logits = logits[:, :-1].reshape([-1, vocab])
+    shift_labels = labels[:, 1:].reshape([-1]).astype("int64")
+    per_token = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    supervised = (shift_labels != IGNORE_INDEX).astype("float32")
+    return per_token.reshape([-1]).sum() / paddle.clip(supervised.sum(), min=1.0)

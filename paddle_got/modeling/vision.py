@@ -1,0 +1,205 @@
+"""The GOT vision encoder: SAM/ViTDet-B (`vision_tower_high`) with `net_2`/`net_3` (got_spec.md section 1).
+
+Parameter names follow the original GOT checkpoint (`patch_embed.proj`, `blocks.N.attn.qkv`, `neck.0..3`,
+`net_2`, `net_3`) so that its weights and PaddleMIX's load by name. Feature maps inside the blocks are kept
+channels-last, `[tiles, height, width, channels]`, as in Meta's `image_encoder.py`.
+"""
+
+from typing import Tuple
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..config import GOTVisionConfig
+
+
+def window_partition(hidden_states: paddle.Tensor, window_size: int) -> Tuple[paddle.Tensor, Tuple[int, int]]:
+    """Zero-pad `[B, H, W, C]` bottom/right to multiples of `window_size` and cut it into windows.
+
+    Returns `[B * num_windows, window_size, window_size, C]` and the padded `(height, width)`.
+    """
+    batch, height, width, channels = hidden_states.shape
+    pad_h = (window_size - height % window_size) % window_size
+    pad_w = (window_size - width % window_size) % window_size
+    if pad_h or pad_w:
+        hidden_states = F.pad(hidden_states, [0, pad_w, 0, pad_h], data_format="NHWC")  # [left, right, top, bottom]
+    padded_h, padded_w = height + pad_h, width + pad_w
+    windows = hidden_states.reshape(
+        [batch, padded_h // window_size, window_size, padded_w // window_size, window_size, channels]
+    )
+    windows = windows.transpose([0, 1, 3, 2, 4, 5]).reshape([-1, window_size, window_size, channels])
+    return windows, (padded_h, padded_w)
+
+
+def window_unpartition(
+    windows: paddle.Tensor, window_size: int, padded_size: Tuple[int, int], original_size: Tuple[int, int]
+) -> paddle.Tensor:
+    """Stitch `[B * num_windows, ws, ws, C]` windows back into `[B, H, W, C]`, cropping the padding away."""
+    padded_h, padded_w = padded_size
+    height, width = original_size
+    rows, cols = padded_h // window_size, padded_w // window_size
+    batch = windows.shape[0] // (rows * cols)
+    hidden_states = windows.reshape([batch, rows, cols, window_size, window_size, -1])
+    hidden_states = hidden_states.transpose([0, 1, 3, 2, 4, 5]).reshape([batch, padded_h, padded_w, -1])
+    if padded_h != height or padded_w != width:
+        hidden_states = hidden_states[:, :height, :width, :]
+    return hidden_states
+
+
+def get_rel_pos(size: int, rel_pos: paddle.Tensor) -> paddle.Tensor:
+    """Relative position embeddings for a `size`-long axis attending to itself.
+
+    `rel_pos` is the learned table `[2 * size - 1, head_dim]`; returns `R[size, size, head_dim]` with
+    `R[i, j] = rel_pos[i - j + size - 1]`.
+    """
+    coords = paddle.arange(size)
+    relative = coords.unsqueeze(1) - coords.unsqueeze(0) + (size - 1)
+    return paddle.index_select(rel_pos, relative.flatten()).reshape([size, size, -1])
+
+
+def decomposed_rel_pos_bias(
+    query: paddle.Tensor, rel_pos_h: paddle.Tensor, rel_pos_w: paddle.Tensor, height: int, width: int
+) -> paddle.Tensor:
+    """The additive attention bias `rel_h + rel_w` of MViTv2, from the UNSCALED query.
+
+    `query` is `[N, H*W, heads, head_dim]`; returns `[N, heads, H*W, H*W]` (query index, key index).
+    """
+    batch, _, num_heads, head_dim = query.shape
+    table_h = get_rel_pos(height, rel_pos_h)  # [H, Hk, d]
+    table_w = get_rel_pos(width, rel_pos_w)  # [W, Wk, d]
+    grid_query = query.reshape([batch, height, width, num_heads, head_dim])
+    rel_h = paddle.einsum("byxnc,ykc->bnyxk", grid_query, table_h)  # [N, heads, H, W, Hk]
+    rel_w = paddle.einsum("byxnc,xkc->bnyxk", grid_query, table_w)  # [N, heads, H, W, Wk]
+    bias = rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)  # [N, heads, H, W, Hk, Wk]
+    return bias.reshape([batch, num_heads, height * width, height * width])
+
+
+class VisionAttention(nn.Layer):
+    """Multi-head self-attention over a `[N, H, W, C]` map with decomposed relative positions."""
+
+    def __init__(self, config: GOTVisionConfig, input_size: int):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        zeros = nn.initializer.Constant(0.0)
+        self.rel_pos_h = self.create_parameter([2 * input_size - 1, self.head_dim], default_initializer=zeros)
+        self.rel_pos_w = self.create_parameter([2 * input_size - 1, self.head_dim], default_initializer=zeros)
+
+    def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
+        """`[N, H, W, C]` -> `[N, H, W, C]`."""
+        batch, height, width, channels = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape([batch, height * width, 3, self.num_heads, self.head_dim])
+        query, key, value = qkv.unbind(axis=2)  # each [N, H*W, heads, d]
+        bias = decomposed_rel_pos_bias(query, self.rel_pos_h, self.rel_pos_w, height, width)
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.astype(query.dtype))
+        return self.proj(attended.reshape([batch, height, width, channels]))
+
+
+class VisionMLP(nn.Layer):
+    """`lin1` -> exact GELU -> `lin2`."""
+
+    def __init__(self, config: GOTVisionConfig):
+        super().__init__()
+        self.lin1 = nn.Linear(config.hidden_size, config.mlp_dim)
+        self.lin2 = nn.Linear(config.mlp_dim, config.hidden_size)
+
+    def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
+        return self.lin2(F.gelu(self.lin1(hidden_states), approximate=False))
+
+
+class VisionBlock(nn.Layer):
+    """Pre-norm transformer block; windowed attention when `window_size > 0`, global otherwise."""
+
+    def __init__(self, config: GOTVisionConfig, window_size: int):
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        self.attn = VisionAttention(config, window_size if window_size > 0 else config.grid_size)
+        self.norm2 = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        self.mlp = VisionMLP(config)
+
+    def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
+        """`[N, H, W, C]` -> `[N, H, W, C]`."""
+        normed = self.norm1(hidden_states)
+        if self.window_size > 0:
+            height, width = normed.shape[1], normed.shape[2]
+            windows, padded_size = window_partition(normed, self.window_size)
+            attended = window_unpartition(self.attn(windows), self.window_size, padded_size, (height, width))
+        else:
+            attended = self.attn(normed)
+        hidden_states = hidden_states + attended
+        return hidden_states + self.mlp(self.norm2(hidden_states))
+
+
+class LayerNorm2d(nn.Layer):
+    """LayerNorm over the channel axis of a `[N, C, H, W]` map (statistics in float32)."""
+
+    def __init__(self, num_channels: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = self.create_parameter([num_channels], default_initializer=nn.initializer.Constant(1.0))
+        self.bias = self.create_parameter([num_channels], default_initializer=nn.initializer.Constant(0.0))
+
+    def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.astype("float32")
+        mean = hidden_states.mean(axis=1, keepdim=True)
+        variance = (hidden_states - mean).pow(2).mean(axis=1, keepdim=True)
+        hidden_states = ((hidden_states - mean) / paddle.sqrt(variance + self.eps)).astype(input_dtype)
+        return self.weight.reshape([1, -1, 1, 1]) * hidden_states + self.bias.reshape([1, -1, 1, 1])
+
+
+class PatchEmbed(nn.Layer):
+    """Non-overlapping patch convolution: `[N, 3, S, S]` -> channels-last `[N, S/p, S/p, C]`."""
+
+    def __init__(self, config: GOTVisionConfig):
+        super().__init__()
+        self.proj = nn.Conv2D(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
+        return self.proj(pixel_values).transpose([0, 2, 3, 1])
+
+
+class GOTVisionEncoder(nn.Layer):
+    """Tiles `[T, 3, S, S]` -> features `[T, tokens_per_tile, output_dim]` (before the projector).
+
+    `output_dim` is the decoder width: `net_3` maps 2 * output_channels to it (1024 in the released model).
+    """
+
+    def __init__(self, config: GOTVisionConfig, output_dim: int):
+        super().__init__()
+        self.config = config
+        grid = config.grid_size
+        self.patch_embed = PatchEmbed(config)
+        self.pos_embed = self.create_parameter(
+            [1, grid, grid, config.hidden_size], default_initializer=nn.initializer.Constant(0.0)
+        )
+        self.blocks = nn.LayerList(
+            [
+                VisionBlock(config, 0 if index in config.global_attn_indexes else config.window_size)
+                for index in range(config.num_hidden_layers)
+            ]
+        )
+        channels = config.output_channels
+        self.neck = nn.Sequential(
+            nn.Conv2D(config.hidden_size, channels, kernel_size=1, bias_attr=False),
+            LayerNorm2d(channels, config.layer_norm_eps),
+            nn.Conv2D(channels, channels, kernel_size=3, padding=1, bias_attr=False),
+            LayerNorm2d(channels, config.layer_norm_eps),
+        )
+        self.net_2 = nn.Conv2D(channels, 2 * channels, kernel_size=3, stride=2, padding=1, bias_attr=False)
+        self.net_3 = nn.Conv2D(2 * channels, output_dim, kernel_size=3, stride=2, padding=1, bias_attr=False)
+
+    def forward(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
+        """`[T, 3, S, S]` -> `[T, tokens_per_tile, output_dim]`, tokens in row-major order."""
+        hidden_states = self.patch_embed(pixel_values) + self.pos_embed
+        for block in self.blocks:
+            hidden_states = block(hidden_states)
+        feature_map = self.neck(hidden_states.transpose([0, 3, 1, 2]))
+        feature_map = self.net_3(self.net_2(feature_map))  # [T, output_dim, s, s]
+        return feature_map.flatten(start_axis=2).transpose([0, 2, 1])

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random reference models and their checkpoints in every layout (built once per session)."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import reference  # noqa: E402  (the tests directory is put on the path just above)
+
+from paddle_got.device import set_cpu_threads  # noqa: E402
+
+set_cpu_threads()
+
+
+@pytest.fixture(scope="session")
+def reference_models():
+    """`shape name -> GotOcr2ForConditionalGeneration` with random weights, built on first use."""
+    cache = {}
+
+    def get(shape):
+        if shape.name not in cache:
+            cache[shape.name] = reference.build_reference(shape)
+        return cache[shape.name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dirs(tmp_path_factory, reference_models):
+    """`(shape, layout) -> directory` holding that reference model saved in `layout`.
+
+    Layouts: "hf", "got" (safetensors), "got_bin" (pytorch_model.bin).
+    """
+    cache = {}
+
+    def get(shape, layout):
+        key = (shape.name, layout)
+        if key not in cache:
+            directory = str(tmp_path_factory.mktemp(f"{shape.name}_{layout}"))
+            model = reference_models(shape)
+            if layout == "hf":
+                reference.save_hf(model, directory)
+            elif layout == "got":
+                reference.save_got(model, shape, directory, weights="safetensors")
+            elif layout == "got_bin":
+                reference.save_got(model, shape, directory, weights="bin")
+            else:
+                raise ValueError(layout)
+            cache[key] = directory
+        return cache[key]
+
+    return get

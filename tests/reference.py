@@ -1,0 +1,227 @@
+"""The `transformers==4.51.3` reference: tiny random GotOcr2 models, saved in the layouts of got_spec.md section 6.
+
+The original-GOT renaming below is written from the spec, independently of `paddle_got.checkpoint`, so that a
+wrong mapping in the library cannot agree with itself.
+"""
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
+
+VOCAB_SIZE = 300
+IMG_START_ID, IMG_END_ID, IMG_PAD_ID = 297, 298, 299
+
+
+@dataclass
+class TinyShape:
+    """One tiny architecture: vision grid/window/global layout and decoder sizes."""
+
+    name: str
+    image_size: int = 64
+    patch_size: int = 8
+    window_size: int = 3
+    global_attn_indexes: List[int] = field(default_factory=lambda: [1])
+    vision_layers: int = 3
+    vision_hidden: int = 32
+    vision_heads: int = 2
+    output_channels: int = 16
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    kv_heads: int = 4
+    rope_theta: float = 1e6
+    tie_word_embeddings: bool = True
+
+    @property
+    def tokens_per_tile(self) -> int:
+        side = self.image_size // self.patch_size
+        for _ in range(2):
+            side = (side + 1) // 2
+        return side * side
+
+
+SHAPES = [
+    # 8x8 grid, 3x3 windows padded to 9x9, one global block in the middle.
+    TinyShape("grid8_win3_pad"),
+    # 12x12 grid, 4x4 windows (no padding), two global blocks, grouped KV heads, another RoPE base.
+    TinyShape(
+        "grid12_win4_gqa", image_size=48, patch_size=4, window_size=4, global_attn_indexes=[0, 2],
+        kv_heads=2, rope_theta=1e4,
+    ),
+    # 10x10 grid, 7x7 windows padded to 14x14, no global block, odd grid after the strided convs.
+    TinyShape("grid10_win7_noglobal", image_size=80, window_size=7, global_attn_indexes=[], vision_layers=2),
+]
+
+
+def hf_config(shape: TinyShape) -> GotOcr2Config:
+    """The transformers config of a tiny shape."""
+    return GotOcr2Config(
+        vision_config=dict(
+            hidden_size=shape.vision_hidden, output_channels=shape.output_channels,
+            num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
+            image_size=shape.image_size, patch_size=shape.patch_size, window_size=shape.window_size,
+            global_attn_indexes=shape.global_attn_indexes, mlp_dim=2 * shape.vision_hidden,
+        ),
+        text_config=dict(
+            model_type="qwen2", vocab_size=VOCAB_SIZE, hidden_size=shape.text_hidden,
+            intermediate_size=3 * shape.text_hidden // 2, num_hidden_layers=shape.text_layers,
+            num_attention_heads=shape.text_heads, num_key_value_heads=shape.kv_heads, rms_norm_eps=1e-6,
+            rope_theta=shape.rope_theta, max_position_embeddings=4096,
+            tie_word_embeddings=shape.tie_word_embeddings,
+        ),
+        image_token_index=IMG_PAD_ID,
+        tie_word_embeddings=shape.tie_word_embeddings,
+    )
+
+
+def build_reference(shape: TinyShape, seed: int = 0) -> GotOcr2ForConditionalGeneration:
+    """A tiny GotOcr2 with every parameter random (norms near 1, rel-pos tables and pos_embed non-zero)."""
+    torch.manual_seed(seed)
+    model = GotOcr2ForConditionalGeneration(hf_config(shape)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            if re.search(r"(norm|layernorm)\w*\.weight$", name) or "layer_norm" in name and name.endswith("weight"):
+                parameter.copy_(1.0 + 0.1 * noise)
+            else:
+                parameter.copy_(0.08 * noise)
+    return model
+
+
+def hf_state_dict(model) -> Dict[str, torch.Tensor]:
+    """The state dict as the HF checkpoint stores it (the tied head is not stored)."""
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if model.config.text_config.tie_word_embeddings:
+        state.pop("language_model.lm_head.weight", None)
+    return state
+
+
+_GOT_RENAMES = [
+    (r"^language_model\.model\.", "model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+    (r"^vision_tower\.patch_embed\.projection\.", "model.vision_tower_high.patch_embed.proj."),
+    (r"^vision_tower\.pos_embed$", "model.vision_tower_high.pos_embed"),
+    (r"^vision_tower\.layers\.(\d+)\.layer_norm1\.", r"model.vision_tower_high.blocks.\1.norm1."),
+    (r"^vision_tower\.layers\.(\d+)\.layer_norm2\.", r"model.vision_tower_high.blocks.\1.norm2."),
+    (r"^vision_tower\.layers\.", "model.vision_tower_high.blocks."),
+    (r"^vision_tower\.neck\.conv1\.", "model.vision_tower_high.neck.0."),
+    (r"^vision_tower\.neck\.layer_norm1\.", "model.vision_tower_high.neck.1."),
+    (r"^vision_tower\.neck\.conv2\.", "model.vision_tower_high.neck.2."),
+    (r"^vision_tower\.neck\.layer_norm2\.", "model.vision_tower_high.neck.3."),
+    (r"^multi_modal_projector\.conv_upsampler1\.", "model.vision_tower_high.net_2."),
+    (r"^multi_modal_projector\.conv_upsampler2\.", "model.vision_tower_high.net_3."),
+    (r"^multi_modal_projector\.multimodal_projector\.", "model.mm_projector_vary."),
+]
+
+
+def got_state_dict(model) -> Dict[str, torch.Tensor]:
+    """The state dict renamed to the original GOT release's keys; lm_head stored as the release does."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        for pattern, replacement in _GOT_RENAMES:
+            new_name, count = re.subn(pattern, replacement, name)
+            if count:
+                name = new_name
+                break
+        state[name] = tensor.detach().clone().contiguous()
+    return state
+
+
+def got_config_dict(shape: TinyShape, with_vision_config: bool = True) -> dict:
+    """A config.json of the original GOT layout (flat Qwen2 fields) for a tiny shape."""
+    text = hf_config(shape).text_config
+    config = {
+        "architectures": ["GOTQwenForCausalLM"], "model_type": "GOT", "vocab_size": text.vocab_size,
+        "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
+        "num_hidden_layers": text.num_hidden_layers, "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": text.num_key_value_heads, "rms_norm_eps": text.rms_norm_eps,
+        "rope_theta": text.rope_theta, "max_position_embeddings": text.max_position_embeddings,
+        "tie_word_embeddings": True, "im_start_token": IMG_START_ID, "im_end_token": IMG_END_ID,
+        "im_patch_token": IMG_PAD_ID, "image_token_len": shape.tokens_per_tile, "use_im_start_end": True,
+        "torch_dtype": "float32", "use_cache": True, "freeze_vision_tower": False,
+    }
+    if with_vision_config:
+        config["vision_config"] = hf_config(shape).vision_config.to_dict()
+    return config
+
+
+def save_hf(model, directory: str) -> str:
+    """Save in the Hugging Face `got_ocr2` layout; returns `directory`."""
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def save_got(model, shape: TinyShape, directory: str, weights: str = "safetensors") -> str:
+    """Save in the original GOT layout, as `model.safetensors` or `pytorch_model.bin`; returns `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    state = got_state_dict(model)
+    if weights == "safetensors":
+        save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        torch.save(state, os.path.join(directory, "pytorch_model.bin"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(got_config_dict(shape), f)
+    return directory
+
+
+def random_pixels(num_tiles: int, shape: TinyShape, seed: int = 0) -> np.ndarray:
+    """Normalised-looking float32 tiles `[T, 3, S, S]`."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((num_tiles, 3, shape.image_size, shape.image_size)).astype("float32")
+
+
+def prompt_ids(num_tiles: int, shape: TinyShape, text_before: int, text_after: int, seed: int = 0) -> List[int]:
+    """Random text ids around an `<img> <imgpad>*n </img>` block (no block when `num_tiles` is 0)."""
+    rng = np.random.default_rng(seed)
+    before = rng.integers(0, IMG_START_ID, text_before).tolist()
+    after = rng.integers(0, IMG_START_ID, text_after).tolist()
+    if num_tiles == 0:
+        return before + after
+    return before + [IMG_START_ID] + [IMG_PAD_ID] * (num_tiles * shape.tokens_per_tile) + [IMG_END_ID] + after
+
+
+def left_pad(sequences: List[List[int]], pad_id: int = 0):
+    """`(input_ids, attention_mask)` int64 arrays `[B, L]`, left-padded."""
+    length = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), length), pad_id, dtype="int64")
+    mask = np.zeros((len(sequences), length), dtype="int64")
+    for row, sequence in enumerate(sequences):
+        ids[row, length - len(sequence):] = sequence
+        mask[row, length - len(sequence):] = 1
+    return ids, mask
+
+
+def position_ids(mask: np.ndarray) -> np.ndarray:
+    """HF generation's positions for a left-padded batch: 0 at each row's first real token, 1 on pads."""
+    positions = mask.cumsum(-1) - 1
+    positions[mask == 0] = 1
+    return positions
+
+
+def reference_forward(model, ids: np.ndarray, mask: np.ndarray = None, pixels: np.ndarray = None, labels=None):
+    """Run the reference; returns `(logits [B, L, V] float32 numpy, loss float or None)`."""
+    kwargs = {"input_ids": torch.from_numpy(ids)}
+    if mask is not None:
+        kwargs["attention_mask"] = torch.from_numpy(mask)
+        kwargs["position_ids"] = torch.from_numpy(position_ids(mask))
+    if pixels is not None:
+        kwargs["pixel_values"] = torch.from_numpy(pixels)
+    if labels is not None:
+        kwargs["labels"] = torch.from_numpy(labels)
+    with torch.no_grad():
+        output = model(**kwargs)
+    loss = None if output.loss is None else float(output.loss)
+    return output.logits.float().numpy(), loss
+
+
+def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
+    """`||ours - reference|| / ||reference||`."""
+    return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
