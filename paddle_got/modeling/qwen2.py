@@ -15,39 +15,55 @@ from ..config import GOTConfig
 
 
 class KVCache:
-    """Pre-allocated keys and values for every decoder layer.
+    """Keys and values of every decoder layer, in buffers that grow in chunks (no copy per token).
 
-    Each layer owns two buffers `[batch, max_length, kv_heads, head_dim]`; `length` is how many positions
-    are filled (the same for every row: left padding keeps rows aligned).
+    Each layer owns two buffers `[batch, capacity, kv_heads, head_dim]`; `length` positions are filled, the same
+    for every row (left padding keeps rows aligned). `decode` reserves room, each layer writes at `length`, and
+    `advance` moves `length` once all layers have written.
     """
 
-    def __init__(self, config: GOTConfig, batch_size: int, max_length: int, dtype: str = "float32"):
-        shape = [batch_size, max_length, config.num_key_value_heads, config.head_dim]
-        self.keys: List[paddle.Tensor] = [paddle.zeros(shape, dtype) for _ in range(config.num_hidden_layers)]
-        self.values: List[paddle.Tensor] = [paddle.zeros(shape, dtype) for _ in range(config.num_hidden_layers)]
-        self.max_length = max_length
+    GROWTH = 256
+
+    def __init__(self, config: GOTConfig, batch_size: int, dtype: str = "float32"):
+        self.num_layers = config.num_hidden_layers
+        self.row_shape = [config.num_key_value_heads, config.head_dim]
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.keys: List[paddle.Tensor] = []
+        self.values: List[paddle.Tensor] = []
+        self.capacity = 0
         self.length = 0
 
-    def update(self, layer: int, key: paddle.Tensor, value: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        """Store `[batch, new, kv_heads, d]` keys/values at the current end; return all filled positions.
+    def reserve(self, total_length: int) -> None:
+        """Make room for `total_length` positions, growing by at least GROWTH at a time."""
+        if total_length <= self.capacity:
+            return
+        extra = max(total_length - self.capacity, self.GROWTH)
+        block = [self.batch_size, extra] + self.row_shape
+        if self.capacity == 0:
+            self.keys = [paddle.zeros(block, self.dtype) for _ in range(self.num_layers)]
+            self.values = [paddle.zeros(block, self.dtype) for _ in range(self.num_layers)]
+        else:
+            self.keys = [paddle.concat([k, paddle.zeros(block, self.dtype)], axis=1) for k in self.keys]
+            self.values = [paddle.concat([v, paddle.zeros(block, self.dtype)], axis=1) for v in self.values]
+        self.capacity += extra
 
-        The shared `length` advances once per forward pass (see `advance`), so every layer writes at the same offset.
-        """
-        start, end = self.length, self.length + key.shape[1]
-        if end > self.max_length:
-            raise ValueError(f"KV cache overflow: {end} positions needed, {self.max_length} allocated.")
-        self.keys[layer][:, start:end] = key
-        self.values[layer][:, start:end] = value
+    def update(self, layer: int, key: paddle.Tensor, value: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """Store `[batch, new, kv_heads, d]` keys/values at `length`; return every filled position of the layer."""
+        end = self.length + key.shape[1]
+        self.keys[layer][:, self.length : end] = key
+        self.values[layer][:, self.length : end] = value
         return self.keys[layer][:, :end], self.values[layer][:, :end]
 
     def advance(self, new_tokens: int) -> None:
         """Mark `new_tokens` more positions as filled (called once after all layers ran)."""
         self.length += new_tokens
 
-    def reorder(self, row_index: paddle.Tensor) -> None:
-        """Keep only the batch rows in `row_index` (int64 `[rows]`), e.g. after some sequences finished."""
-        self.keys = [paddle.index_select(k, row_index) for k in self.keys]
-        self.values = [paddle.index_select(v, row_index) for v in self.values]
+    def select_rows(self, rows: paddle.Tensor) -> None:
+        """Keep only the batch rows `rows` (int64 `[n]`), e.g. once other sequences have finished."""
+        self.keys = [paddle.index_select(k, rows) for k in self.keys]
+        self.values = [paddle.index_select(v, rows) for v in self.values]
+        self.batch_size = int(rows.shape[0])
 
 
 class Qwen2RMSNorm(nn.Layer):
@@ -224,6 +240,8 @@ class Qwen2Model(nn.Layer):
                 position_ids = position_ids_from_mask(attention_mask, length)
             else:
                 position_ids = paddle.arange(past_length, past_length + length).unsqueeze(0).expand([batch, -1])
+        if cache is not None:
+            cache.reserve(past_length + length)
         rotary = self.rotary_emb(position_ids, inputs_embeds.dtype)
         attention_bias = build_attention_bias(attention_mask, length, past_length, inputs_embeds.dtype)
         hidden_states = inputs_embeds
