@@ -18,3 +18,32 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Label value ignored by the loss (as in PyTorch / Hugging Face).
 IGNORE_INDEX = -100
+
+# The other GOT specials, in vocabulary order after `<|extra_204|>` (got_spec.md section 2).
+GOT_SPECIAL_TOKENS = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", IMG_START, IMG_END, IMG_PAD)
+
+# The conversation template of the official demo and of training (got_spec.md section 3). The user turn holds
+# IMAGE_PLACEHOLDER where the `<img> <imgpad>*n </img>` block goes.
+SYSTEM_MESSAGE = "You should follow the instructions carefully and explain your answers in detail."
+IMAGE_PLACEHOLDER = "<image>"
+CHAT_TEMPLATE = (
+    IM_START + "system\n{system}" + IM_END + IM_START + "user\n{user}" + IM_END + IM_START + "assistant\n"
+)
+
+# Queries of each OCR mode; {ocr} is PLAIN_OCR or FORMAT_OCR.
+OCR_TYPES = ("ocr", "format")
+PLAIN_OCR = "OCR: "
+FORMAT_OCR = "OCR with format: "
+MULTI_CROP_QUERIES = {"ocr": "OCR upon the patch reference: ", "format": "OCR with format upon the patch reference: "}
+MULTI_PAGE_QUERIES = {"ocr": "OCR across multi pages: ", "format": "OCR with format across multi pages: "}
+COLORS = ("red", "green", "blue")
+# Boxes are given to the model in thousandths of the original image's width and height.
+BOX_SCALE = 1000
+
+# Multi-crop defaults of the official demo (the paper and HF use up to 12 tiles).
+MIN_CROPS = 1
+MAX_CROPS = 6
+
+# Generation defaults of the reference (got_spec.md section 5).
+MAX_NEW_TOKENS = 4096
+NO_REPEAT_NGRAM_SIZE = 20

@@ -1,9 +1,11 @@
-"""Where and how the model runs: CPU thread count (Paddle defaults to one thread on CPU)."""
+"""Where and how the model runs: CPU threads (Paddle defaults to one on CPU) and the dtype for the device."""
 
 import os
 from typing import Optional
 
 import paddle
+
+from .errors import GOTError
 
 
 def available_cores() -> int:
@@ -19,3 +21,29 @@ def set_cpu_threads(num_threads: Optional[int] = None) -> int:
     num_threads = num_threads or available_cores()
     paddle.base.core.set_num_threads(num_threads)
     return num_threads
+
+
+def gpu_compute_capability():
+    """`(major, minor)` of the current GPU, or None when Paddle has no usable GPU."""
+    if not paddle.is_compiled_with_cuda() or paddle.device.cuda.device_count() == 0:
+        return None
+    return paddle.device.cuda.get_device_capability()
+
+
+def resolve_dtype(requested: str = "auto") -> str:
+    """The dtype to run in: `auto` gives bfloat16 on Ampere+ GPUs, float16 on older GPUs, float32 on CPU.
+
+    Half precision on CPU is a GOTError: Paddle's CPU kernels have no bfloat16/float16 matmul.
+    """
+    capability = gpu_compute_capability()
+    if requested == "auto":
+        if capability is None:
+            return "float32"
+        return "bfloat16" if capability[0] >= 8 else "float16"
+    if requested not in ("float32", "bfloat16", "float16"):
+        raise GOTError(f"Unknown dtype {requested!r}: choose auto, float32, bfloat16 or float16.")
+    if requested != "float32" and capability is None:
+        raise GOTError(f"{requested} needs a GPU: Paddle's CPU kernels have no {requested} matmul; use float32.")
+    if requested == "bfloat16" and capability[0] < 8:
+        raise GOTError("bfloat16 needs an Ampere or newer GPU (A100, H20, ...); use float16 on this GPU.")
+    return requested

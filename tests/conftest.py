@@ -52,3 +52,23 @@ def checkpoint_dirs(tmp_path_factory, reference_models):
         return cache[key]
 
     return get
+
+
+class OCRCheckpoint:
+    """A tiny GOT checkpoint with a tokenizer (original GOT layout + qwen.tiktoken) and its reference model."""
+
+    def __init__(self, directory, shape, model):
+        self.directory = directory
+        self.shape = shape
+        self.model = model
+
+
+@pytest.fixture(scope="session")
+def ocr_checkpoint(tmp_path_factory):
+    """A tiny readable GOT: 8x8 patch grid (4 image tokens per tile, 64 px tiles), a trained tiny vocabulary."""
+    directory = str(tmp_path_factory.mktemp("ocr_checkpoint"))
+    num_ranks = reference.write_tiktoken(directory) - reference.NUM_SPECIAL_TOKENS
+    shape = reference.tokenizer_shape(reference.SHAPES[0], num_ranks)
+    model = reference.build_ocr_reference(shape, num_ranks, seed=17)  # every mode reads non-empty text
+    reference.save_got(model, shape, directory)
+    return OCRCheckpoint(directory, shape, model)

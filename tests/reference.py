@@ -4,11 +4,13 @@ The original-GOT renaming below is written from the spec, independently of `padd
 wrong mapping in the library cannot agree with itself.
 """
 
+import base64
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +40,10 @@ class TinyShape:
     kv_heads: int = 4
     rope_theta: float = 1e6
     tie_word_embeddings: bool = True
+    vocab_size: int = VOCAB_SIZE
+    img_start_id: int = IMG_START_ID
+    img_end_id: int = IMG_END_ID
+    img_pad_id: int = IMG_PAD_ID
 
     @property
     def tokens_per_tile(self) -> int:
@@ -70,13 +76,13 @@ def hf_config(shape: TinyShape) -> GotOcr2Config:
             global_attn_indexes=shape.global_attn_indexes, mlp_dim=2 * shape.vision_hidden,
         ),
         text_config=dict(
-            model_type="qwen2", vocab_size=VOCAB_SIZE, hidden_size=shape.text_hidden,
+            model_type="qwen2", vocab_size=shape.vocab_size, hidden_size=shape.text_hidden,
             intermediate_size=3 * shape.text_hidden // 2, num_hidden_layers=shape.text_layers,
             num_attention_heads=shape.text_heads, num_key_value_heads=shape.kv_heads, rms_norm_eps=1e-6,
             rope_theta=shape.rope_theta, max_position_embeddings=4096,
             tie_word_embeddings=shape.tie_word_embeddings,
         ),
-        image_token_index=IMG_PAD_ID,
+        image_token_index=shape.img_pad_id,
         tie_word_embeddings=shape.tie_word_embeddings,
     )
 
@@ -144,8 +150,8 @@ def got_config_dict(shape: TinyShape, with_vision_config: bool = True) -> dict:
         "num_hidden_layers": text.num_hidden_layers, "num_attention_heads": text.num_attention_heads,
         "num_key_value_heads": text.num_key_value_heads, "rms_norm_eps": text.rms_norm_eps,
         "rope_theta": text.rope_theta, "max_position_embeddings": text.max_position_embeddings,
-        "tie_word_embeddings": True, "im_start_token": IMG_START_ID, "im_end_token": IMG_END_ID,
-        "im_patch_token": IMG_PAD_ID, "image_token_len": shape.tokens_per_tile, "use_im_start_end": True,
+        "tie_word_embeddings": True, "im_start_token": shape.img_start_id, "im_end_token": shape.img_end_id,
+        "im_patch_token": shape.img_pad_id, "image_token_len": shape.tokens_per_tile, "use_im_start_end": True,
         "torch_dtype": "float32", "use_cache": True, "freeze_vision_tower": False,
     }
     if with_vision_config:
@@ -181,11 +187,12 @@ def random_pixels(num_tiles: int, shape: TinyShape, seed: int = 0) -> np.ndarray
 def prompt_ids(num_tiles: int, shape: TinyShape, text_before: int, text_after: int, seed: int = 0) -> List[int]:
     """Random text ids around an `<img> <imgpad>*n </img>` block (no block when `num_tiles` is 0)."""
     rng = np.random.default_rng(seed)
-    before = rng.integers(0, IMG_START_ID, text_before).tolist()
-    after = rng.integers(0, IMG_START_ID, text_after).tolist()
+    before = rng.integers(0, shape.img_start_id, text_before).tolist()
+    after = rng.integers(0, shape.img_start_id, text_after).tolist()
     if num_tiles == 0:
         return before + after
-    return before + [IMG_START_ID] + [IMG_PAD_ID] * (num_tiles * shape.tokens_per_tile) + [IMG_END_ID] + after
+    image = [shape.img_start_id] + [shape.img_pad_id] * (num_tiles * shape.tokens_per_tile) + [shape.img_end_id]
+    return before + image + after
 
 
 def left_pad(sequences: List[List[int]], pad_id: int = 0):
@@ -225,3 +232,87 @@ def reference_forward(model, ids: np.ndarray, mask: np.ndarray = None, pixels: n
 def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     """`||ours - reference|| / ||reference||`."""
     return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
+
+
+# --- a tiny Qwen-1 style vocabulary ---------------------------------------------------------------------------
+
+TOKENIZER_CORPUS = (
+    "General OCR Theory reads plain text, formatted text, tables and formulas. OCR with format: the quick brown "
+    "fox jumps over the lazy dog 0123456789. You should follow the instructions carefully and explain your "
+    "answers in detail. system user assistant red green blue patch reference across multi pages."
+)
+NUM_SPECIAL_TOKENS = 3 + 205 + 9  # endoftext, im_start, im_end; 205 extras; the GOT specials
+
+
+def train_byte_bpe(corpus: str, num_merges: int) -> Dict[bytes, int]:
+    """Byte-level BPE ranks: the 256 bytes, then `num_merges` merges of the most frequent adjacent pairs."""
+    ranks = {bytes([value]): value for value in range(256)}
+    words = [[bytes([b]) for b in piece.encode()] for piece in re.findall(r" ?\w+| ?[^\w\s]+|\s+", corpus)]
+    for _ in range(num_merges):
+        pairs = Counter(pair for word in words for pair in zip(word, word[1:]))
+        if not pairs:
+            break
+        (first, second), _ = pairs.most_common(1)[0]
+        ranks[first + second] = len(ranks)
+        merged_words = []
+        for word in words:
+            merged, index = [], 0
+            while index < len(word):
+                if index + 1 < len(word) and word[index] == first and word[index + 1] == second:
+                    merged.append(first + second)
+                    index += 2
+                else:
+                    merged.append(word[index])
+                    index += 1
+            merged_words.append(merged)
+        words = merged_words
+    return ranks
+
+
+def write_tiktoken(directory: str, num_merges: int = 100) -> int:
+    """Write `qwen.tiktoken` (base64 token, rank per line); returns the vocabulary size with the specials."""
+    ranks = train_byte_bpe(TOKENIZER_CORPUS, num_merges)
+    with open(os.path.join(directory, "qwen.tiktoken"), "w") as f:
+        for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+            f.write(f"{base64.b64encode(token).decode()} {rank}\n")
+    return len(ranks) + NUM_SPECIAL_TOKENS
+
+
+def tokenizer_shape(base: TinyShape, num_ranks: int) -> TinyShape:
+    """`base` with the vocabulary and image token ids of a tiny tokenizer of `num_ranks` BPE ranks."""
+    first_special = num_ranks
+    img_start = first_special + 3 + 205 + 6  # after endoftext/im_start/im_end, extras, ref/box/quad pairs
+    return TinyShape(
+        **{**base.__dict__, "vocab_size": first_special + NUM_SPECIAL_TOKENS, "img_start_id": img_start,
+           "img_end_id": img_start + 1, "img_pad_id": img_start + 2}
+    )
+
+
+def build_ocr_reference(shape: TinyShape, num_ranks: int, seed: int = 0) -> GotOcr2ForConditionalGeneration:
+    """A reference whose greedy output is mostly ordinary text: the rows of the tied embedding that belong to
+    special tokens are damped, except `<|endoftext|>` and `<|im_end|>`, which can still end a sequence."""
+    model = build_reference(shape, seed)
+    ending = {num_ranks, num_ranks + 2}  # <|endoftext|>, <|im_end|>
+    damped = [token for token in range(num_ranks, shape.vocab_size) if token not in ending]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[damped] *= 0.05
+    return model
+
+
+def reference_generate(model, batch: dict, max_new_tokens: int, no_repeat_ngram_size: int,
+                       eos_token_ids: Sequence[int], pad_token_id: int) -> List[List[int]]:
+    """Greedy `generate` of the reference; the new tokens of each row up to and including its first end token."""
+    kwargs = dict(
+        input_ids=torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"]),
+        pixel_values=torch.from_numpy(batch["pixel_values"]), do_sample=False, max_new_tokens=max_new_tokens,
+        eos_token_id=list(eos_token_ids), pad_token_id=pad_token_id,
+    )
+    if no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
+    with torch.no_grad():
+        generated = model.generate(**kwargs)[:, batch["input_ids"].shape[1]:].tolist()
+    outputs = []
+    for row in generated:
+        ends = [index for index, token in enumerate(row) if token in eos_token_ids]
+        outputs.append(row[: ends[0] + 1] if ends else row)
+    return outputs

@@ -2,6 +2,9 @@
 
 import os
 import re
+import shlex
+import subprocess
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,3 +24,46 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_chinese_readme_starts_with_the_same_commands():
     assert readme_commands("README_cn.md")[:2] == readme_commands("README.md")[:2]
+
+
+def readme_section(name, heading):
+    with open(os.path.join(REPO, name), encoding="utf-8") as f:
+        text = f.read()
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end != -1 else len(text)]
+
+
+def inference_workspace(tmp_path):
+    """A scratch directory where the README's relative paths resolve (outputs land here, not in the repo)."""
+    for name in ("demo_images", "tools"):
+        os.symlink(os.path.join(REPO, name), tmp_path / name)
+    return tmp_path
+
+
+def test_readme_inference_commands_run_as_written(tmp_path, ocr_checkpoint):
+    """Every `python tools/infer.py` line of the inference section, against the tiny checkpoint."""
+    section = readme_section("README.md", "## Inference")
+    commands = [line for line in section.splitlines() if line.startswith("python tools/infer.py")]
+    assert len(commands) >= 7
+    workspace = inference_workspace(tmp_path)
+    for command in commands:
+        arguments = shlex.split(command)[1:] + ["--model_name_or_path", ocr_checkpoint.directory,
+                                                "--max_new_tokens", "8"]
+        result = subprocess.run([sys.executable, *arguments], cwd=workspace, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, (command, result.stderr)
+        assert result.stdout.endswith("\n") and "[paddle_got] INFO Loaded" in result.stderr, command
+    assert (workspace / "results.jsonl").read_text().count("\n") == 7  # 5 images + the 2 pages of the PDF
+
+
+def test_readme_python_api_runs_as_written(tmp_path, ocr_checkpoint):
+    section = readme_section("README.md", "## Inference")
+    snippet = re.search(r"```python\n(.*?)\n```", section, flags=re.S).group(1)
+    assert '"stepfun-ai/GOT-OCR2_0"' in snippet
+    snippet = snippet.replace('"stepfun-ai/GOT-OCR2_0"', repr(ocr_checkpoint.directory))
+    workspace = inference_workspace(tmp_path)
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=workspace, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("demo_images/table.png ")

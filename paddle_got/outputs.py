@@ -1,0 +1,68 @@
+"""Writing results: JSON lines, one text file per input, or a single text file; every file written atomically."""
+
+import json
+import os
+import tempfile
+from typing import List
+
+from .errors import GOTError
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def json_line(result) -> str:
+    """One result as a JSON object on one line (non-ASCII kept readable)."""
+    return json.dumps(result.to_dict(), ensure_ascii=False)
+
+
+def output_kind(path: str) -> str:
+    """"jsonl" for *.jsonl/*.json, "file" for another suffix, "directory" for an existing folder or no suffix."""
+    if os.path.isdir(path):
+        return "directory"
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    return "file" if suffix else "directory"
+
+
+def check_output(path: str, num_documents: int) -> None:
+    """GOTError if `path` cannot hold `num_documents` results (a single text file holds one)."""
+    if output_kind(path) == "file" and num_documents > 1:
+        raise GOTError(f"--output {path} is one file but there are {num_documents} inputs: "
+                       "give a directory or a .jsonl file.")
+
+
+def text_file_name(result, ocr_type: str) -> str:
+    """`<stem>.txt` (plain OCR) or `<stem>.md` (formatted), with `_page<N>` for a PDF page."""
+    stem = os.path.splitext(os.path.basename(result.image))[0] or "image"
+    if result.page is not None:
+        stem += f"_page{result.page}"
+    return stem + (".md" if ocr_type == "format" else ".txt")
+
+
+def write_results(results: List, path: str, ocr_type: str) -> None:
+    """Write the successful results to `path` in the form its name asks for (see `output_kind`)."""
+    done = [r for r in results if r.error is None]
+    kind = output_kind(path)
+    if kind == "jsonl":
+        write_atomic(path, "".join(json_line(r) + "\n" for r in done))
+    elif kind == "file":
+        write_atomic(path, "".join(r.text + "\n" for r in done))
+    else:
+        for result in done:
+            write_atomic(os.path.join(path, text_file_name(result, ocr_type)), result.text + "\n")

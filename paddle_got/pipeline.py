@@ -1,0 +1,287 @@
+"""GOT: the high-level API that `tools/infer.py` calls. Files in, text out, one result per input.
+
+    ocr = GOT.from_pretrained("stepfun-ai/GOT-OCR2_0")        # or a local directory in any layout
+    for result in ocr.recognize(["page.png", "doc.pdf"], ocr_type="format", batch_size=4):
+        print(result.image, result.page, result.text)
+
+Inputs are image files, directories of images, PDFs (one input per page) or PIL images. A bad input becomes a
+result with `error` set; the others are still read.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from PIL import Image
+
+from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
+from .device import resolve_dtype, set_cpu_threads
+from .errors import GOTError
+from .generation import greedy_generate
+from .logger import logger
+from .modeling.got import GOTQwenForCausalLM
+from .processing import BadInputError, GOTProcessor, OCRRequest, check_image_size, load_image, validate_options
+
+DEFAULT_MODEL = "stepfun-ai/GOT-OCR2_0"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+PDF_RENDER_DPI = 200
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+ImageInput = Union[str, Image.Image, "InputImage"]
+
+
+@dataclass
+class OCRResult:
+    """The text read from one input (`image` is its path or `<image N>`; `page` is 1-based for PDF pages)."""
+
+    image: str
+    text: Optional[str] = None
+    page: Optional[int] = None
+    error: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        """`{"image", "text"}`, plus `"page"` for a PDF page and `"error"` for a failed input."""
+        record = {"image": self.image}
+        if self.page is not None:
+            record["page"] = self.page
+        if self.error is None:
+            record["text"] = self.text
+        else:
+            record["error"] = self.error
+        return record
+
+
+@dataclass
+class InputImage:
+    """One image to read: a file, a page of a PDF, or an in-memory image; `error` says why it cannot be."""
+
+    name: str
+    page: Optional[int] = None
+    image: Optional[Image.Image] = None
+    error: Optional[str] = None
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local checkpoint directory for a directory or a hub id (local cache first, then a download)."""
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.isdir(expanded):
+        return expanded
+    if os.path.exists(expanded) or not _HUB_ID.fullmatch(name_or_path):
+        raise GOTError(f"Model directory {name_or_path} does not exist (give a checkpoint directory or a hub id).")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name_or_path, local_files_only=True)
+    except Exception:  # not in the local cache: try the network below
+        pass
+    try:
+        return snapshot_download(name_or_path)
+    except Exception:
+        folder = name_or_path.split("/")[-1]
+        raise GOTError(
+            f"{name_or_path} is not in the local cache and cannot be downloaded here: on a machine with network run "
+            f"`huggingface-cli download {name_or_path} --local-dir {folder}`, copy the {folder} folder to this "
+            f"machine and pass --model_name_or_path /path/to/{folder}."
+        ) from None
+
+
+def _pdf_pages(path: str) -> List[InputImage]:
+    """One input per page of a PDF (rendered on demand); BadInputError if the PDF cannot be opened."""
+    import pypdfium2
+
+    try:
+        document = pypdfium2.PdfDocument(path)
+    except pypdfium2.PdfiumError as err:
+        reason = "it is encrypted" if "password" in str(err).lower() else "it is damaged or holds no pages"
+        raise BadInputError(f"{path}: cannot open the PDF: {reason}.") from None
+    count = len(document)
+    document.close()
+    if count == 0:
+        raise BadInputError(f"{path}: the PDF has no pages.")
+    return [InputImage(path, page=index + 1) for index in range(count)]
+
+
+def _render_pdf_page(path: str, page: int) -> Image.Image:
+    """Page `page` (1-based) of a PDF as an RGB image at PDF_RENDER_DPI."""
+    import pypdfium2
+
+    document = pypdfium2.PdfDocument(path)
+    try:
+        width, height = document[page - 1].get_size()
+        scale = PDF_RENDER_DPI / 72
+        check_image_size((int(width * scale), int(height * scale)), f"{path} page {page}")
+        return document[page - 1].render(scale=scale).to_pil().convert("RGB")
+    finally:
+        document.close()
+
+
+def expand_inputs(images: Union[ImageInput, Sequence[ImageInput]]) -> List[InputImage]:
+    """Files, directories (their images, sorted), PDFs (their pages), PIL images, as a flat list of InputImage.
+
+    Inputs that cannot be read carry an `error` instead of failing the whole list.
+    """
+    if isinstance(images, (str, Image.Image, InputImage)):
+        images = [images]
+    inputs: List[InputImage] = []
+    for index, item in enumerate(images):
+        if isinstance(item, InputImage):
+            inputs.append(item)
+        elif isinstance(item, Image.Image):
+            inputs.append(InputImage(f"<image {index}>", image=item.convert("RGB")))
+        elif os.path.isdir(item):
+            names = sorted(n for n in os.listdir(item) if n.lower().endswith(IMAGE_EXTENSIONS + (".pdf",)))
+            if not names:
+                inputs.append(InputImage(item, error=f"{item}: the directory holds no images."))
+            inputs.extend(inp for name in names for inp in expand_inputs(os.path.join(item, name)))
+        elif item.lower().endswith(".pdf") and os.path.isfile(item):
+            try:
+                inputs.extend(_pdf_pages(item))
+            except BadInputError as err:
+                inputs.append(InputImage(item, error=str(err)))
+        elif not os.path.exists(item):
+            inputs.append(InputImage(item, error=f"{item}: no such file."))
+        else:
+            inputs.append(InputImage(item))
+    return inputs
+
+
+def _load(inp: InputImage) -> InputImage:
+    """Decode the input's image (errors recorded on the input, not raised)."""
+    if inp.image is not None or inp.error is not None:
+        return inp
+    try:
+        inp.image = _render_pdf_page(inp.name, inp.page) if inp.page else load_image(inp.name)
+    except BadInputError as err:
+        inp.error = str(err)
+    return inp
+
+
+class TextStreamer:
+    """Writes the decoded text as tokens arrive, exactly as the final stripped text will read.
+
+    Leading whitespace is never written, trailing whitespace and incomplete UTF-8 are held back until more text
+    follows; `finish()` writes what is left and a newline.
+    """
+
+    def __init__(self, tokenizer, write: Callable[[str], None]):
+        self.tokenizer = tokenizer
+        self.write = write
+        self.tokens: List[int] = []
+        self.written = 0
+
+    def put(self, token: int) -> None:
+        """Take one generated token and write whatever text became final."""
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens).lstrip()
+        if text.endswith("\ufffd"):
+            return
+        self._write_upto(text.rstrip())
+
+    def finish(self, final_text: str) -> None:
+        """Write the rest of `final_text` (the stripped result) and a newline."""
+        self._write_upto(final_text)
+        self.write("\n")
+
+    def _write_upto(self, text: str) -> None:
+        if len(text) > self.written:
+            self.write(text[self.written:])
+            self.written = len(text)
+
+
+class GOT:
+    """GOT-OCR2.0 ready to read: a model, its processor, and the generation settings of the reference."""
+
+    def __init__(self, model: GOTQwenForCausalLM, processor: GOTProcessor):
+        self.model = model
+        self.processor = processor
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, dtype: str = "auto",
+                        num_threads: Optional[int] = None) -> "GOT":
+        """Load a checkpoint directory (any layout) or hub id; `dtype` auto picks bf16/fp16 on GPU, fp32 on CPU."""
+        dtype = resolve_dtype(dtype)
+        if dtype == "float32":
+            set_cpu_threads(num_threads)
+        path = resolve_model_path(name_or_path)
+        processor = GOTProcessor.from_pretrained(path)
+        model = GOTQwenForCausalLM.from_pretrained(path, dtype=dtype)
+        if model.config.im_patch_token != processor.tokenizer.token_id(IMG_PAD):
+            raise GOTError(f"The tokenizer and config.json of {path} disagree on the <imgpad> token id.")
+        return cls(model, processor)
+
+    def iter_recognize(
+        self,
+        images: Union[ImageInput, Sequence[ImageInput]],
+        ocr_type: str = "ocr",
+        box: Optional[Tuple[float, float, float, float]] = None,
+        color: Optional[str] = None,
+        multi_crop: bool = False,
+        max_crops: int = MAX_CROPS,
+        multi_page: bool = False,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        no_repeat_ngram_size: Optional[int] = None,
+        batch_size: int = 1,
+        stream: Optional[Callable[[str], None]] = None,
+    ) -> Iterator[OCRResult]:
+        """Yield one OCRResult per input in input order (one in all with `multi_page`).
+
+        `no_repeat_ngram_size` defaults to 20, or 0 (off) for multi-crop and multi-page, as the reference does.
+        `stream(text)` receives the text as it is generated; it needs a single document.
+        """
+        validate_options(ocr_type, box, color, multi_crop, max_crops, multi_page)
+        if batch_size < 1:
+            raise GOTError("batch_size must be at least 1.")
+        inputs = expand_inputs(images)
+        if no_repeat_ngram_size is None:
+            no_repeat_ngram_size = 0 if (multi_crop or multi_page) else NO_REPEAT_NGRAM_SIZE
+        options = dict(ocr_type=ocr_type, box=box, color=color, multi_crop=multi_crop, max_crops=max_crops,
+                       multi_page=multi_page)
+        documents = [inputs] if multi_page else [[inp] for inp in inputs]
+        if stream is not None and len(documents) != 1:
+            raise GOTError("Streaming reads one document at a time: give a single input (or use multi-page).")
+        for start in range(0, len(documents), batch_size):
+            batch = [[_load(inp) for inp in document] for document in documents[start : start + batch_size]]
+            yield from self._read_batch(batch, options, max_new_tokens, no_repeat_ngram_size, stream)
+
+    def recognize(self, images, **options) -> List[OCRResult]:
+        """All results of `iter_recognize` as a list."""
+        return list(self.iter_recognize(images, **options))
+
+    def _read_batch(self, documents, options, max_new_tokens, no_repeat_ngram_size, stream) -> Iterator[OCRResult]:
+        """Read a batch of documents (lists of loaded inputs); bad inputs become error results."""
+        results: List[Optional[OCRResult]] = [None] * len(documents)
+        prepared, rows = [], []
+        for index, document in enumerate(documents):
+            first = document[0]
+            results[index] = OCRResult(first.name, page=first.page)
+            bad = [inp for inp in document if inp.error is not None]
+            if bad and not options["multi_page"]:
+                results[index].error = bad[0].error
+                continue
+            for inp in bad:
+                logger.warning(f"Skipping {inp.error}")
+            good = [inp.image for inp in document if inp.error is None]
+            if not good:
+                results[index].error = "No page of the document could be read."
+                continue
+            try:
+                prepared.append(self.processor.prepare(OCRRequest(images=good, **options)))
+            except BadInputError as err:
+                results[index].error = f"{first.name}: {err}"
+                continue
+            rows.append(index)
+        if prepared:
+            batch = self.processor.collate(prepared)
+            tokenizer = self.processor.tokenizer
+            streamer = TextStreamer(tokenizer, stream) if stream is not None else None
+            generated = greedy_generate(
+                self.model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                eos_token_ids=tokenizer.eos_token_ids, max_new_tokens=max_new_tokens,
+                no_repeat_ngram_size=no_repeat_ngram_size, on_token=streamer.put if streamer else None,
+            )
+            for index, tokens in zip(rows, generated):
+                results[index].text = tokenizer.decode(tokens).strip()
+            if streamer is not None:
+                streamer.finish(results[rows[0]].text)
+        yield from results

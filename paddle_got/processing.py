@@ -1,0 +1,285 @@
+"""GOTProcessor: images and OCR requests -> prompt ids and pixel tiles (got_spec.md sections 3 and 4).
+
+Images are resized with PIL bicubic to the model's square input (aspect ratio not kept), divided by 255 and
+normalised with the CLIP mean/std; multi-crop cuts the image into a grid of tiles plus a global view; multi-page
+squashes each page into one tile. Batches are left-padded with the tokenizer's pad id.
+"""
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from .config import GOTConfig
+from .constants import (
+    BOX_SCALE,
+    CHAT_TEMPLATE,
+    CLIP_MEAN,
+    CLIP_STD,
+    COLORS,
+    FORMAT_OCR,
+    IMAGE_PLACEHOLDER,
+    IMG_END,
+    IMG_PAD,
+    IMG_START,
+    MAX_CROPS,
+    MIN_CROPS,
+    MULTI_CROP_QUERIES,
+    MULTI_PAGE_QUERIES,
+    OCR_TYPES,
+    PLAIN_OCR,
+    SYSTEM_MESSAGE,
+)
+from .errors import GOTError
+from .tokenizer import GOTTokenizer
+
+# Larger images are refused rather than decoded (PIL's own decompression-bomb threshold).
+MAX_IMAGE_PIXELS = 89_478_485
+MIN_IMAGE_SIDE = 2
+
+
+class BadInputError(GOTError):
+    """An input file, box, colour or option combination that cannot be read as asked."""
+
+
+@dataclass
+class OCRRequest:
+    """One document to read: one image, or the pages of a multi-page document, and how to read it.
+
+    `box` is `(x1, y1, x2, y2)` in pixels of the original image; `color` is red, green or blue.
+    """
+
+    images: List[Image.Image]
+    ocr_type: str = "ocr"
+    box: Optional[Tuple[float, float, float, float]] = None
+    color: Optional[str] = None
+    multi_crop: bool = False
+    max_crops: int = MAX_CROPS
+    multi_page: bool = False
+
+
+def load_image(path: str) -> Image.Image:
+    """Open an image file fully decoded as RGB; BadInputError with the reason if it cannot be."""
+    if not os.path.exists(path):
+        raise BadInputError(f"{path}: no such file.")
+    if os.path.isdir(path):
+        raise BadInputError(f"{path}: is a directory, not an image.")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(f"{path}: the file is empty.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                check_image_size(opened.size, path)
+                image = opened.convert("RGB")
+    except BadInputError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise BadInputError(f"{path}: the image is too large to decode safely.") from None
+    except PermissionError:
+        raise BadInputError(f"{path}: permission denied.") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = "truncated" if "truncated" in str(err) else "corrupt or not an image"
+        raise BadInputError(f"{path}: cannot read the image (file is {reason}).") from None
+    return image
+
+
+def check_image_size(size: Tuple[int, int], name: str) -> None:
+    """BadInputError unless `size` = (width, height) is readable: not degenerate, not a decompression bomb."""
+    width, height = size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise BadInputError(f"{name}: the image is {width}x{height} pixels, too small to read.")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise BadInputError(f"{name}: the image is {width}x{height} pixels, too large to decode safely.")
+
+
+def normalize_tile(image: Image.Image, size: int) -> np.ndarray:
+    """Bicubic-resize to `size` x `size`, /255, CLIP-normalise: float32 `[3, size, size]`."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    pixels = (pixels - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    return pixels.transpose(2, 0, 1)
+
+
+def candidate_grids(min_tiles: int, max_tiles: int) -> List[Tuple[int, int]]:
+    """Grids (columns, rows) with min <= columns * rows <= max, ordered by tile count as the reference orders them."""
+    grids = set(
+        (columns, rows)
+        for count in range(min_tiles, max_tiles + 1)
+        for columns in range(1, count + 1)
+        for rows in range(1, count + 1)
+        if min_tiles <= columns * rows <= max_tiles
+    )
+    return sorted(grids, key=lambda grid: grid[0] * grid[1])
+
+
+def choose_grid(width: int, height: int, tile_size: int, min_tiles: int, max_tiles: int) -> Tuple[int, int]:
+    """The grid whose columns/rows ratio is closest to width/height.
+
+    A strictly smaller difference wins; on an exact tie the later grid wins when the image covers more than half
+    of its tiles' area.
+    """
+    aspect_ratio = width / height
+    best_grid, best_difference = (1, 1), float("inf")
+    for columns, rows in candidate_grids(min_tiles, max_tiles):
+        difference = abs(aspect_ratio - columns / rows)
+        if difference < best_difference:
+            best_grid, best_difference = (columns, rows), difference
+        elif difference == best_difference and width * height > 0.5 * tile_size * tile_size * columns * rows:
+            best_grid = (columns, rows)
+    return best_grid
+
+
+def crop_tiles(image: Image.Image, tile_size: int, min_tiles: int = MIN_CROPS, max_tiles: int = MAX_CROPS):
+    """Multi-crop: the image resized to its grid and cut into row-major tiles, plus the whole image last.
+
+    Returns a list of `tile_size` x `tile_size` PIL images (a single tile when the grid is 1x1).
+    """
+    columns, rows = choose_grid(image.width, image.height, tile_size, min_tiles, max_tiles)
+    resized = image.resize((tile_size * columns, tile_size * rows), Image.BICUBIC)
+    tiles = []
+    for index in range(columns * rows):
+        left, top = (index % columns) * tile_size, (index // columns) * tile_size
+        tiles.append(resized.crop((left, top, left + tile_size, top + tile_size)))
+    if len(tiles) > 1:
+        tiles.append(image.resize((tile_size, tile_size), Image.BICUBIC))
+    return tiles
+
+
+def box_query_prefix(box: Sequence[float], width: int, height: int) -> str:
+    """`[a, b, c, d]` in thousandths of the image size (truncated), from a pixel box `(x1, y1, x2, y2)`."""
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+        raise BadInputError(
+            f"The box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is outside the {width}x{height} image or empty: "
+            "it must satisfy 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height."
+        )
+    scaled = [int(x1 / width * BOX_SCALE), int(y1 / height * BOX_SCALE)]
+    scaled += [int(x2 / width * BOX_SCALE), int(y2 / height * BOX_SCALE)]
+    return str(scaled)
+
+
+def validate_options(ocr_type: str = "ocr", box=None, color=None, multi_crop: bool = False,
+                     max_crops: int = MAX_CROPS, multi_page: bool = False) -> None:
+    """BadInputError for option values or combinations the model has no prompt for."""
+    if ocr_type not in OCR_TYPES:
+        raise BadInputError(f"Unknown OCR type {ocr_type!r}: choose ocr or format.")
+    if color is not None and color not in COLORS:
+        raise BadInputError(f"Unknown colour {color!r}: choose red, green or blue.")
+    if box is not None and color is not None:
+        raise BadInputError("Give either a box or a colour, not both.")
+    if box is not None and len(box) != 4:
+        raise BadInputError(f"A box needs 4 numbers [x1, y1, x2, y2], got {len(box)}.")
+    if multi_crop and multi_page:
+        raise BadInputError("Multi-crop and multi-page cannot be combined.")
+    if (box is not None or color is not None) and (multi_crop or multi_page):
+        raise BadInputError("A box or colour applies to one whole image: not with multi-crop or multi-page.")
+    if max_crops < MIN_CROPS:
+        raise BadInputError(f"max_crops must be at least {MIN_CROPS}.")
+
+
+def validate_request(request: OCRRequest) -> None:
+    """BadInputError for a request whose options or image count do not fit together."""
+    validate_options(request.ocr_type, request.box, request.color, request.multi_crop, request.max_crops,
+                     request.multi_page)
+    if not request.images:
+        raise BadInputError("The request holds no image.")
+    if not request.multi_page and len(request.images) != 1:
+        raise BadInputError("Several images make one document only in multi-page mode.")
+
+
+def build_query(request: OCRRequest) -> str:
+    """The QUERY text of the request's mode (got_spec.md section 3)."""
+    if request.multi_crop:
+        return MULTI_CROP_QUERIES[request.ocr_type]
+    if request.multi_page:
+        return MULTI_PAGE_QUERIES[request.ocr_type]
+    query = PLAIN_OCR if request.ocr_type == "ocr" else FORMAT_OCR
+    if request.box is not None:
+        image = request.images[0]
+        return box_query_prefix(request.box, image.width, image.height) + " " + query
+    if request.color is not None:
+        return f"[{request.color}] " + query
+    return query
+
+
+def build_prompt(user_turn: str, num_image_tokens: int) -> str:
+    """The full conversation text for one user turn, its `<image>` placeholder replaced by the image block."""
+    image_block = IMG_START + IMG_PAD * num_image_tokens + IMG_END
+    return CHAT_TEMPLATE.format(system=SYSTEM_MESSAGE, user=user_turn.replace(IMAGE_PLACEHOLDER, image_block, 1))
+
+
+@dataclass
+class PreparedRequest:
+    """What the model needs for one request: prompt ids (a list of ints) and float32 tiles `[T, 3, S, S]`."""
+
+    input_ids: List[int]
+    pixel_values: np.ndarray
+
+
+class GOTProcessor:
+    """Turns OCRRequests into model inputs; `from_pretrained` reads the tokenizer and image size of a checkpoint."""
+
+    def __init__(self, tokenizer: GOTTokenizer, image_size: int, tokens_per_tile: int):
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.tokens_per_tile = tokens_per_tile
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "GOTProcessor":
+        """Tokenizer files and config.json of a checkpoint directory (any layout)."""
+        config = GOTConfig.from_pretrained(directory)
+        tokenizer = GOTTokenizer.from_pretrained(directory)
+        return cls(tokenizer, config.vision_config.image_size, config.image_tokens_per_tile)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write the tokenizer files into `directory` (the image settings travel in the model's config.json)."""
+        self.tokenizer.save_pretrained(directory)
+
+    def tiles(self, request: OCRRequest) -> np.ndarray:
+        """Float32 tiles `[T, 3, S, S]` of a request, in the order their features fill the prompt."""
+        if request.multi_crop:
+            images = crop_tiles(request.images[0], self.image_size, MIN_CROPS, request.max_crops)
+        else:
+            images = request.images
+        return np.stack([normalize_tile(image, self.image_size) for image in images])
+
+    def prepare(self, request: OCRRequest) -> PreparedRequest:
+        """Prompt ids and tiles for one request (BadInputError for impossible requests)."""
+        validate_request(request)
+        pixel_values = self.tiles(request)
+        user_turn = IMAGE_PLACEHOLDER + "\n" + build_query(request)
+        prompt = build_prompt(user_turn, self.tokens_per_tile * len(pixel_values))
+        return PreparedRequest(self.tokenizer.encode(prompt), pixel_values)
+
+    def collate(self, prepared: Sequence[PreparedRequest]) -> dict:
+        """Left-padded numpy batch: `input_ids`/`attention_mask` int64 `[B, L]`, `pixel_values` `[sum T, 3, S, S]`."""
+        length = max(len(p.input_ids) for p in prepared)
+        input_ids = np.full((len(prepared), length), self.tokenizer.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(prepared), length), dtype=np.int64)
+        for row, item in enumerate(prepared):
+            input_ids[row, length - len(item.input_ids):] = item.input_ids
+            attention_mask[row, length - len(item.input_ids):] = 1
+        pixel_values = np.concatenate([p.pixel_values for p in prepared])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
+    def __call__(self, requests: Sequence[OCRRequest]) -> dict:
+        """Prepare and collate a batch of requests."""
+        return self.collate([self.prepare(request) for request in requests])
+
+
+_NUMBER = r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*"
+_BOX_PATTERN = re.compile(r"\s*\[?" + ",".join([_NUMBER] * 4) + r"\]?\s*")
+
+
+def parse_box(text: str) -> Tuple[float, float, float, float]:
+    """`"[x1,y1,x2,y2]"` (pixels; brackets optional) -> a tuple of 4 floats; BadInputError if malformed."""
+    match = _BOX_PATTERN.fullmatch(text)
+    if match is None:
+        raise BadInputError(f"Malformed box {text!r}: write it as [x1,y1,x2,y2] in pixels of the image.")
+    return tuple(float(value) for value in match.groups())

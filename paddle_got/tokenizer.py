@@ -1,0 +1,106 @@
+"""GOTTokenizer: the Qwen-1 tokenizer with GOT's special tokens, from `qwen.tiktoken` or an HF `tokenizer.json`.
+
+`qwen.tiktoken` goes through paddlenlp's QWenTokenizer (Qwen-1 split pattern: one digit per token), to which the
+GOT specials are added after `<|extra_204|>`, so `<imgpad>` is 151859 in the released vocabulary and whatever
+follows in a smaller one. `tokenizer.json` (the `-hf` checkpoint) goes through the `tokenizers` library.
+"""
+
+import os
+import shutil
+from typing import List, Sequence
+
+from .constants import ENDOFTEXT, GOT_SPECIAL_TOKENS, IM_END
+from .errors import GOTError
+
+TIKTOKEN_FILE = "qwen.tiktoken"
+TOKENIZER_JSON = "tokenizer.json"
+
+
+class _TiktokenBackend:
+    """paddlenlp's QWenTokenizer over a `qwen.tiktoken` rank file."""
+
+    def __init__(self, path: str):
+        from paddlenlp.transformers.qwen.tokenizer import QWenTokenizer
+
+        self.tokenizer = QWenTokenizer(vocab_file=path)
+        self.tokenizer.add_tokens(list(GOT_SPECIAL_TOKENS), special_tokens=True)
+
+    def encode(self, text: str) -> List[int]:
+        return self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(text))
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str):
+        return self.tokenizer.special_tokens.get(token)
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+
+class _TokenizerJsonBackend:
+    """The `tokenizers` library over a Hugging Face `tokenizer.json`."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(path)
+
+    def encode(self, text: str) -> List[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str):
+        return self.tokenizer.token_to_id(token)
+
+    def __len__(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+
+class GOTTokenizer:
+    """Text <-> ids for GOT. Special tokens written in the text are encoded as their ids; no BOS is added."""
+
+    def __init__(self, directory: str):
+        for file_name, backend in ((TIKTOKEN_FILE, _TiktokenBackend), (TOKENIZER_JSON, _TokenizerJsonBackend)):
+            path = os.path.join(directory, file_name)
+            if os.path.isfile(path):
+                try:
+                    self.backend = backend(path)
+                except Exception as err:  # the backends raise their own types for malformed files
+                    raise GOTError(f"Cannot read the tokenizer file {path}: {err}.") from None
+                self.source_file = path
+                break
+        else:
+            raise GOTError(f"No tokenizer in {directory}: expected {TIKTOKEN_FILE} or {TOKENIZER_JSON}.")
+        missing = [t for t in (ENDOFTEXT, IM_END) + GOT_SPECIAL_TOKENS if self.backend.token_to_id(t) is None]
+        if missing:
+            raise GOTError(f"The tokenizer in {directory} lacks the special tokens {', '.join(missing)}.")
+        self.pad_token_id = self.token_id(ENDOFTEXT)
+        self.eos_token_ids = (self.token_id(IM_END), self.token_id(ENDOFTEXT))
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "GOTTokenizer":
+        """Load from a checkpoint directory holding `qwen.tiktoken` or `tokenizer.json`."""
+        return cls(directory)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Copy the tokenizer file into `directory`."""
+        os.makedirs(directory, exist_ok=True)
+        shutil.copy2(self.source_file, directory)
+
+    def encode(self, text: str) -> List[int]:
+        """Token ids of `text` (a list of ints)."""
+        return self.backend.encode(text)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of `ids`; special tokens dropped unless `skip_special_tokens` is False."""
+        return self.backend.decode(ids, skip_special_tokens)
+
+    def token_id(self, token: str) -> int:
+        """The id of a special token such as `<imgpad>`."""
+        return self.backend.token_to_id(token)
+
+    def __len__(self) -> int:
+        return len(self.backend)

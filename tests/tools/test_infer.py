@@ -1,0 +1,216 @@
+"""tools/infer.py end to end: every mode's printed text equals the transformers reference's greedy text, and
+every bad input gets one line on stderr and exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import reference
+
+from paddle_got.processing import GOTProcessor, OCRRequest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INFER = os.path.join(REPO, "tools", "infer.py")
+MAX_NEW_TOKENS = 24
+
+
+def run_infer(*args, model=None, check_exit=None):
+    command = [sys.executable, INFER, *args, "--max_new_tokens", str(MAX_NEW_TOKENS)]
+    if model is not None:
+        command += ["--model_name_or_path", model]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert "Traceback" not in result.stderr, result.stderr
+    if check_exit is not None:
+        assert result.returncode == check_exit, result.stderr
+    return result
+
+
+def picture(path, width, height, seed):
+    """A random-coloured picture with a few dark bars, saved to `path`; returns the path as a string."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(120, 256, (height, width, 3), dtype=np.uint8)
+    for row in range(0, height, max(height // 6, 2)):
+        pixels[row : row + 2, width // 8 : width - width // 8] = 20
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def expected_texts(checkpoint, requests, no_repeat_ngram_size):
+    """The reference's greedy texts for each request, generated one request at a time."""
+    processor = GOTProcessor.from_pretrained(checkpoint.directory)
+    tokenizer = processor.tokenizer
+    texts = []
+    for request in requests:
+        tokens = reference.reference_generate(
+            checkpoint.model, processor([request]), MAX_NEW_TOKENS, no_repeat_ngram_size,
+            tokenizer.eos_token_ids, tokenizer.pad_token_id,
+        )[0]
+        texts.append(tokenizer.decode(tokens).strip())
+    return texts
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    return {
+        "page": picture(folder / "page.png", 300, 400, 1),
+        "wide": picture(folder / "wide.png", 500, 120, 2),
+        "slide": picture(folder / "slide.jpg", 320, 180, 3),
+    }
+
+
+def load(path):
+    return Image.open(path).convert("RGB")
+
+
+@pytest.mark.parametrize(
+    "args, request_options, ngram",
+    [
+        ([], {}, 20),
+        (["--ocr_type", "format"], {"ocr_type": "format"}, 20),
+        (["--box", "[30,40,250,300]"], {"box": (30, 40, 250, 300)}, 20),
+        (["--color", "green", "--ocr_type", "format"], {"color": "green", "ocr_type": "format"}, 20),
+        (["--multi_crop", "--max_crops", "4"], {"multi_crop": True, "max_crops": 4}, 0),
+        (["--no_repeat_ngram_size", "3"], {}, 3),
+    ],
+    ids=["plain", "format", "box", "color", "multi_crop", "ngram3"],
+)
+def test_single_input_prints_the_reference_text(args, request_options, ngram, images, ocr_checkpoint):
+    result = run_infer("--image_file", images["page"], *args, model=ocr_checkpoint.directory, check_exit=0)
+    (expected,) = expected_texts(ocr_checkpoint, [OCRRequest([load(images["page"])], **request_options)], ngram)
+    assert expected
+    assert result.stdout == expected + "\n"
+
+
+def test_multi_page_reads_all_inputs_as_one_document(images, ocr_checkpoint):
+    result = run_infer("--image_file", images["page"], images["wide"], "--multi_page", "--ocr_type", "format",
+                       model=ocr_checkpoint.directory, check_exit=0)
+    request = OCRRequest([load(images["page"]), load(images["wide"])], ocr_type="format", multi_page=True)
+    assert result.stdout == expected_texts(ocr_checkpoint, [request], 0)[0] + "\n"
+
+
+def test_batch_of_mixed_sizes_equals_one_by_one(images, ocr_checkpoint):
+    """Three inputs with 1, 3 and 5 tiles in one batch: JSON lines in input order, each the reference's text."""
+    paths = [images["slide"], images["wide"], images["page"]]
+    result = run_infer("--image_file", *paths, "--multi_crop", "--batch_size", "3",
+                       model=ocr_checkpoint.directory, check_exit=0)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    requests = [OCRRequest([load(path)], multi_crop=True) for path in paths]
+    assert records == [{"image": p, "text": t} for p, t in zip(paths, expected_texts(ocr_checkpoint, requests, 0))]
+
+
+def test_pdf_pages_are_inputs_and_outputs_are_written(images, ocr_checkpoint, tmp_path):
+    pdf = tmp_path / "doc.pdf"
+    load(images["page"]).save(pdf, save_all=True, append_images=[load(images["wide"])])
+    out_dir = tmp_path / "out"
+    result = run_infer("--image_file", str(pdf), "--output", str(out_dir), model=ocr_checkpoint.directory,
+                       check_exit=0)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["image"], r["page"]) for r in records] == [(str(pdf), 1), (str(pdf), 2)]
+    assert sorted(os.listdir(out_dir)) == ["doc_page1.txt", "doc_page2.txt"]
+    assert (out_dir / "doc_page2.txt").read_text() == records[1]["text"] + "\n"
+    assert records[0]["text"]
+
+
+def test_stream_prints_the_same_text(images, ocr_checkpoint, tmp_path):
+    plain = run_infer("--image_file", images["slide"], model=ocr_checkpoint.directory, check_exit=0)
+    streamed = run_infer("--image_file", images["slide"], "--stream", "--output", str(tmp_path / "r.jsonl"),
+                         model=ocr_checkpoint.directory, check_exit=0)
+    assert streamed.stdout == plain.stdout
+    assert json.loads((tmp_path / "r.jsonl").read_text()) == {"image": images["slide"], "text": plain.stdout[:-1]}
+
+
+def test_one_bad_file_is_reported_and_the_others_written(images, ocr_checkpoint, tmp_path):
+    missing = str(tmp_path / "missing.png")
+    result = run_infer("--image_file", images["slide"], missing, "--output", str(tmp_path / "r.jsonl"),
+                       model=ocr_checkpoint.directory, check_exit=2)
+    assert result.stderr.count("error:") == 1 and f"error: {missing}: no such file." in result.stderr
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["image"] == images["slide"] and record["text"]
+    assert json.loads((tmp_path / "r.jsonl").read_text()) == record
+
+
+# --- bad input: one line on stderr, exit code 2, nothing on stdout ------------------------------------------------
+
+
+def bad_files(folder):
+    """name -> (path, expected message fragment)."""
+    import pypdf
+
+    files = {}
+    (folder / "empty.png").write_bytes(b"")
+    files["empty file"] = ("empty.png", "the file is empty.")
+    (folder / "notes.png").write_text("not an image at all")
+    files["not an image"] = ("notes.png", "cannot read the image (file is corrupt or not an image).")
+    Image.new("RGB", (300, 200), "white").save(folder / "whole.png")
+    data = (folder / "whole.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    files["truncated"] = ("truncated.png", "cannot read the image (file is truncated).")
+    Image.new("RGB", (1, 1)).save(folder / "dot.png")
+    files["1x1"] = ("dot.png", "the image is 1x1 pixels, too small to read.")
+    Image.new("1", (10000, 9000)).save(folder / "huge.png")
+    files["too large"] = ("huge.png", "the image is too large to decode safely.")
+    writer = pypdf.PdfWriter()
+    writer.add_blank_page(width=200, height=200)
+    writer.encrypt("secret")
+    with open(folder / "locked.pdf", "wb") as f:
+        writer.write(f)
+    files["encrypted pdf"] = ("locked.pdf", "cannot open the PDF: it is encrypted.")
+    with open(folder / "blank.pdf", "wb") as f:
+        pypdf.PdfWriter().write(f)
+    files["empty pdf"] = ("blank.pdf", "cannot open the PDF: it is damaged or holds no pages.")
+    files["missing"] = ("nowhere.png", "no such file.")
+    return files
+
+
+BAD_FILE_CASES = ["empty file", "not an image", "truncated", "1x1", "too large", "encrypted pdf", "empty pdf", "missing"]
+
+
+@pytest.mark.parametrize("case", BAD_FILE_CASES)
+def test_bad_file(case, tmp_path, ocr_checkpoint):
+    name, message = bad_files(tmp_path)[case]
+    path = str(tmp_path / name)
+    result = run_infer("--image_file", path, model=ocr_checkpoint.directory, check_exit=2)
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == f"error: {path}: {message}"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--box", "[1,2,3]"], "error: Malformed box '[1,2,3]': write it as [x1,y1,x2,y2] in pixels of the image."),
+        (["--box", "__import__('os').system('true')"], "error: Malformed box"),
+        (["--box", "[0,0,301,10]"], "outside the 300x400 image or empty"),
+        (["--color", "purple"], "error: Unknown colour 'purple': choose red, green or blue."),
+        (["--color", "red", "--box", "[0,0,10,10]"], "error: Give either a box or a colour, not both."),
+        (["--ocr_type", "latex"], "error: Unknown OCR type 'latex': choose ocr or format."),
+        (["--dtype", "bfloat16"], "error: bfloat16 needs a GPU: Paddle's CPU kernels have no bfloat16 matmul"),
+    ],
+)
+def test_bad_option(args, message, images, ocr_checkpoint):
+    result = run_infer("--image_file", images["page"], *args, model=ocr_checkpoint.directory, check_exit=2)
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_missing_model_says_what_to_download(images):
+    result = run_infer("--image_file", images["page"], "--model_name_or_path", "stepfun-ai/GOT-OCR2_0", check_exit=2)
+    assert result.stderr.strip() == (
+        "error: stepfun-ai/GOT-OCR2_0 is not in the local cache and cannot be downloaded here: on a machine with "
+        "network run `huggingface-cli download stepfun-ai/GOT-OCR2_0 --local-dir GOT-OCR2_0`, copy the GOT-OCR2_0 "
+        "folder to this machine and pass --model_name_or_path /path/to/GOT-OCR2_0."
+    )
+
+
+def test_output_file_for_several_inputs_is_refused(images, ocr_checkpoint, tmp_path):
+    result = run_infer("--image_file", images["page"], images["slide"], "--output", str(tmp_path / "all.txt"),
+                       model=ocr_checkpoint.directory, check_exit=2)
+    assert "give a directory or a .jsonl file" in result.stderr
+    assert not (tmp_path / "all.txt").exists()

@@ -1,0 +1,97 @@
+"""Read images and PDFs with GOT-OCR2.0.
+
+    python tools/infer.py --ocr_type format --image_file page.png
+    python tools/infer.py --image_file scans/ --batch_size 4 --output results.jsonl
+    python tools/infer.py --image_file slide.png --color red
+    python tools/infer.py --image_file report.pdf --multi_page --ocr_type format
+
+One input: stdout holds exactly the recognised text and a newline. Several inputs: one JSON object per line,
+{"image": ..., "text": ...} (PDF pages add "page"), in input order. Logs and progress go to stderr. A bad input is
+reported on stderr in one line and skipped; the exit code is then 2.
+"""
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from paddle_got.cli import EXIT_BAD_INPUT, run_cli
+from paddle_got.constants import MAX_CROPS, MAX_NEW_TOKENS
+from paddle_got.outputs import check_output, json_line, write_results
+from paddle_got.pipeline import DEFAULT_MODEL, GOT, expand_inputs
+from paddle_got.processing import parse_box, validate_options
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL,
+                        help="checkpoint directory (any layout) or hub id (default: %(default)s)")
+    parser.add_argument("--image_file", nargs="+", required=True,
+                        help="image files, directories of images, or PDFs (one input per page)")
+    parser.add_argument("--ocr_type", default="ocr", help="ocr (plain text) or format (Markdown/LaTeX/tables)")
+    parser.add_argument("--box", help="read only this region: [x1,y1,x2,y2] in pixels of the image")
+    parser.add_argument("--color", help="read only the region framed in red, green or blue")
+    parser.add_argument("--multi_crop", action="store_true", help="cut large pages into tiles plus a global view")
+    parser.add_argument("--max_crops", type=int, default=MAX_CROPS, help="most tiles for --multi_crop")
+    parser.add_argument("--multi_page", action="store_true", help="read all inputs (or PDF pages) as one document")
+    parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--no_repeat_ngram_size", type=int, default=None,
+                        help="ban repeated n-grams (default 20; off for multi-crop and multi-page)")
+    parser.add_argument("--batch_size", type=int, default=1, help="inputs read at once")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (auto: bf16/fp16 on GPU)")
+    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--output", help="also write results: a .jsonl file, a directory (one .txt/.md each) or a file")
+    parser.add_argument("--stream", action="store_true", help="print the text as it is generated (one input)")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    box = parse_box(args.box) if args.box is not None else None
+    options = dict(ocr_type=args.ocr_type, box=box, color=args.color, multi_crop=args.multi_crop,
+                   max_crops=args.max_crops, multi_page=args.multi_page)
+    validate_options(**options)
+    inputs = expand_inputs(args.image_file)
+    failures = 0
+    for inp in inputs:
+        if inp.error is not None:
+            print(f"error: {inp.error}", file=sys.stderr)
+            failures += 1
+    if failures == len(inputs):
+        sys.exit(EXIT_BAD_INPUT)
+    readable = [inp for inp in inputs if inp.error is None]
+    num_documents = 1 if args.multi_page else len(readable)
+    several_outputs = not args.multi_page and len(inputs) > 1
+    if args.output:
+        check_output(args.output, 1 if args.multi_page else len(inputs))
+
+    ocr = GOT.from_pretrained(args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads)
+    stream = None
+    if args.stream:
+        def stream(text):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    results = []
+    progress = tqdm(total=num_documents, desc="Reading", unit="input", disable=num_documents == 1)
+    for result in ocr.iter_recognize(readable, max_new_tokens=args.max_new_tokens,
+                                     no_repeat_ngram_size=args.no_repeat_ngram_size, batch_size=args.batch_size,
+                                     stream=stream, **options):
+        progress.update()
+        results.append(result)
+        if result.error is not None:
+            progress.write(f"error: {result.error}", file=sys.stderr)
+            failures += 1
+        elif several_outputs:
+            print(json_line(result), flush=True)
+        elif not args.stream:
+            print(result.text, flush=True)
+    progress.close()
+    if args.output:
+        write_results(results, args.output, args.ocr_type)
+    if failures:
+        sys.exit(EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    run_cli(main)
