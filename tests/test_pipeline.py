@@ -1,0 +1,47 @@
+"""The GOT API: hub ids resolved from the local cache, PIL inputs, per-input errors instead of exceptions."""
+
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from paddle_got import GOT
+from paddle_got.errors import GOTError
+from paddle_got.pipeline import resolve_model_path
+
+
+def test_hub_id_is_found_in_the_local_cache(ocr_checkpoint, tmp_path, monkeypatch):
+    """A hub id resolves offline to the cached snapshot, as huggingface_hub lays it out."""
+    snapshot = tmp_path / "hub" / "models--someone--tiny-got" / "snapshots" / "0123abc"
+    shutil.copytree(ocr_checkpoint.directory, snapshot)
+    (tmp_path / "hub" / "models--someone--tiny-got" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-got" / "refs" / "main").write_text("0123abc")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads these variables when imported; set its constants as the variables would have.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert os.path.samefile(resolve_model_path("someone/tiny-got"), snapshot)
+
+
+def test_missing_directory_is_not_taken_for_a_hub_id(tmp_path):
+    with pytest.raises(GOTError, match=r"Model directory .*nowhere does not exist"):
+        resolve_model_path(str(tmp_path / "nowhere"))
+
+
+def test_recognize_takes_pil_images_and_reports_bad_inputs(ocr_checkpoint, tmp_path):
+    ocr = GOT.from_pretrained(ocr_checkpoint.directory)
+    image = Image.new("RGB", (120, 90), "white")
+    results = ocr.recognize([image, str(tmp_path / "missing.png")], max_new_tokens=4, batch_size=2)
+    assert [r.image for r in results] == ["<image 0>", str(tmp_path / "missing.png")]
+    assert results[0].error is None and isinstance(results[0].text, str)
+    assert results[1].text is None and results[1].error.endswith("missing.png: no such file.")
+
+
+def test_stream_callback_receives_the_final_text(ocr_checkpoint):
+    ocr = GOT.from_pretrained(ocr_checkpoint.directory)
+    image = Image.new("RGB", (200, 150), "gray")
+    pieces = []
+    (result,) = ocr.recognize(image, max_new_tokens=16, stream=pieces.append)
+    assert "".join(pieces) == result.text + "\n"
