@@ -4,8 +4,7 @@ Names follow PaddleMIX (`qwen2.vision_tower_high`, `qwen2.mm_projector_vary`, `q
 its checkpoints load unchanged; `paddle_got.checkpoint` maps the PyTorch and Hugging Face layouts onto them.
 """
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import paddle
 import paddle.nn as nn
@@ -17,9 +16,11 @@ from .qwen2 import KVCache, Qwen2Model
 from .vision import GOTVisionEncoder
 
 
-@dataclass
-class GOTCausalLMOutput:
-    """`logits` `[batch, seq, vocab]` float32; `loss` a float32 scalar when labels were given."""
+class GOTCausalLMOutput(NamedTuple):
+    """`logits` `[batch, seq, vocab]` float32; `loss` a float32 scalar when labels were given.
+
+    A tuple, so that `paddle.DataParallel` finds the output tensors and reduces gradients correctly.
+    """
 
     logits: paddle.Tensor
     loss: Optional[paddle.Tensor] = None
@@ -119,14 +120,18 @@ class GOTQwenForCausalLM(nn.Layer):
         return GOTCausalLMOutput(logits=logits, loss=loss, past_key_values=past_key_values)
 
 
-def causal_lm_loss(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
-    """Mean cross-entropy of `logits[:, :-1]` against `labels[:, 1:]` over labels that are not IGNORE_INDEX.
-
-    A batch with no supervised token gives 0 (with a gradient path), never a division by zero.
-    """
+def causal_lm_loss_terms(logits: paddle.Tensor, labels: paddle.Tensor):
+    """`(sum, count)`: summed cross-entropy of `logits[:, :-1]` against `labels[:, 1:]` over labels that are not
+    IGNORE_INDEX, and how many there are (float32 scalars). Data-parallel training divides by a global count."""
     vocab = logits.shape[-1]
     shift_logits = logits[:, :-1].reshape([-1, vocab])
     shift_labels = labels[:, 1:].reshape([-1]).astype("int64")
     per_token = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
     supervised = (shift_labels != IGNORE_INDEX).astype("float32")
-    return per_token.reshape([-1]).sum() / paddle.clip(supervised.sum(), min=1.0)
+    return per_token.reshape([-1]).sum(), supervised.sum()
+
+
+def causal_lm_loss(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+    """Mean cross-entropy over supervised tokens (as HF computes it); 0 when there is none, never 0/0."""
+    total, count = causal_lm_loss_terms(logits, labels)
+    return total / paddle.clip(count, min=1.0)
