@@ -72,3 +72,11 @@ def ocr_checkpoint(tmp_path_factory):
     model = reference.build_ocr_reference(shape, num_ranks, seed=17)  # every mode reads non-empty text
     reference.save_got(model, shape, directory)
     return OCRCheckpoint(directory, shape, model)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """Meta path of 12 rendered samples (words, lines, paragraphs) in the training format."""
+    from paddle_got.data.synth import write_dataset
+
+    return write_dataset(str(tmp_path_factory.mktemp("synth")), num_samples=12, seed=0)

@@ -1,0 +1,274 @@
+"""Training data: meta file + JSON/JSONL annotations -> tokenised, masked samples (got_spec.md section 7).
+
+A meta file maps dataset names to `{"images": <dir>, "annotations": <json or jsonl>}` (optionally `"multi_crop":
+true`); each annotation is `{"image": <file or list of files>, "conversations": [{"from": "human", "value":
+"<image>\\nOCR:"}, {"from": "gpt", "value": <text>}, ...]}`. A list of images is read as the pages of one document.
+Only the answers and their closing `<|im_end|>` are supervised.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import paddle
+from PIL import Image
+
+from ..constants import IGNORE_INDEX, IM_END, IM_START, IMAGE_PLACEHOLDER, MAX_CROPS, MIN_CROPS
+from ..errors import GOTError
+from ..logger import logger
+from ..processing import BadInputError, GOTProcessor, OCRRequest, build_prompt, choose_grid, load_image
+
+LISTED_FILES = 5
+
+
+class DataError(GOTError):
+    """The training data cannot be used as given (malformed meta file or annotation)."""
+
+
+@dataclass
+class Record:
+    """One annotated sample: image paths (absolute), alternating (human, gpt) turns, and where it came from."""
+
+    images: List[str]
+    turns: List[Tuple[str, str]]
+    source: str
+    multi_crop: bool = False
+
+
+@dataclass
+class DataStats:
+    """What was skipped or cut while reading the data; logged once before training."""
+
+    samples: int = 0
+    missing_images: List[str] = field(default_factory=list)
+    truncated: int = 0
+    too_long: int = 0
+    unreadable: int = 0
+
+
+def _json_array_records(text: str, path: str) -> Iterator[Tuple[object, int]]:
+    """Yield `(record, line number)` for each element of a JSON array held in `text`."""
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text) or text[position] == "]":
+            return
+        line = text.count("\n", 0, position) + 1
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg}).") from None
+        yield record, line
+
+
+def read_annotations(path: str) -> Iterator[Tuple[object, int]]:
+    """Yield `(record, line number)` from a JSON array file or a JSONL file; DataError on malformed JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise DataError(f"Cannot read the annotation file {path}: {err.strerror}.") from None
+    if text.lstrip().startswith("["):
+        yield from _json_array_records(text, path)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line), number
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {number}: malformed JSON ({err.msg}).") from None
+
+
+def parse_record(raw, image_dir: str, where: str, multi_crop: bool) -> Record:
+    """Check one annotation's structure; DataError naming `where` (file and line) when it is malformed."""
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: an annotation must be a JSON object.")
+    images = raw.get("image")
+    images = [images] if isinstance(images, str) else images
+    if not images or not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+        raise DataError(f"{where}: \"image\" must be a file name or a non-empty list of file names.")
+    conversations = raw.get("conversations")
+    if not isinstance(conversations, list) or not conversations or len(conversations) % 2:
+        raise DataError(f"{where}: \"conversations\" must be a list of human/gpt turn pairs.")
+    turns = []
+    for index in range(0, len(conversations), 2):
+        human, gpt = conversations[index], conversations[index + 1]
+        if not (isinstance(human, dict) and isinstance(gpt, dict)) or (human.get("from"), gpt.get("from")) != (
+            "human",
+            "gpt",
+        ):
+            raise DataError(f"{where}: turns must alternate {{\"from\": \"human\"}} and {{\"from\": \"gpt\"}}.")
+        if not isinstance(human.get("value"), str) or not isinstance(gpt.get("value"), str):
+            raise DataError(f"{where}: every turn needs a string \"value\".")
+        turns.append((human["value"], gpt["value"]))
+    if IMAGE_PLACEHOLDER not in turns[0][0]:
+        raise DataError(f"{where}: the first human turn must contain {IMAGE_PLACEHOLDER}.")
+    return Record([os.path.join(image_dir, i) for i in images], turns, where, multi_crop)
+
+
+def load_meta(meta_path: str) -> List[Record]:
+    """All records of every dataset of a meta file, checked; relative paths resolve against the meta file."""
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except OSError as err:
+        raise DataError(f"Cannot read the meta file {meta_path}: {err.strerror}.") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{meta_path} line {err.lineno}: malformed JSON ({err.msg}).") from None
+    if not isinstance(meta, dict) or not meta:
+        raise DataError(f"{meta_path} must map dataset names to {{\"images\": ..., \"annotations\": ...}}.")
+    base = os.path.dirname(os.path.abspath(meta_path))
+    records = []
+    for name, entry in meta.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("images"), str) or not isinstance(
+            entry.get("annotations"), str
+        ):
+            raise DataError(f"{meta_path}: dataset {name!r} needs \"images\" and \"annotations\" paths.")
+        image_dir = os.path.join(base, entry["images"])
+        annotations = os.path.join(base, entry["annotations"])
+        for raw, line in read_annotations(annotations):
+            records.append(parse_record(raw, image_dir, f"{annotations} line {line}", bool(entry.get("multi_crop"))))
+    return records
+
+
+def conversation_tokens(processor: GOTProcessor, turns: List[Tuple[str, str]], num_image_tokens: int):
+    """`(input_ids, labels, prompt_length)` of a conversation; labels are IGNORE_INDEX outside the answers.
+
+    The first turn uses the full template (system message and image block); later turns append
+    `<|im_start|>user\\n...<|im_end|><|im_start|>assistant\\n`. Each answer is followed by `<|im_end|>`.
+    `prompt_length` is the length of the first prompt (it holds the image block and is never truncated).
+    """
+    tokenizer = processor.tokenizer
+    im_end = tokenizer.token_id(IM_END)
+    input_ids: List[int] = []
+    labels: List[int] = []
+    prompt_length = 0
+    for index, (question, answer) in enumerate(turns):
+        if index == 0:
+            prompt = build_prompt(question, num_image_tokens)
+        else:
+            prompt = f"{IM_START}user\n{question}{IM_END}{IM_START}assistant\n"
+        prompt_ids = tokenizer.encode(prompt)
+        answer_ids = tokenizer.encode(answer) + [im_end]
+        input_ids += prompt_ids + answer_ids
+        labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+        if index == 0:
+            prompt_length = len(prompt_ids)
+    return input_ids, labels, prompt_length
+
+
+class GOTDataset(paddle.io.Dataset):
+    """Records -> `{"input_ids", "labels", "pixel_values"}` (int64 lists, float32 `[T, 3, S, S]`).
+
+    Everything that can be decided before training is decided up front and counted in `stats`: records whose
+    images are missing are dropped and named (`strict` makes that fatal); sequences longer than `max_length` lose
+    the end of their answers, never the prompt with its image tokens; records whose prompt alone is too long are
+    dropped. Every kept sample therefore supervises at least one token.
+    """
+
+    def __init__(self, records: List[Record], processor: GOTProcessor, max_length: int = 8192, strict: bool = False):
+        self.processor = processor
+        self.max_length = max_length
+        self.stats = DataStats()
+        missing = sorted({path for r in records for path in r.images if not os.path.isfile(path)})
+        if missing:
+            listed = ", ".join(missing[:LISTED_FILES])
+            if len(missing) > LISTED_FILES:
+                listed += f" and {len(missing) - LISTED_FILES} more"
+            if strict:
+                raise DataError(f"{len(missing)} image files are missing: {listed}.")
+            logger.warning(f"{len(missing)} image files are missing, their samples are skipped: {listed}.")
+        self.stats.missing_images = missing
+        missing_set = set(missing)
+        self.records = [r for r in records if not missing_set.intersection(r.images) and self._fits(r)]
+        self.stats.samples = len(self.records)
+        if not self.records:
+            raise DataError("No usable training sample: every one was missing, unreadable or too long.")
+
+    def _num_tiles(self, record: Record) -> int:
+        """Tiles a record's images become, from the image headers only (no decoding)."""
+        if not record.multi_crop or len(record.images) > 1:
+            return len(record.images)
+        with Image.open(record.images[0]) as image:
+            columns, rows = choose_grid(image.width, image.height, self.processor.image_size, MIN_CROPS, MAX_CROPS)
+        return columns * rows + (1 if columns * rows > 1 else 0)
+
+    def _tokens(self, record: Record, num_tiles: int):
+        """`(input_ids, labels, untruncated length)`, cut to `max_length`; None if the prompt alone does not fit."""
+        input_ids, labels, prompt_length = conversation_tokens(
+            self.processor, record.turns, self.processor.tokens_per_tile * num_tiles
+        )
+        if prompt_length >= self.max_length:
+            return None
+        return input_ids[: self.max_length], labels[: self.max_length], len(input_ids)
+
+    def _fits(self, record: Record) -> bool:
+        """Whether a record can be trained on; counts unreadable, too long and truncated records."""
+        try:
+            num_tiles = self._num_tiles(record)
+        except OSError:
+            self.stats.unreadable += 1
+            return False
+        tokens = self._tokens(record, num_tiles)
+        if tokens is None:
+            self.stats.too_long += 1
+            return False
+        if tokens[2] > self.max_length:
+            self.stats.truncated += 1
+        return True
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def encode(self, record: Record) -> dict:
+        """The training example of a record (BadInputError if an image cannot be decoded)."""
+        pages = [load_image(path) for path in record.images]
+        request = OCRRequest(pages, multi_crop=record.multi_crop, max_crops=MAX_CROPS, multi_page=len(pages) > 1)
+        pixel_values = self.processor.tiles(request)
+        input_ids, labels, _ = self._tokens(record, len(pixel_values))
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
+
+    def __getitem__(self, index: int) -> dict:
+        """The example at `index`; an image that fails to decode is logged and the next record used instead."""
+        for offset in range(len(self.records)):
+            record = self.records[(index + offset) % len(self.records)]
+            try:
+                return self.encode(record)
+            except BadInputError as err:
+                logger.warning(f"Skipping {record.source}: {err}")
+        raise DataError("No training sample can be used: no image could be decoded.")
+
+
+def collate(examples: List[dict], pad_token_id: int) -> dict:
+    """Right-padded batch: `input_ids`, `labels` (IGNORE_INDEX on padding), `attention_mask` int64 `[B, L]`,
+    `pixel_values` float32 `[sum T, 3, S, S]`, as paddle tensors."""
+    length = max(len(e["input_ids"]) for e in examples)
+    input_ids = np.full((len(examples), length), pad_token_id, dtype=np.int64)
+    labels = np.full((len(examples), length), IGNORE_INDEX, dtype=np.int64)
+    attention_mask = np.zeros((len(examples), length), dtype=np.int64)
+    for row, example in enumerate(examples):
+        size = len(example["input_ids"])
+        input_ids[row, :size] = example["input_ids"]
+        labels[row, :size] = example["labels"]
+        attention_mask[row, :size] = 1
+    return {
+        "input_ids": paddle.to_tensor(input_ids),
+        "labels": paddle.to_tensor(labels),
+        "attention_mask": paddle.to_tensor(attention_mask),
+        "pixel_values": paddle.to_tensor(np.concatenate([e["pixel_values"] for e in examples])),
+    }
+
+
+def log_stats(stats: DataStats) -> None:
+    """One log line with what the data held and what was skipped."""
+    logger.info(
+        f"Training data: {stats.samples} samples; {len(stats.missing_images)} missing images skipped, "
+        f"{stats.unreadable} unreadable, {stats.too_long} prompts longer than max_length skipped, "
+        f"{stats.truncated} answers truncated to max_length."
+    )
+

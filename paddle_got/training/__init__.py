@@ -1,0 +1,1 @@
+"""Post-training: arguments (YAML + command line), the paddlenlp Trainer wiring, freezing and LoRA."""

@@ -1,0 +1,102 @@
+"""Training arguments: YAML config files plus `--key value` overrides, parsed into paddlenlp dataclasses.
+
+Field names follow PaddleMIX's GOT training script and paddlenlp's TrainingArguments. A value given on the command
+line wins over the YAML file, which wins over the defaults below (the reference hyper-parameters of GOT).
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import yaml
+from paddlenlp.trainer import PdArgumentParser, TrainingArguments
+
+from ..errors import GOTError
+
+CONFIG_FLAGS = ("--config", "-c")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to start from and what to train of it."""
+
+    model_name_or_path: str = field(
+        default="stepfun-ai/GOT-OCR2_0", metadata={"help": "checkpoint directory (any layout) or hub id"}
+    )
+    from_scratch: bool = field(
+        default=False, metadata={"help": "random weights from the directory's config.json (tiny experiments)"}
+    )
+    freeze_vision_tower: bool = field(default=False, metadata={"help": "stage 3: keep the vision encoder fixed"})
+
+
+@dataclass
+class DataArguments:
+    """Where the training data is and how long a sample may be."""
+
+    meta_path: Optional[str] = field(default=None, metadata={"help": "meta file listing the datasets"})
+    max_seq_length: int = field(default=8192, metadata={"help": "longest sample in tokens (answers are cut)"})
+    strict: bool = field(default=False, metadata={"help": "missing image files stop the run instead of skipping"})
+
+
+@dataclass
+class GOTTrainingArguments(TrainingArguments):
+    """paddlenlp's TrainingArguments with GOT's reference hyper-parameters as defaults (got_spec.md section 7)."""
+
+    output_dir: str = field(default="output/got_stage2", metadata={"help": "checkpoints and the final model"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "learning-rate schedule"})
+    warmup_ratio: float = field(default=0.001, metadata={"help": "share of steps spent warming up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    logging_steps: int = field(default=1, metadata={"help": "log every N steps"})
+    save_total_limit: Optional[int] = field(default=3, metadata={"help": "checkpoints kept"})
+    report_to: Optional[List[str]] = field(default_factory=lambda: ["none"], metadata={"help": "loggers"})
+
+
+def yaml_arguments(path: str) -> List[str]:
+    """The `--key value` list equivalent to a flat YAML mapping (booleans as True/False, lists space-separated)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise GOTError(f"Cannot read the config file {path}: {err.strerror}.") from None
+    except yaml.YAMLError as err:
+        raise GOTError(f"{path} is not valid YAML: {str(err).splitlines()[0]}.") from None
+    if not isinstance(values, dict):
+        raise GOTError(f"{path} must be a mapping of argument names to values.")
+    arguments = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        arguments.append(f"--{key}")
+        if isinstance(value, list):
+            arguments.extend(str(item) for item in value)
+        else:
+            arguments.append(str(value))
+    return arguments
+
+
+def split_config_flag(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """`(config path or None, the remaining arguments)` from a command line."""
+    remaining, config = [], None
+    iterator = iter(argv)
+    for argument in iterator:
+        if argument in CONFIG_FLAGS:
+            config = next(iterator, None)
+            if config is None:
+                raise GOTError(f"{argument} needs a YAML file.")
+        elif argument.startswith("--config="):
+            config = argument.split("=", 1)[1]
+        else:
+            remaining.append(argument)
+    return config, remaining
+
+
+def parse_training_arguments(argv: Sequence[str]):
+    """`(ModelArguments, DataArguments, GOTTrainingArguments)` from `[--config X.yaml] [--key value ...]`."""
+    config, overrides = split_config_flag(argv)
+    arguments = (yaml_arguments(config) if config else []) + overrides
+    parser = PdArgumentParser((ModelArguments, DataArguments, GOTTrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=arguments)
+    if not data_args.meta_path:
+        raise GOTError("No training data: give --meta_path (or meta_path in the YAML config).")
+    return model_args, data_args, training_args

@@ -1,0 +1,109 @@
+"""Build everything a training run needs from parsed arguments, and run it."""
+
+import os
+from functools import partial
+
+import paddle
+from paddlenlp.trainer import set_seed
+from paddlenlp.trainer.trainer_utils import get_last_checkpoint
+
+from ..config import GOTConfig
+from ..data.dataset import GOTDataset, collate, load_meta, log_stats
+from ..device import gpu_compute_capability, set_cpu_threads
+from ..errors import GOTError
+from ..logger import logger
+from ..modeling.got import GOTQwenForCausalLM
+from ..pipeline import resolve_model_path
+from ..processing import GOTProcessor
+from .trainer import GOTTrainer
+
+INIT_STD = 0.02
+
+
+def init_weights(model: GOTQwenForCausalLM, std: float = INIT_STD) -> None:
+    """Fresh weights for training from scratch: normal(0, std) matrices and kernels, zero biases and
+    position tables, unit norm scales."""
+    for name, parameter in model.named_parameters():
+        if parameter.ndim == 1:
+            is_scale = name.endswith("weight") and ("norm" in name or ".neck." in name)
+            parameter.set_value(paddle.full(parameter.shape, 1.0 if is_scale else 0.0, parameter.dtype))
+        elif name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")):
+            parameter.set_value(paddle.zeros(parameter.shape, parameter.dtype))
+        else:
+            parameter.set_value(paddle.normal(0.0, std, parameter.shape).astype(parameter.dtype))
+
+
+def freeze_vision_tower(model: GOTQwenForCausalLM) -> None:
+    """Stage 3: the vision encoder (with net_2/net_3) gets no gradient and is never updated."""
+    for parameter in model.qwen2.vision_tower_high.parameters():
+        parameter.stop_gradient = True
+
+
+def load_model(model_args, seed: int):
+    """`(model, processor)` for training: the checkpoint's weights, or fresh ones with `from_scratch`."""
+    path = resolve_model_path(model_args.model_name_or_path)
+    processor = GOTProcessor.from_pretrained(path)
+    if model_args.from_scratch:
+        set_seed(seed)
+        model = GOTQwenForCausalLM(GOTConfig.from_pretrained(path))
+        init_weights(model)
+    else:
+        model = GOTQwenForCausalLM.from_pretrained(path, dtype="float32")
+    if model_args.freeze_vision_tower:
+        freeze_vision_tower(model)
+    model.train()
+    return model, processor
+
+
+def resolve_resume(training_args):
+    """The checkpoint to resume from: a directory, or the last one in output_dir for "true"/"auto"; or None."""
+    resume = training_args.resume_from_checkpoint
+    if not resume or str(resume).lower() in ("false", "none"):
+        return None
+    if str(resume).lower() in ("true", "auto"):
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise GOTError(f"No checkpoint to resume from in {training_args.output_dir}.")
+        return last
+    if not os.path.isdir(resume):
+        raise GOTError(f"Checkpoint {resume} does not exist.")
+    return resume
+
+
+def check_precision(training_args) -> None:
+    """bf16/fp16 training needs a GPU (Paddle's CPU kernels have no half-precision matmul)."""
+    if (training_args.bf16 or training_args.fp16) and gpu_compute_capability() is None:
+        raise GOTError("bf16/fp16 training needs a GPU: Paddle's CPU kernels have no half-precision matmul.")
+
+
+def train(model_args, data_args, training_args) -> GOTTrainer:
+    """Train as the arguments say; the final model is written to `output_dir`. Returns the trainer."""
+    check_precision(training_args)
+    set_cpu_threads()
+    resume = resolve_resume(training_args)
+    model, processor = load_model(model_args, training_args.seed)
+    dataset = GOTDataset(load_meta(data_args.meta_path), processor, data_args.max_seq_length, data_args.strict)
+    log_stats(dataset.stats)
+    trainable = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
+    logger.info(f"Training {trainable:,} of {sum(int(p.numel()) for p in model.parameters()):,} parameters")
+    trainer = GOTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=partial(collate, pad_token_id=processor.tokenizer.pad_token_id),
+        processor=processor,
+    )
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        close_progress_bars(trainer)
+    trainer.save_model()
+    return trainer
+
+
+def close_progress_bars(trainer: GOTTrainer) -> None:
+    """Close the Trainer's tqdm bars now, so that an error message printed next is the last line on stderr."""
+    for callback in trainer.callback_handler.callbacks:
+        bar = getattr(callback, "training_bar", None)
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,137 @@
+"""tools/train.py and run_train.sh end to end: resume after a kill, 2 processes = 1 process, bad data stops cleanly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(REPO, "tools", "train.py")
+
+
+def train_command(meta_path, output_dir, *extra):
+    return [sys.executable, TRAIN, "--config", os.path.join(REPO, "configs", "tiny_cpu.yaml"),
+            "--model_name_or_path", os.path.join(REPO, "configs", "tiny_got"), "--meta_path", meta_path,
+            "--output_dir", str(output_dir), *extra]
+
+
+def run_train(meta_path, output_dir, *extra, check_exit=0):
+    result = subprocess.run(train_command(meta_path, output_dir, *extra), capture_output=True, text=True,
+                            timeout=600, cwd=REPO)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    if check_exit is not None:
+        assert result.returncode == check_exit, result.stderr[-3000:]
+    return result
+
+
+def weights(directory):
+    return {name: np.asarray(value) for name, value in paddle.load(os.path.join(directory, "model_state.pdparams"),
+                                                                  return_numpy=True).items()}
+
+
+def assert_same_weights(first, second, atol):
+    first, second = weights(first), weights(second)
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_allclose(first[name], second[name], rtol=0, atol=atol, err_msg=name)
+
+
+def test_output_is_a_checkpoint_infer_reads(synth_data, tmp_path):
+    run_train(synth_data, tmp_path / "out")
+    assert {"config.json", "model_state.pdparams", "qwen.tiktoken", "checkpoint-2", "checkpoint-4"} <= set(
+        os.listdir(tmp_path / "out"))
+    image = json.load(open(os.path.join(os.path.dirname(synth_data), "annotations.json")))[0]["image"]
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "infer.py"), "--model_name_or_path", str(tmp_path / "out"),
+         "--image_file", os.path.join(os.path.dirname(synth_data), "images", image), "--max_new_tokens", "4"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n")
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(synth_data, tmp_path):
+    steps = ["--max_steps", "6", "--save_steps", "2"]
+    run_train(synth_data, tmp_path / "straight", *steps)
+    process = subprocess.Popen(train_command(synth_data, tmp_path / "killed", *steps), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not os.path.isdir(tmp_path / "killed" / "checkpoint-2") and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # somewhere in the middle of the following steps
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(tmp_path / "killed" / "model_state.pdparams")  # it did not finish
+    run_train(synth_data, tmp_path / "killed", *steps, "--resume_from_checkpoint", "true")
+    assert_same_weights(tmp_path / "straight", tmp_path / "killed", atol=0)
+
+
+def test_two_cpu_processes_equal_one_with_the_same_global_batch(synth_data, tmp_path):
+    run_train(synth_data, tmp_path / "one", "--per_device_train_batch_size", "2")
+    environment = {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["sh", os.path.join(REPO, "run_train.sh"), "--model_name_or_path", "configs/tiny_got",
+         "--meta_path", synth_data, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "1"],
+        capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(f for f in os.listdir(tmp_path / "two" / "logs") if f.startswith("workerlog")) == [
+        "workerlog.0", "workerlog.1"]
+    assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
+
+
+def corrupt_copy(synth_data, tmp_path, edit):
+    """A copy of the synthetic data's meta and annotations (images shared) with `edit` applied to the records."""
+    folder = os.path.dirname(synth_data)
+    records = json.load(open(os.path.join(folder, "annotations.json")))
+    lines = edit(records)
+    (tmp_path / "ann.jsonl").write_text("".join(lines))
+    (tmp_path / "meta.json").write_text(json.dumps(
+        {"synth": {"images": os.path.join(folder, "images"), "annotations": "ann.jsonl"}}))
+    return str(tmp_path / "meta.json")
+
+
+def test_malformed_annotation_stops_before_training(synth_data, tmp_path):
+    def break_line_3(records):
+        lines = [json.dumps(r) + "\n" for r in records]
+        lines[2] = lines[2][:-10] + "\n"
+        return lines
+
+    result = run_train(corrupt_copy(synth_data, tmp_path, break_line_3), tmp_path / "out", check_exit=2)
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'ann.jsonl'} line 3: malformed JSON")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_images_are_skipped_or_fatal_with_strict(synth_data, tmp_path):
+    def lose_two(records):
+        records[0]["image"], records[5]["image"] = "gone_a.png", "gone_b.png"
+        return [json.dumps(r) + "\n" for r in records]
+
+    meta = corrupt_copy(synth_data, tmp_path, lose_two)
+    result = run_train(meta, tmp_path / "out", "--max_steps", "1")
+    assert "2 image files are missing, their samples are skipped: " in result.stderr
+    assert "gone_a.png" in result.stderr and "Training data: 10 samples" in result.stderr
+    strict = run_train(meta, tmp_path / "strict", "--strict", "True", check_exit=2)
+    assert strict.stderr.strip().splitlines()[-1].startswith("error: 2 image files are missing: ")
+
+
+def test_non_finite_loss_stops_without_saving(synth_data, tmp_path):
+    result = run_train(synth_data, tmp_path / "out", "--learning_rate", "1e30", "--max_steps", "4",
+                       "--save_steps", "1", "--max_grad_norm", "0", check_exit=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: The training loss became ") and "before saving non-finite weights" in last
+    for checkpoint in os.listdir(tmp_path / "out"):
+        if checkpoint.startswith("checkpoint-"):
+            for value in weights(tmp_path / "out" / checkpoint).values():
+                assert np.isfinite(value).all()
+
+
+@pytest.mark.parametrize("flag", ["--bf16", "--fp16"])
+def test_half_precision_training_on_cpu_is_refused(flag, synth_data, tmp_path):
+    result = run_train(synth_data, tmp_path / "out", flag, "True", check_exit=2)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: bf16/fp16 training needs a GPU: Paddle's CPU kernels have no half-precision matmul.")
