@@ -1,12 +1,6 @@
 """paddle_got: GOT-OCR2.0 inference and post-training on PaddlePaddle."""
 
-import warnings
-
-# Importing paddle warns about a missing C++ compiler cache that only matters for building custom ops.
-warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
-# paddlenlp's import chain triggers this setuptools notice; it says nothing about our code.
-warnings.filterwarnings("ignore", message="Setuptools is replacing distutils", category=UserWarning)
-
+from . import _cpu_setup  # noqa: F401  (must run before paddle is imported)
 from .config import GOTConfig, GOTVisionConfig
 from .errors import CheckpointError, GOTError
 from .modeling.got import GOTCausalLMOutput, GOTQwenForCausalLM

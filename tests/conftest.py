@@ -3,6 +3,7 @@
 import os
 import sys
 
+import paddle_got  # noqa: F401  (first: it configures MKL before paddle loads)
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
