@@ -4,11 +4,9 @@ The original-GOT renaming below is written from the spec, independently of `padd
 wrong mapping in the library cannot agree with itself.
 """
 
-import base64
 import json
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
@@ -16,6 +14,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
+
+from paddle_got.tokenizer import train_byte_bpe, write_tiktoken_ranks
 
 VOCAB_SIZE = 300
 IMG_START_ID, IMG_END_ID, IMG_PAD_ID = 297, 298, 299
@@ -244,37 +244,10 @@ TOKENIZER_CORPUS = (
 NUM_SPECIAL_TOKENS = 3 + 205 + 9  # endoftext, im_start, im_end; 205 extras; the GOT specials
 
 
-def train_byte_bpe(corpus: str, num_merges: int) -> Dict[bytes, int]:
-    """Byte-level BPE ranks: the 256 bytes, then `num_merges` merges of the most frequent adjacent pairs."""
-    ranks = {bytes([value]): value for value in range(256)}
-    words = [[bytes([b]) for b in piece.encode()] for piece in re.findall(r" ?\w+| ?[^\w\s]+|\s+", corpus)]
-    for _ in range(num_merges):
-        pairs = Counter(pair for word in words for pair in zip(word, word[1:]))
-        if not pairs:
-            break
-        (first, second), _ = pairs.most_common(1)[0]
-        ranks[first + second] = len(ranks)
-        merged_words = []
-        for word in words:
-            merged, index = [], 0
-            while index < len(word):
-                if index + 1 < len(word) and word[index] == first and word[index + 1] == second:
-                    merged.append(first + second)
-                    index += 2
-                else:
-                    merged.append(word[index])
-                    index += 1
-            merged_words.append(merged)
-        words = merged_words
-    return ranks
-
-
 def write_tiktoken(directory: str, num_merges: int = 100) -> int:
     """Write `qwen.tiktoken` (base64 token, rank per line); returns the vocabulary size with the specials."""
     ranks = train_byte_bpe(TOKENIZER_CORPUS, num_merges)
-    with open(os.path.join(directory, "qwen.tiktoken"), "w") as f:
-        for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
-            f.write(f"{base64.b64encode(token).decode()} {rank}\n")
+    write_tiktoken_ranks(os.path.join(directory, "qwen.tiktoken"), ranks)
     return len(ranks) + NUM_SPECIAL_TOKENS
 
 

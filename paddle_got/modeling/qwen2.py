@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.distributed.fleet.utils import recompute
 
 from ..config import GOTConfig
 
@@ -77,7 +78,7 @@ class Qwen2RMSNorm(nn.Layer):
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.astype("float32")
-        variance = hidden_states.pow(2).mean(axis=-1, keepdim=True)
+        variance = paddle.square(hidden_states).mean(axis=-1, keepdim=True)
         hidden_states = hidden_states * paddle.rsqrt(variance + self.eps)
         return self.weight * hidden_states.astype(input_dtype)
 
@@ -220,6 +221,8 @@ class Qwen2Model(nn.Layer):
         self.layers = nn.LayerList([Qwen2DecoderLayer(config, index) for index in range(config.num_hidden_layers)])
         self.norm = Qwen2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
+        # Recompute each layer's activations in backward instead of storing them (training memory).
+        self.gradient_checkpointing = False
 
     def decode(
         self,
@@ -246,7 +249,10 @@ class Qwen2Model(nn.Layer):
         attention_bias = build_attention_bias(attention_mask, length, past_length, inputs_embeds.dtype)
         hidden_states = inputs_embeds
         for layer in self.layers:
-            hidden_states = layer(hidden_states, rotary, attention_bias, cache)
+            if self.gradient_checkpointing and self.training and cache is None:
+                hidden_states = recompute(lambda h, layer=layer: layer(h, rotary, attention_bias, None), hidden_states)
+            else:
+                hidden_states = layer(hidden_states, rotary, attention_bias, cache)
         if cache is not None:
             cache.advance(length)
         return self.norm(hidden_states)

@@ -10,6 +10,7 @@ from typing import Tuple
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.distributed.fleet.utils import recompute
 
 from ..config import GOTVisionConfig
 
@@ -147,7 +148,7 @@ class LayerNorm2d(nn.Layer):
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.astype("float32")
         mean = hidden_states.mean(axis=1, keepdim=True)
-        variance = (hidden_states - mean).pow(2).mean(axis=1, keepdim=True)
+        variance = paddle.square(hidden_states - mean).mean(axis=1, keepdim=True)
         hidden_states = ((hidden_states - mean) / paddle.sqrt(variance + self.eps)).astype(input_dtype)
         return self.weight.reshape([1, -1, 1, 1]) * hidden_states + self.bias.reshape([1, -1, 1, 1])
 
@@ -194,12 +195,17 @@ class GOTVisionEncoder(nn.Layer):
         )
         self.net_2 = nn.Conv2D(channels, 2 * channels, kernel_size=3, stride=2, padding=1, bias_attr=False)
         self.net_3 = nn.Conv2D(2 * channels, output_dim, kernel_size=3, stride=2, padding=1, bias_attr=False)
+        # Recompute each block's activations in backward instead of storing them (training memory).
+        self.gradient_checkpointing = False
 
     def forward(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
         """`[T, 3, S, S]` -> `[T, tokens_per_tile, output_dim]`, tokens in row-major order."""
         hidden_states = self.patch_embed(pixel_values) + self.pos_embed
         for block in self.blocks:
-            hidden_states = block(hidden_states)
+            if self.gradient_checkpointing and self.training:
+                hidden_states = recompute(block, hidden_states)
+            else:
+                hidden_states = block(hidden_states)
         feature_map = self.neck(hidden_states.transpose([0, 3, 1, 2]))
         feature_map = self.net_3(self.net_2(feature_map))  # [T, output_dim, s, s]
         return feature_map.flatten(start_axis=2).transpose([0, 2, 1])

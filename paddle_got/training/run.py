@@ -55,6 +55,12 @@ def load_model(model_args, seed: int):
     return model, processor
 
 
+def enable_recompute(model: GOTQwenForCausalLM) -> None:
+    """Gradient checkpointing in every decoder layer and vision block (`--recompute True`)."""
+    model.qwen2.gradient_checkpointing = True
+    model.qwen2.vision_tower_high.gradient_checkpointing = True
+
+
 def resolve_resume(training_args):
     """The checkpoint to resume from: a directory, or the last one in output_dir for "true"/"auto"; or None."""
     resume = training_args.resume_from_checkpoint
@@ -76,12 +82,17 @@ def check_precision(training_args) -> None:
         raise GOTError("bf16/fp16 training needs a GPU: Paddle's CPU kernels have no half-precision matmul.")
 
 
-def train(model_args, data_args, training_args) -> GOTTrainer:
-    """Train as the arguments say; the final model is written to `output_dir`. Returns the trainer."""
+def train(model_args, data_args, training_args, callbacks=None) -> GOTTrainer:
+    """Train as the arguments say; the final model is written to `output_dir`. Returns the trainer.
+
+    `callbacks` are paddlenlp TrainerCallbacks added to the Trainer's own.
+    """
     check_precision(training_args)
     set_cpu_threads()
     resume = resolve_resume(training_args)
     model, processor = load_model(model_args, training_args.seed)
+    if training_args.recompute:
+        enable_recompute(model)
     dataset = GOTDataset(load_meta(data_args.meta_path), processor, data_args.max_seq_length, data_args.strict)
     log_stats(dataset.stats)
     trainable = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
@@ -92,6 +103,7 @@ def train(model_args, data_args, training_args) -> GOTTrainer:
         train_dataset=dataset,
         data_collator=partial(collate, pad_token_id=processor.tokenizer.pad_token_id),
         processor=processor,
+        callbacks=callbacks,
     )
     try:
         trainer.train(resume_from_checkpoint=resume)

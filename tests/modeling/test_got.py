@@ -131,3 +131,39 @@ def test_loss_of_fully_masked_labels_is_zero_not_nan(checkpoint_dirs):
     ids = np.array([reference.prompt_ids(0, SHAPES[0], 6, 0)])
     _, loss = run_ours(model, ids, labels=np.full_like(ids, -100))
     assert loss == 0.0
+
+
+def test_gradients_match_reference_for_a_right_padded_training_batch(checkpoint_dirs, reference_models):
+    """Every parameter's gradient of the loss equals the reference's (the layout training uses)."""
+    import torch
+
+    from paddle_got.checkpoint import _hf_name, needs_transpose
+
+    shape = SHAPES[0]
+    model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(shape, "hf"))
+    model.train()
+    sequences = [reference.prompt_ids(1, shape, 5, 8, seed=1), reference.prompt_ids(2, shape, 3, 3, seed=2)]
+    length = max(len(s) for s in sequences)
+    ids, mask = np.zeros((2, length), "int64"), np.zeros((2, length), "int64")
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)], mask[row, : len(sequence)] = sequence, 1
+    labels = np.where(mask == 1, ids, -100)
+    pixels = np.concatenate([reference.random_pixels(1, shape, 1), reference.random_pixels(2, shape, 2)])
+    torch_model = reference_models(shape)
+    torch_model.zero_grad()
+    torch_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                pixel_values=torch.from_numpy(pixels), labels=torch.from_numpy(labels)).loss.backward()
+    ours = {name: p for name, p in model.named_parameters()}
+    loss = model(paddle.to_tensor(ids), paddle.to_tensor(pixels), paddle.to_tensor(mask),
+                 labels=paddle.to_tensor(labels)).loss
+    loss.backward()
+    compared = 0
+    for name, parameter in torch_model.named_parameters():
+        if parameter.grad is None or _hf_name(name) not in ours:
+            continue
+        expected = parameter.grad.numpy()
+        if needs_transpose(_hf_name(name), "hf") and expected.ndim == 2:
+            expected = expected.T
+        assert reference.relative_error(ours[_hf_name(name)].grad.numpy(), expected) <= 1e-4, name
+        compared += 1
+    assert compared == len(ours)

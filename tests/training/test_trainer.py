@@ -9,7 +9,7 @@ from paddle_got import GOTQwenForCausalLM
 from paddle_got.data.dataset import GOTDataset, collate, load_meta
 from paddle_got.processing import GOTProcessor
 from paddle_got.training.arguments import parse_training_arguments
-from paddle_got.training.run import train
+from paddle_got.training.run import enable_recompute, train
 from paddle_got.training.trainer import GlobalBatchSampler, GOTTrainer
 
 
@@ -64,3 +64,25 @@ def test_ranks_take_slices_of_the_same_global_batches():
     epoch_one = GlobalBatchSampler(dataset, batch_size=4, num_replicas=1, rank=0, seed=3)
     epoch_one.set_epoch(1)
     assert list(epoch_one) != single
+
+
+def test_recompute_gives_the_same_gradients(ocr_checkpoint, synth_data):
+    processor = GOTProcessor.from_pretrained(ocr_checkpoint.directory)
+    dataset = GOTDataset(load_meta(synth_data), processor)
+    batch = collate([dataset[i] for i in range(3)], pad_token_id=processor.tokenizer.pad_token_id)
+    gradients, forward_calls = [], []
+    for checkpointing in (False, True):
+        model = GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory)
+        model.train()
+        if checkpointing:
+            enable_recompute(model)
+        calls = []
+        for layer in (model.qwen2.layers[0], model.qwen2.vision_tower_high.blocks[0]):
+            layer.register_forward_post_hook(lambda layer, inputs, outputs: calls.append(layer))
+        output = model(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], labels=batch["labels"])
+        output.loss.backward()
+        gradients.append({name: p.grad.numpy() for name, p in model.named_parameters()})
+        forward_calls.append(len(calls))
+    assert forward_calls == [2, 4]  # with recompute, both layers run again during backward
+    for name, gradient in gradients[0].items():
+        np.testing.assert_allclose(gradients[1][name], gradient, rtol=1e-5, atol=1e-7, err_msg=name)
