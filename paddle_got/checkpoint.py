@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.paddle import save_file
 from tqdm import tqdm
 
-from .config import CONFIG_NAME, GOTConfig
+from .config import GOTConfig
 from .errors import CheckpointError
 from .logger import logger
 

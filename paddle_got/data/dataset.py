@@ -9,7 +9,7 @@ Only the answers and their closing `<|im_end|>` are supervised.
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import paddle

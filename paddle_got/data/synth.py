@@ -16,7 +16,12 @@ from ..constants import IMAGE_PLACEHOLDER
 from ..outputs import write_atomic
 
 SYNTHDOG_QUESTION = IMAGE_PLACEHOLDER + "\nOCR:"
-KINDS = ("word", "line", "paragraph")
+KINDS = ("word", "line", "paragraph", "chars")
+CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+# The fixed layout of "chars" samples (the canvas grows only for the widest strings).
+CHARS_FONT_SIZE = 28
+CHARS_MARGIN = 8
+CHARS_CANVAS = 160
 WORDS = (
     "the of and to in is was for on are with as his they be at one have this from or had by hot word but what "
     "some we can out other were all there when up use your how said an each she which do their time if will way "
@@ -38,10 +43,13 @@ def font(size: int) -> ImageFont.ImageFont:
 
 
 def random_text(rng: np.random.Generator, kind: str) -> List[str]:
-    """The lines of one sample: a word or two, a line of 3-6 words, or 2-4 lines."""
+    """The lines of one sample: a word or two, a line of 3-6 words, 2-4 lines, or 3-8 random letters and digits
+    ("chars": no vocabulary to guess from, only reading helps)."""
     def words(low, high):
         return " ".join(rng.choice(WORDS, size=int(rng.integers(low, high + 1))))
 
+    if kind == "chars":
+        return ["".join(rng.choice(list(CHARACTERS), size=int(rng.integers(3, 9))))]
     if kind == "word":
         return [words(1, 2)]
     if kind == "line":
@@ -67,20 +75,25 @@ def background(rng: np.random.Generator, size: Tuple[int, int]) -> Image.Image:
 
 
 def render_sample(rng: np.random.Generator, kind: str) -> Tuple[Image.Image, str]:
-    """One image and its text (lines joined by newlines), dark text on a light background."""
+    """One image and its text (lines joined by newlines), dark text on a light background.
+
+    "chars" samples are set at one size, left-aligned at a fixed margin (the k-th character always lands in the
+    same region); the other kinds vary size and position.
+    """
     lines = random_text(rng, kind)
-    text_font = font(int(rng.integers(20, 33)))
+    fixed_layout = kind == "chars"
+    text_font = font(CHARS_FONT_SIZE if fixed_layout else int(rng.integers(20, 33)))
     line_height = int(text_font.size * 1.3)
     widths = [int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(line, font=text_font)) for line in lines]
-    margin = int(rng.integers(6, 24))
+    margin = CHARS_MARGIN if fixed_layout else int(rng.integers(6, 24))
     width = max(widths) + 2 * margin
     height = line_height * len(lines) + 2 * margin
-    side = max(width, height)  # square canvases squash least when resized to the model's square input
+    side = max(CHARS_CANVAS if fixed_layout else 0, width, height)  # square canvases squash least
     image = background(rng, (side, side))
     draw = ImageDraw.Draw(image)
     colour = tuple(int(c) for c in rng.integers(0, 90, 3))
-    left = int(rng.integers(0, side - width + 1))
-    top = int(rng.integers(0, side - height + 1))
+    left = 0 if fixed_layout else int(rng.integers(0, side - width + 1))
+    top = (side - height) // 2 if fixed_layout else int(rng.integers(0, side - height + 1))
     for index, line in enumerate(lines):
         draw.text((left + margin, top + margin + index * line_height), line, fill=colour, font=text_font)
     return image, "\n".join(lines)
