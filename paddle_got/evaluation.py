@@ -1,0 +1,116 @@
+"""Scoring predictions against annotated references: matching, per-sample metrics, the JSON report.
+
+Predictions are the JSONL that tools/infer.py writes (`{"image": ..., "text": ...}`); references are annotations
+in the training format (the first `gpt` turn is the reference text). They are matched by image path, or by file
+name when the paths differ (predictions usually carry the path infer.py was given).
+"""
+
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+from tqdm import tqdm
+
+from .data.dataset import DataError, load_meta, parse_record, read_annotations
+from .errors import GOTError
+from .metrics import METRIC_NAMES, SampleScores, as_dict, average, score
+from .outputs import write_atomic
+
+
+def read_predictions(path: str) -> Dict[str, str]:
+    """`{image: text}` from a predictions JSONL; GOTError naming the line of anything malformed."""
+    if not os.path.isfile(path):
+        raise GOTError(f"Predictions file {path} does not exist.")
+    predictions = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise GOTError(f"{path} line {number}: malformed JSON ({err.msg}).") from None
+            if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+                raise GOTError(f"{path} line {number}: a prediction needs an \"image\" string.")
+            if "text" not in record:
+                continue  # an input infer.py could not read: it has no prediction
+            if not isinstance(record["text"], str):
+                raise GOTError(f"{path} line {number}: \"text\" must be a string.")
+            key = record["image"] if record.get("page") is None else f"{record['image']}#{record['page']}"
+            predictions[key] = record["text"]
+    return predictions
+
+
+def read_references(path: str) -> List[Tuple[str, str]]:
+    """`[(image, reference text)]` from a training-format annotation file (JSON array or JSONL)."""
+    references = []
+    for raw, line in read_annotations(path):
+        record = parse_record(raw, "", f"{path} line {line}", multi_crop=False)
+        references.append((record.images[0], record.turns[0][1]))
+    if not references:
+        raise DataError(f"{path} holds no annotation.")
+    return references
+
+
+def match(predictions: Dict[str, str], references: List[Tuple[str, str]]):
+    """`(pairs [(image, prediction, reference)], images without a prediction)`, matched by path then file name."""
+    by_name: Dict[str, Optional[str]] = {}
+    for image in predictions:
+        name = os.path.basename(image)
+        by_name[name] = None if name in by_name else image  # None: the file name is ambiguous
+    pairs, missing = [], []
+    for image, reference in references:
+        key = image if image in predictions else by_name.get(os.path.basename(image))
+        if key is None:
+            missing.append(image)
+        else:
+            pairs.append((image, predictions[key], reference))
+    return pairs, missing
+
+
+def build_report(pairs, missing: List[str], level: str) -> dict:
+    """The report: averages at the top level (METRIC_NAMES), then `samples` and `missing_predictions`."""
+    samples = []
+    for image, prediction, reference in tqdm(pairs, desc="Scoring", unit="sample", disable=len(pairs) < 50):
+        samples.append({"image": image, "prediction": prediction, "reference": reference,
+                        **as_dict(score(prediction, reference, level))})
+    report = average(SampleScores(**{name: sample[name] for name in METRIC_NAMES}) for sample in samples)
+    report.update(num_samples=len(samples), level=level, samples=samples, missing_predictions=missing)
+    return report
+
+
+def evaluate_predictions(predictions_path: str, references_path: str, level: str = "word") -> dict:
+    """Score a predictions JSONL against an annotation file."""
+    pairs, missing = match(read_predictions(predictions_path), read_references(references_path))
+    if not pairs:
+        raise GOTError(f"No prediction in {predictions_path} matches an image of {references_path}.")
+    return build_report(pairs, missing, level)
+
+
+def evaluate_model(reader, meta_path: str, level: str = "word", **recognize_options) -> dict:
+    """Read every annotated image of a meta file with `reader` (a GOT) and score the texts."""
+    records = load_meta(meta_path)
+    images = [record.images[0] for record in records]
+    pairs, missing = [], []
+    results = reader.iter_recognize(images, **recognize_options)
+    for record, result in tqdm(zip(records, results), total=len(records), desc="Reading", unit="image"):
+        if result.error is not None:
+            missing.append(record.images[0])
+        else:
+            pairs.append((record.images[0], result.text, record.turns[0][1]))
+    return build_report(pairs, missing, level)
+
+
+def format_table(report: dict) -> str:
+    """A short text table of the averages."""
+    lines = [f"{'metric':<14} {'value':>8}"]
+    lines += [f"{name:<14} {report[name]:>8.4f}" for name in METRIC_NAMES]
+    lines.append(f"{'samples':<14} {report['num_samples']:>8}")
+    if report["missing_predictions"]:
+        lines.append(f"{'unmatched':<14} {len(report['missing_predictions']):>8}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str) -> None:
+    """The report as JSON, written atomically."""
+    write_atomic(path, json.dumps(report, ensure_ascii=False, indent=1) + "\n")
