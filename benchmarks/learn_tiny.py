@@ -85,7 +85,9 @@ def main():
     images = [os.path.join(heldout_dir, "images", record["image"]) for record in heldout]
     references = [record["conversations"][1]["value"] for record in heldout]
     reader = GOT.from_pretrained(output_dir, dtype="float32")
-    predictions = [r.text for r in reader.recognize(images, batch_size=16, max_new_tokens=32)]
+    # Read with the prompt the model was trained with (SynthDoG's "<image>\nOCR:").
+    query = heldout[0]["conversations"][0]["value"].split("\n", 1)[1]
+    predictions = [r.text for r in reader.recognize(images, batch_size=16, max_new_tokens=32, query=query)]
     cer = character_error_rate(predictions, references)
 
     losses = recorder.losses

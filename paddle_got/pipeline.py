@@ -223,20 +223,24 @@ class GOT:
         no_repeat_ngram_size: Optional[int] = None,
         batch_size: int = 1,
         stream: Optional[Callable[[str], None]] = None,
+        query: Optional[str] = None,
     ) -> Iterator[OCRResult]:
         """Yield one OCRResult per input in input order (one in all with `multi_page`).
 
         `no_repeat_ngram_size` defaults to 20, or 0 (off) for multi-crop and multi-page, as the reference does.
-        `stream(text)` receives the text as it is generated; it needs a single document.
+        `stream(text)` receives the text as it is generated; it needs a single document. `query` replaces the
+        mode's query text (a model fine-tuned with its own prompt is read with that prompt).
         """
         validate_options(ocr_type, box, color, multi_crop, max_crops, multi_page)
+        if query is not None and (box is not None or color is not None):
+            raise GOTError("A custom query replaces the box or colour query: give one or the other.")
         if batch_size < 1:
             raise GOTError("batch_size must be at least 1.")
         inputs = expand_inputs(images)
         if no_repeat_ngram_size is None:
             no_repeat_ngram_size = 0 if (multi_crop or multi_page) else NO_REPEAT_NGRAM_SIZE
         options = dict(ocr_type=ocr_type, box=box, color=color, multi_crop=multi_crop, max_crops=max_crops,
-                       multi_page=multi_page)
+                       multi_page=multi_page, query=query)
         documents = [inputs] if multi_page else [[inp] for inp in inputs]
         if stream is not None and len(documents) != 1:
             raise GOTError("Streaming reads one document at a time: give a single input (or use multi-page).")

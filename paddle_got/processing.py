@@ -50,7 +50,8 @@ class BadInputError(GOTError):
 class OCRRequest:
     """One document to read: one image, or the pages of a multi-page document, and how to read it.
 
-    `box` is `(x1, y1, x2, y2)` in pixels of the original image; `color` is red, green or blue.
+    `box` is `(x1, y1, x2, y2)` in pixels of the original image; `color` is red, green or blue. `query` replaces
+    the mode's query text (for models fine-tuned with their own prompt, e.g. SynthDoG's "OCR:").
     """
 
     images: List[Image.Image]
@@ -60,6 +61,7 @@ class OCRRequest:
     multi_crop: bool = False
     max_crops: int = MAX_CROPS
     multi_page: bool = False
+    query: Optional[str] = None
 
 
 def load_image(path: str) -> Image.Image:
@@ -194,7 +196,9 @@ def validate_request(request: OCRRequest) -> None:
 
 
 def build_query(request: OCRRequest) -> str:
-    """The QUERY text of the request's mode (got_spec.md section 3)."""
+    """The QUERY text of the request's mode (got_spec.md section 3), or the request's own `query`."""
+    if request.query is not None:
+        return request.query
     if request.multi_crop:
         return MULTI_CROP_QUERIES[request.ocr_type]
     if request.multi_page:

@@ -151,3 +151,8 @@ def test_load_image_converts_to_rgb(tmp_path):
     Image.new("L", (20, 10), color=128).save(path)
     image = load_image(str(path))
     assert image.mode == "RGB" and image.size == (20, 10) and image.getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_custom_query_replaces_the_mode_query(processor):
+    prepared = processor.prepare(OCRRequest([gradient_image(40, 40)], query="OCR:"))
+    assert prepared.input_ids == hand_prompt(processor, processor.tokens_per_tile, "OCR:")

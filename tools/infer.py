@@ -42,6 +42,8 @@ def parse_args():
     parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--output", help="also write results: a .jsonl file, a directory (one .txt/.md each) or a file")
     parser.add_argument("--stream", action="store_true", help="print the text as it is generated (one input)")
+    parser.add_argument("--query", help="replace the mode's query text, e.g. \"OCR:\" for a model fine-tuned on "
+                        "SynthDoG (the image block and chat template stay)")
     return parser.parse_args()
 
 
@@ -76,7 +78,7 @@ def main():
     progress = tqdm(total=num_documents, desc="Reading", unit="input", disable=num_documents == 1)
     for result in ocr.iter_recognize(readable, max_new_tokens=args.max_new_tokens,
                                      no_repeat_ngram_size=args.no_repeat_ngram_size, batch_size=args.batch_size,
-                                     stream=stream, **options):
+                                     stream=stream, query=args.query, **options):
         progress.update()
         results.append(result)
         if result.error is not None:

@@ -18,9 +18,9 @@ from ..outputs import write_atomic
 SYNTHDOG_QUESTION = IMAGE_PLACEHOLDER + "\nOCR:"
 KINDS = ("word", "line", "paragraph", "chars")
 CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
-# The fixed layout of "chars" samples (the canvas grows only for the widest strings).
-CHARS_FONT_SIZE = 28
-CHARS_MARGIN = 8
+# "chars" samples: up to two lines of 4 characters, each centred in a cell of a 4x4 grid on a square canvas.
+CHARS_PER_LINE = 4
+CHARS_FONT_SIZE = 40
 CHARS_CANVAS = 160
 WORDS = (
     "the of and to in is was for on are with as his they be at one have this from or had by hot word but what "
@@ -44,12 +44,13 @@ def font(size: int) -> ImageFont.ImageFont:
 
 def random_text(rng: np.random.Generator, kind: str) -> List[str]:
     """The lines of one sample: a word or two, a line of 3-6 words, 2-4 lines, or 3-8 random letters and digits
-    ("chars": no vocabulary to guess from, only reading helps)."""
+    in lines of 4 ("chars": no vocabulary to guess from, only reading helps)."""
     def words(low, high):
         return " ".join(rng.choice(WORDS, size=int(rng.integers(low, high + 1))))
 
     if kind == "chars":
-        return ["".join(rng.choice(list(CHARACTERS), size=int(rng.integers(3, 9))))]
+        text = "".join(rng.choice(list(CHARACTERS), size=int(rng.integers(3, 2 * CHARS_PER_LINE + 1))))
+        return [text[:CHARS_PER_LINE], text[CHARS_PER_LINE:]] if len(text) > CHARS_PER_LINE else [text]
     if kind == "word":
         return [words(1, 2)]
     if kind == "line":
@@ -75,28 +76,48 @@ def background(rng: np.random.Generator, size: Tuple[int, int]) -> Image.Image:
 
 
 def render_sample(rng: np.random.Generator, kind: str) -> Tuple[Image.Image, str]:
-    """One image and its text (lines joined by newlines), dark text on a light background.
-
-    "chars" samples are set at one size, left-aligned at a fixed margin (the k-th character always lands in the
-    same region); the other kinds vary size and position.
-    """
+    """One image and its text (lines joined by newlines), dark text on a light background."""
+    if kind == "chars":
+        return render_char_grid(rng)
     lines = random_text(rng, kind)
-    fixed_layout = kind == "chars"
-    text_font = font(CHARS_FONT_SIZE if fixed_layout else int(rng.integers(20, 33)))
+    text_font = font(int(rng.integers(20, 33)))
     line_height = int(text_font.size * 1.3)
     widths = [int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(line, font=text_font)) for line in lines]
-    margin = CHARS_MARGIN if fixed_layout else int(rng.integers(6, 24))
+    margin = int(rng.integers(6, 24))
     width = max(widths) + 2 * margin
     height = line_height * len(lines) + 2 * margin
-    side = max(CHARS_CANVAS if fixed_layout else 0, width, height)  # square canvases squash least
+    side = max(width, height)  # square canvases squash least when resized to the model's square input
     image = background(rng, (side, side))
     draw = ImageDraw.Draw(image)
-    colour = tuple(int(c) for c in rng.integers(0, 90, 3))
-    left = 0 if fixed_layout else int(rng.integers(0, side - width + 1))
-    top = (side - height) // 2 if fixed_layout else int(rng.integers(0, side - height + 1))
+    left = int(rng.integers(0, side - width + 1))
+    top = int(rng.integers(0, side - height + 1))
     for index, line in enumerate(lines):
-        draw.text((left + margin, top + margin + index * line_height), line, fill=colour, font=text_font)
+        draw.text((left + margin, top + margin + index * line_height), line, fill=text_colour(rng), font=text_font)
     return image, "\n".join(lines)
+
+
+def render_char_grid(rng: np.random.Generator) -> Tuple[Image.Image, str]:
+    """Random letters and digits, one per cell of a 4x4 grid (the middle rows), read row by row.
+
+    A toy layout for training tiny models from scratch: on a 128 px tile each cell is one image token of
+    configs/tiny_got, so a few minutes of CPU training can learn it.
+    """
+    lines = random_text(rng, "chars")
+    image = background(rng, (CHARS_CANVAS, CHARS_CANVAS))
+    draw = ImageDraw.Draw(image)
+    cell = CHARS_CANVAS // CHARS_PER_LINE
+    text_font = font(CHARS_FONT_SIZE)
+    colour = text_colour(rng)
+    for row, line in enumerate(lines, start=1):
+        for column, character in enumerate(line):
+            centre = (column * cell + cell // 2, row * cell + cell // 2)
+            draw.text(centre, character, fill=colour, font=text_font, anchor="mm")
+    return image, "\n".join(lines)
+
+
+def text_colour(rng: np.random.Generator) -> Tuple[int, int, int]:
+    """A dark RGB colour."""
+    return tuple(int(c) for c in rng.integers(0, 90, 3))
 
 
 def write_dataset(directory: str, num_samples: int, seed: int, kinds=KINDS) -> str:

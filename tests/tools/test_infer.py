@@ -78,8 +78,9 @@ def load(path):
         (["--color", "green", "--ocr_type", "format"], {"color": "green", "ocr_type": "format"}, 20),
         (["--multi_crop", "--max_crops", "4"], {"multi_crop": True, "max_crops": 4}, 0),
         (["--no_repeat_ngram_size", "3"], {}, 3),
+        (["--query", "OCR:"], {"query": "OCR:"}, 20),
     ],
-    ids=["plain", "format", "box", "color", "multi_crop", "ngram3"],
+    ids=["plain", "format", "box", "color", "multi_crop", "ngram3", "query"],
 )
 def test_single_input_prints_the_reference_text(args, request_options, ngram, images, ocr_checkpoint):
     result = run_infer("--image_file", images["page"], *args, model=ocr_checkpoint.directory, check_exit=0)
