@@ -26,6 +26,9 @@ class ModelArguments:
         default=False, metadata={"help": "random weights from the directory's config.json (tiny experiments)"}
     )
     freeze_vision_tower: bool = field(default=False, metadata={"help": "stage 3: keep the vision encoder fixed"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters on the decoder only, merged on save"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scale numerator (scale = alpha / rank)"})
 
 
 @dataclass

@@ -14,6 +14,7 @@ from ..logger import logger
 from ..modeling.got import GOTQwenForCausalLM
 from ..pipeline import resolve_model_path
 from ..processing import GOTProcessor
+from .lora import apply_lora
 from .trainer import GOTTrainer
 
 def freeze_vision_tower(model: GOTQwenForCausalLM) -> None:
@@ -35,6 +36,8 @@ def load_model(model_args, seed: int):
         model = GOTQwenForCausalLM.from_pretrained(path, dtype="float32")
     if model_args.freeze_vision_tower:
         freeze_vision_tower(model)
+    if model_args.lora:
+        apply_lora(model, model_args.lora_rank, model_args.lora_alpha)
     model.train()
     return model, processor
 

@@ -24,6 +24,7 @@ from ..checkpoint import staging_dir
 from ..errors import GOTError
 from ..logger import logger
 from ..modeling.got import causal_lm_loss_terms
+from .lora import merged_state_dict
 
 PADDLE_WEIGHTS_NAME = "model_state.pdparams"
 
@@ -62,6 +63,7 @@ class GOTTrainer(Trainer):
     def __init__(self, *args, processor=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.processor = processor
+        self._writing_checkpoint = False
 
     def _get_train_sampler(self):
         return GlobalBatchSampler(
@@ -99,7 +101,10 @@ class GOTTrainer(Trainer):
             )
 
     def _save(self, output_dir=None, state_dict=None, merge_tensor_parallel=False):
-        """Write weights, config.json and tokenizer files into `output_dir`, atomically."""
+        """Write weights, config.json and tokenizer files into `output_dir`, atomically.
+
+        LoRA adapters stay unmerged in resume checkpoints and are merged into the weights of the final model.
+        """
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
@@ -108,7 +113,8 @@ class GOTTrainer(Trainer):
             raise GOTError("The weights hold NaN or infinity: not saving them.")
         staging = staging_dir(output_dir)
         try:
-            paddle.save(model.state_dict(), os.path.join(staging, PADDLE_WEIGHTS_NAME))
+            state = model.state_dict() if self._writing_checkpoint else merged_state_dict(model)
+            paddle.save(state, os.path.join(staging, PADDLE_WEIGHTS_NAME))
             model.config.save_pretrained(staging)
             if self.processor is not None:
                 self.processor.save_pretrained(staging)
@@ -127,10 +133,12 @@ class GOTTrainer(Trainer):
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
         self.args.output_dir = staging
+        self._writing_checkpoint = True
         try:
             super()._save_checkpoint(model, metrics)
         finally:
             self.args.output_dir = run_dir
+            self._writing_checkpoint = False
         if self.args.should_save:
             final = os.path.join(run_dir, name)
             shutil.rmtree(final, ignore_errors=True)

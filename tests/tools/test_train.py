@@ -55,8 +55,9 @@ def test_output_is_a_checkpoint_infer_reads(synth_data, tmp_path):
     assert result.stdout.endswith("\n")
 
 
-def test_killed_and_resumed_run_ends_with_the_same_weights(synth_data, tmp_path):
-    steps = ["--max_steps", "6", "--save_steps", "2"]
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_killed_and_resumed_run_ends_with_the_same_weights(lora, synth_data, tmp_path):
+    steps = ["--max_steps", "6", "--save_steps", "2", "--lora", str(lora)]
     run_train(synth_data, tmp_path / "straight", *steps)
     process = subprocess.Popen(train_command(synth_data, tmp_path / "killed", *steps), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -86,3 +86,47 @@ def test_recompute_gives_the_same_gradients(ocr_checkpoint, synth_data):
     assert forward_calls == [2, 4]  # with recompute, both layers run again during backward
     for name, gradient in gradients[0].items():
         np.testing.assert_allclose(gradients[1][name], gradient, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_merged_lora_weights_give_the_adapted_model(ocr_checkpoint):
+    import paddle
+
+    from paddle_got.training.lora import apply_lora, merged_state_dict
+
+    model = GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory)
+    apply_lora(model, rank=4, alpha=8)
+    trainable = {name for name, p in model.named_parameters() if not p.stop_gradient}
+    assert trainable and all(".lora_A" in name or ".lora_B" in name for name in trainable)
+    for name, parameter in model.named_parameters():
+        if ".lora_B" in name:  # adapters start at zero; make them matter
+            parameter.set_value(paddle.normal(0.0, 0.05, parameter.shape))
+    ids = paddle.to_tensor(np.arange(3, 40, dtype="int64")[None])
+    adapted = model(ids).logits.numpy()
+    plain = GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory)
+    base = plain(ids).logits.numpy()
+    plain.set_state_dict(merged_state_dict(model))
+    merged = plain(ids).logits.numpy()
+    assert np.abs(adapted - base).max() > 1e-3
+    np.testing.assert_allclose(merged, adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_training_saves_merged_weights_and_resumable_adapters(ocr_checkpoint, synth_data, tmp_path):
+    import paddle
+
+    before = parameters(GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory))
+    arguments = parse_training_arguments([
+        "--model_name_or_path", ocr_checkpoint.directory, "--meta_path", synth_data, "--output_dir",
+        str(tmp_path / "out"), "--max_steps", "2", "--save_steps", "1", "--per_device_train_batch_size", "2",
+        "--learning_rate", "1e-2", "--lora", "True", "--lora_rank", "4",
+    ])
+    train(*arguments)
+    merged = parameters(GOTQwenForCausalLM.from_pretrained(str(tmp_path / "out")))
+    assert merged.keys() == before.keys()
+    assert not np.array_equal(merged["qwen2.layers.0.self_attn.q_proj.weight"],
+                              before["qwen2.layers.0.self_attn.q_proj.weight"])
+    for name in before:
+        if not any(target in name for target in ("_proj.weight",)) or ".vision_tower_high." in name:
+            np.testing.assert_array_equal(merged[name], before[name], err_msg=name)
+    checkpoint = paddle.load(str(tmp_path / "out" / "checkpoint-2" / "model_state.pdparams"))
+    assert "qwen2.layers.0.self_attn.q_proj.lora_A" in checkpoint
+
