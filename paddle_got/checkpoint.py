@@ -250,7 +250,7 @@ def load_pretrained(model_class: type, path: str, dtype: str = "float32"):
     return model
 
 
-def _replace_into(source_dir: str, destination: str) -> None:
+def move_into(source_dir: str, destination: str) -> None:
     """Move every file of `source_dir` into `destination` with atomic renames, then remove `source_dir`."""
     os.makedirs(destination, exist_ok=True)
     for file_name in os.listdir(source_dir):
@@ -280,7 +280,7 @@ def save_pretrained(model, directory: str, extra_files: Optional[Iterator[str]] 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _replace_into(staging, directory)
+    move_into(staging, directory)
 
 
 def tokenizer_files(directory: str) -> List[str]:

@@ -20,7 +20,7 @@ from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer
 from paddlenlp.trainer.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..checkpoint import staging_dir
+from ..checkpoint import move_into, staging_dir
 from ..errors import GOTError
 from ..logger import logger
 from ..modeling.got import causal_lm_loss_terms
@@ -118,11 +118,10 @@ class GOTTrainer(Trainer):
             model.config.save_pretrained(staging)
             if self.processor is not None:
                 self.processor.save_pretrained(staging)
-            os.makedirs(output_dir, exist_ok=True)
-            for file_name in os.listdir(staging):
-                os.replace(os.path.join(staging, file_name), os.path.join(output_dir, file_name))
-        finally:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            raise
+        move_into(staging, output_dir)
         logger.info(f"Saved the model to {output_dir}")
 
     def _save_checkpoint(self, model, metrics=None):
