@@ -237,7 +237,8 @@ def load_pretrained(model_class: type, path: str, dtype: str = "float32"):
     for our_name, parameter in tqdm(parameters.items(), desc="Loading weights", unit="tensor", leave=False):
         tensor = source.get(our_names[our_name])
         if needs_transpose(our_name, layout) and tensor.ndim == 2:
-            tensor = tensor.T
+            # A transposed view would stay strided inside the parameter, and every matmul would then copy it.
+            tensor = tensor.T.contiguous()
         if list(tensor.shape) != list(parameter.shape):
             raise CheckpointError(
                 f"Shape mismatch for {our_name}: the model expects {list(parameter.shape)}, "

@@ -39,6 +39,14 @@ def test_save_pretrained_round_trip_is_bit_exact(checkpoint_dirs, tmp_path):
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
 
 
+@pytest.mark.parametrize("layout", ["hf", "got", "got_bin"])
+def test_loaded_parameters_are_contiguous(layout, checkpoint_dirs):
+    """PyTorch layouts are transposed on load; a strided parameter would make every matmul copy its weight."""
+    model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(SHAPE, layout))
+    strided = [name for name, parameter in model.named_parameters() if not parameter.is_contiguous()]
+    assert strided == []
+
+
 def test_our_layout_uses_paddlemix_names_and_paddle_linear_layout(checkpoint_dirs, reference_models):
     model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(SHAPE, "hf"))
     names = set(model.state_dict())
