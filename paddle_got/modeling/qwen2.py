@@ -1,10 +1,16 @@
 """The Qwen2 decoder of GOT: RMSNorm, RoPE, attention with a KV cache, SwiGLU MLP (got_spec.md section 1).
 
 Parameter names match paddlenlp / PaddleMIX (`embed_tokens`, `layers.N.self_attn.q_proj`, `layers.N.mlp.gate_proj`,
-`input_layernorm`, `post_attention_layernorm`, `norm`). Activations are `[batch, seq, heads, head_dim]`, the
-layout `paddle.nn.functional.scaled_dot_product_attention` takes, so no transposes are needed around attention.
+`input_layernorm`, `post_attention_layernorm`, `norm`).
+
+Attention works on feature-major heads, `[batch, heads, head_dim, seq]`: the projections produce that layout
+directly (matmul with transpose flags) and attention reads it the same way, because Paddle's CPU copies of permuted
+tensors are slow (a `[8, 300, 16, 64]` head transpose takes ~28 ms). For one new token the layout is a plain
+reshape of the projection. Paddle's CPU broadcasting is also slow when a size-1 axis comes before others, so
+per-row tables (rotary, attention bias) are expanded to the heads once per forward and then shared by every layer.
 """
 
+import math
 from typing import List, Optional, Tuple
 
 import paddle
@@ -13,25 +19,36 @@ import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
 from ..config import GOTConfig
+from ..device import one_row_on_cpu, run_pair
+
+
+def append_zero_columns(tensor: paddle.Tensor, extra: int) -> paddle.Tensor:
+    """`[..., n]` -> `[..., n + extra]`, zeros after (concatenated on a 2-D view: the N-D concat is slow on CPU)."""
+    if extra == 0:
+        return tensor
+    rows = tensor.reshape([-1, tensor.shape[-1]])
+    grown = paddle.concat([rows, paddle.zeros([rows.shape[0], extra], tensor.dtype)], axis=1)
+    return grown.reshape(tensor.shape[:-1] + [-1])
 
 
 class KVCache:
-    """Keys and values of every decoder layer, in buffers that grow in chunks (no copy per token).
+    """Keys and values of every decoder layer, feature-major `[batch, kv_heads, head_dim, capacity]`.
 
-    Each layer owns two buffers `[batch, capacity, kv_heads, head_dim]`; `length` positions are filled, the same
-    for every row (left padding keeps rows aligned). `decode` reserves room, each layer writes at `length`, and
-    `advance` moves `length` once all layers have written.
+    `length` columns are filled, the same for every row (left padding keeps rows aligned). A layer's first
+    `update` stores the prompt and attends over exactly it; later updates write columns at `length` and attend
+    over the whole capacity, the free columns hidden by the attention bias (see `key_length`). Capacity grows
+    GROWTH columns at a time, so a step neither copies nor slices the buffers. `advance` moves `length` once all
+    layers have written.
     """
 
     GROWTH = 256
 
     def __init__(self, config: GOTConfig, batch_size: int, dtype: str = "float32"):
         self.num_layers = config.num_hidden_layers
-        self.row_shape = [config.num_key_value_heads, config.head_dim]
         self.batch_size = batch_size
         self.dtype = dtype
-        self.keys: List[paddle.Tensor] = []
-        self.values: List[paddle.Tensor] = []
+        self.keys: List[Optional[paddle.Tensor]] = [None] * self.num_layers
+        self.values: List[Optional[paddle.Tensor]] = [None] * self.num_layers
         self.capacity = 0
         self.length = 0
 
@@ -40,21 +57,26 @@ class KVCache:
         if total_length <= self.capacity:
             return
         extra = max(total_length - self.capacity, self.GROWTH)
-        block = [self.batch_size, extra] + self.row_shape
-        if self.capacity == 0:
-            self.keys = [paddle.zeros(block, self.dtype) for _ in range(self.num_layers)]
-            self.values = [paddle.zeros(block, self.dtype) for _ in range(self.num_layers)]
-        else:
-            self.keys = [paddle.concat([k, paddle.zeros(block, self.dtype)], axis=1) for k in self.keys]
-            self.values = [paddle.concat([v, paddle.zeros(block, self.dtype)], axis=1) for v in self.values]
+        if self.length > 0:
+            self.keys = [append_zero_columns(keys, extra) for keys in self.keys]
+            self.values = [append_zero_columns(values, extra) for values in self.values]
         self.capacity += extra
 
-    def update(self, layer: int, key: paddle.Tensor, value: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        """Store `[batch, new, kv_heads, d]` keys/values at `length`; return every filled position of the layer."""
-        end = self.length + key.shape[1]
-        self.keys[layer][:, self.length : end] = key
-        self.values[layer][:, self.length : end] = value
-        return self.keys[layer][:, :end], self.values[layer][:, :end]
+    def key_length(self, new_tokens: int) -> int:
+        """How many key columns attention sees when `new_tokens` arrive: just them on an empty cache, else all."""
+        return new_tokens if self.length == 0 else self.capacity
+
+    def update(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """Store `[B, kv_heads, d, new]` keys/values at `length`; return the `key_length` columns to attend over."""
+        new_tokens = keys.shape[-1]
+        if self.length == 0:
+            self.keys[layer] = append_zero_columns(keys, self.capacity - new_tokens)
+            self.values[layer] = append_zero_columns(values, self.capacity - new_tokens)
+            return keys, values
+        end = self.length + new_tokens
+        self.keys[layer][:, :, :, self.length : end] = keys
+        self.values[layer][:, :, :, self.length : end] = values
+        return self.keys[layer], self.values[layer]
 
     def advance(self, new_tokens: int) -> None:
         """Mark `new_tokens` more positions as filled (called once after all layers ran)."""
@@ -62,8 +84,8 @@ class KVCache:
 
     def select_rows(self, rows: paddle.Tensor) -> None:
         """Keep only the batch rows `rows` (int64 `[n]`), e.g. once other sequences have finished."""
-        self.keys = [paddle.index_select(k, rows) for k in self.keys]
-        self.values = [paddle.index_select(v, rows) for v in self.values]
+        self.keys = [paddle.index_select(keys, rows) for keys in self.keys]
+        self.values = [paddle.index_select(values, rows) for values in self.values]
         self.batch_size = int(rows.shape[0])
 
 
@@ -83,8 +105,19 @@ class Qwen2RMSNorm(nn.Layer):
         return self.weight * hidden_states.astype(input_dtype)
 
 
+def broadcastable_to_heads(table: paddle.Tensor, num_heads: int) -> paddle.Tensor:
+    """A per-row table `[B, 1, m, n]` made cheap to combine with `[B, num_heads, m, n]`.
+
+    One row: the rank-2 `[m, n]` (a view); several: expanded to `[B, num_heads, m, n]` (one copy, then every
+    layer's elementwise op runs at full speed instead of Paddle's slow size-1-axis broadcast).
+    """
+    if table.shape[0] == 1:
+        return table.reshape(table.shape[2:])
+    return table.expand([table.shape[0], num_heads] + table.shape[2:])
+
+
 class RotaryEmbedding(nn.Layer):
-    """Rotary position tables: `cos`, `sin` `[batch, seq, 1, head_dim]` for given position ids."""
+    """Rotary position tables: `cos`, `sin` `[batch, 1, head_dim, seq]` (feature-major) for given position ids."""
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
@@ -92,21 +125,84 @@ class RotaryEmbedding(nn.Layer):
         self.register_buffer("inv_freq", 1.0 / (theta**exponents), persistable=False)
 
     def forward(self, position_ids: paddle.Tensor, dtype) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        """`position_ids` int64 `[batch, seq]` -> `(cos, sin)`, each `[batch, seq, 1, head_dim]` in `dtype`."""
-        freqs = position_ids.astype("float32").unsqueeze(-1) * self.inv_freq  # [B, L, d/2]
-        angles = paddle.concat([freqs, freqs], axis=-1).unsqueeze(2)
+        """`position_ids` int64 `[batch, seq]` -> `(cos, sin)`, each `[batch, 1, head_dim, seq]` in `dtype`."""
+        freqs = position_ids.astype("float32").unsqueeze(1) * self.inv_freq.unsqueeze(-1)  # [B, d/2, L]
+        angles = paddle.concat([freqs, freqs], axis=1).unsqueeze(1)
         return paddle.cos(angles).astype(dtype), paddle.sin(angles).astype(dtype)
 
 
-def rotate_half(hidden_states: paddle.Tensor) -> paddle.Tensor:
-    """`[x1, x2] -> [-x2, x1]` along the last axis."""
-    first, second = hidden_states.chunk(2, axis=-1)
-    return paddle.concat([-second, first], axis=-1)
+def rotate_half(states: paddle.Tensor) -> paddle.Tensor:
+    """`[x1, x2] -> [-x2, x1]` along the head_dim axis of `[B, heads, d, L]`."""
+    first, second = states.chunk(2, axis=2)
+    return paddle.concat([-second, first], axis=2)
 
 
 def apply_rotary(states: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor) -> paddle.Tensor:
-    """Rotate `[B, L, heads, d]` query or key states by their positions."""
+    """Rotate `[B, heads, d, L]` query or key states by their positions (tables from `broadcastable_to_heads`)."""
     return states * cos + rotate_half(states) * sin
+
+
+def project_heads(linear: nn.Layer, hidden_states: paddle.Tensor, num_heads: int) -> paddle.Tensor:
+    """`linear(hidden_states)` for `[B, L, hidden]`, laid out feature-major per head: `[B, heads, head_dim, L]`."""
+    batch, length, _ = hidden_states.shape
+    if length == 1:
+        projected = linear(hidden_states)  # [B, 1, heads * d] is already [B, heads, d, 1] in memory
+    elif type(linear) is nn.Linear:
+        projected = paddle.matmul(linear.weight, hidden_states, transpose_x=True, transpose_y=True)
+        if linear.bias is not None:
+            projected = projected + linear.bias.unsqueeze(-1)
+    else:  # a wrapped projection (e.g. LoRA adapters during training): its own forward, then transposed
+        projected = linear(hidden_states).transpose([0, 2, 1])
+    return projected.reshape([batch, num_heads, -1, length])
+
+
+def project_output(linear: nn.Layer, attended: paddle.Tensor) -> paddle.Tensor:
+    """`linear` applied to feature-major heads `[B, heads, d, L]`; returns `[B, L, hidden]`."""
+    batch, _, _, length = attended.shape
+    features = attended.reshape([batch, -1, length])  # [B, heads * d, L]
+    if length == 1:
+        return linear(features.reshape([batch, 1, -1]))
+    if type(linear) is nn.Linear and linear.bias is None:
+        return paddle.matmul(features, linear.weight, transpose_x=True)
+    return linear(features.transpose([0, 2, 1]))
+
+
+def causal_bias(length: int, dtype) -> paddle.Tensor:
+    """`[length, length]` additive mask: 0 on and below the diagonal, the dtype's lowest value above."""
+    positions = paddle.arange(length)
+    allowed = positions.unsqueeze(0) <= positions.unsqueeze(1)
+    return paddle.where(allowed, paddle.zeros([], dtype), paddle.full([], paddle.finfo(dtype).min, dtype))
+
+
+def use_fused_attention(tensor: paddle.Tensor) -> bool:
+    """True on accelerators, where `scaled_dot_product_attention` picks flash / memory-efficient kernels."""
+    return not tensor.place.is_cpu_place()
+
+
+def attend(
+    query: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, attention_bias: Optional[paddle.Tensor]
+) -> paddle.Tensor:
+    """Softmax attention on feature-major heads: query `[B, H, d, L]`, keys/values `[B, H, d, K]` -> `[B, H, d, L]`.
+
+    `attention_bias` is additive, `[L, K]` or `[B, H, L, K]`; None means plain causal (K == L).
+    """
+    length = query.shape[-1]
+    if use_fused_attention(query):
+        rows = [0, 3, 1, 2]  # [B, H, d, L] -> [B, L, H, d], the layout of the fused kernel
+        if attention_bias is not None and attention_bias.ndim == 2:
+            attention_bias = attention_bias.unsqueeze([0, 1])
+        attended = F.scaled_dot_product_attention(
+            query.transpose(rows), keys.transpose(rows), values.transpose(rows),
+            attn_mask=attention_bias, is_causal=attention_bias is None and length > 1,
+        )
+        return attended.transpose([0, 2, 3, 1])
+    if attention_bias is None and length > 1:
+        attention_bias = causal_bias(length, query.dtype)
+    scores = paddle.matmul(query * (1.0 / math.sqrt(query.shape[2])), keys, transpose_x=True)  # [B, H, L, K]
+    if attention_bias is not None:
+        scores = scores + attention_bias
+    probabilities = F.softmax(scores, axis=-1)
+    return paddle.matmul(values, probabilities, transpose_y=True)
 
 
 class Qwen2Attention(nn.Layer):
@@ -126,27 +222,25 @@ class Qwen2Attention(nn.Layer):
     def forward(
         self,
         hidden_states: paddle.Tensor,
-        rotary: Tuple[paddle.Tensor, paddle.Tensor],
+        rotary: Tuple[Tuple[paddle.Tensor, paddle.Tensor], Tuple[paddle.Tensor, paddle.Tensor]],
         attention_bias: Optional[paddle.Tensor],
         cache: Optional[KVCache],
     ) -> paddle.Tensor:
-        """`[B, L, hidden]` -> `[B, L, hidden]`; `attention_bias` is additive `[B, 1, L, L_total]` or None."""
-        batch, length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).reshape([batch, length, self.num_heads, self.head_dim])
-        key = self.k_proj(hidden_states).reshape([batch, length, self.num_kv_heads, self.head_dim])
-        value = self.v_proj(hidden_states).reshape([batch, length, self.num_kv_heads, self.head_dim])
-        cos, sin = rotary
-        query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        """`[B, L, hidden]` -> `[B, L, hidden]`.
+
+        `rotary` is `((cos, sin) for the query heads, (cos, sin) for the KV heads)`; `attention_bias` as in `attend`.
+        """
+        query_rotary, key_rotary = rotary
+        query = apply_rotary(project_heads(self.q_proj, hidden_states, self.num_heads), *query_rotary)
+        keys = apply_rotary(project_heads(self.k_proj, hidden_states, self.num_kv_heads), *key_rotary)
+        values = project_heads(self.v_proj, hidden_states, self.num_kv_heads)
         if cache is not None:
-            key, value = cache.update(self.layer_index, key, value)
+            keys, values = cache.update(self.layer_index, keys, values)
         if self.num_kv_heads != self.num_heads:
             repeats = self.num_heads // self.num_kv_heads
-            key = paddle.repeat_interleave(key, repeats, axis=2)
-            value = paddle.repeat_interleave(value, repeats, axis=2)
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_bias, is_causal=attention_bias is None and length > 1
-        )
-        return self.o_proj(attended.reshape([batch, length, -1]))
+            keys = paddle.repeat_interleave(keys, repeats, axis=1)
+            values = paddle.repeat_interleave(values, repeats, axis=1)
+        return project_output(self.o_proj, attend(query, keys, values, attention_bias))
 
 
 class Qwen2MLP(nn.Layer):
@@ -159,7 +253,11 @@ class Qwen2MLP(nn.Layer):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias_attr=False)
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+        if one_row_on_cpu(hidden_states):  # two matrix-vector products: one per core (see `run_pair`)
+            gate, up = run_pair(lambda: self.gate_proj(hidden_states), lambda: self.up_proj(hidden_states))
+        else:
+            gate, up = self.gate_proj(hidden_states), self.up_proj(hidden_states)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Qwen2DecoderLayer(nn.Layer):
@@ -192,23 +290,28 @@ def position_ids_from_mask(attention_mask: paddle.Tensor, new_tokens: int) -> pa
 
 
 def build_attention_bias(
-    attention_mask: Optional[paddle.Tensor], new_tokens: int, past_length: int, dtype
+    attention_mask: Optional[paddle.Tensor], new_tokens: int, past_length: int, key_length: int, num_heads: int, dtype
 ) -> Optional[paddle.Tensor]:
-    """Additive causal + padding bias `[B, 1, new_tokens, past_length + new_tokens]`, or None if plain causal.
+    """Additive causal + padding bias for `new_tokens` queries at `past_length...` over `key_length` key columns.
 
-    Masked entries take the dtype's lowest value (not -inf), so a fully padded query row stays finite.
+    Key columns at or beyond `past_length + new_tokens` (a cache's free capacity) are hidden, as are padded
+    positions of `attention_mask` (`[B, past_length + new_tokens]`, 1 real, 0 pad). Returns None for plain causal
+    attention (nothing cached, no padding); else `[new_tokens, key_length]` when every row is the same, or
+    `[B, num_heads, new_tokens, key_length]` (see `broadcastable_to_heads`). Masked entries take the dtype's
+    lowest value, not -inf, so a fully padded query row stays finite.
     """
-    total = past_length + new_tokens
+    filled = past_length + new_tokens
     needs_padding_mask = attention_mask is not None and not bool(attention_mask.astype("bool").all())
-    if not needs_padding_mask and (past_length == 0 or new_tokens == 1):
+    if not needs_padding_mask and past_length == 0:
         return None
-    query_positions = paddle.arange(past_length, total).unsqueeze(1)
-    key_positions = paddle.arange(total).unsqueeze(0)
-    allowed = (key_positions <= query_positions).unsqueeze(0).unsqueeze(0)  # [1, 1, L, L_total]
+    query_positions = paddle.arange(past_length, filled).unsqueeze(1)
+    key_positions = paddle.arange(key_length).unsqueeze(0)
+    allowed = (key_positions <= query_positions).unsqueeze(0).unsqueeze(0)  # [1, 1, L, K]
     if needs_padding_mask:
-        allowed = paddle.logical_and(allowed, attention_mask.astype("bool")[:, None, None, :])
+        real_keys = append_zero_columns(attention_mask.astype(dtype), key_length - filled).astype("bool")
+        allowed = paddle.logical_and(allowed, real_keys[:, None, None, :])  # [B, 1, L, K]
     lowest = paddle.full([], paddle.finfo(dtype).min, dtype)
-    return paddle.where(allowed, paddle.zeros([], dtype), lowest)
+    return broadcastable_to_heads(paddle.where(allowed, paddle.zeros([], dtype), lowest), num_heads)
 
 
 class Qwen2Model(nn.Layer):
@@ -243,10 +346,18 @@ class Qwen2Model(nn.Layer):
                 position_ids = position_ids_from_mask(attention_mask, length)
             else:
                 position_ids = paddle.arange(past_length, past_length + length).unsqueeze(0).expand([batch, -1])
+        key_length = length
         if cache is not None:
             cache.reserve(past_length + length)
-        rotary = self.rotary_emb(position_ids, inputs_embeds.dtype)
-        attention_bias = build_attention_bias(attention_mask, length, past_length, inputs_embeds.dtype)
+            key_length = cache.key_length(length)
+        heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
+        tables = self.rotary_emb(position_ids, inputs_embeds.dtype)
+        query_rotary = tuple(broadcastable_to_heads(table, heads) for table in tables)
+        key_rotary = query_rotary if kv_heads == heads else tuple(broadcastable_to_heads(t, kv_heads) for t in tables)
+        rotary = (query_rotary, key_rotary)
+        attention_bias = build_attention_bias(
+            attention_mask, length, past_length, key_length, heads, inputs_embeds.dtype
+        )
         hidden_states = inputs_embeds
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:

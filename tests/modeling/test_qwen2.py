@@ -50,10 +50,50 @@ def test_positions_restart_at_each_rows_first_token():
 
 def test_attention_bias_is_causal_and_hides_padding():
     mask = paddle.to_tensor([[0, 1, 1], [1, 1, 1]])
-    bias = build_attention_bias(mask, new_tokens=3, past_length=0, dtype=paddle.float32).numpy()
+    bias = build_attention_bias(mask, 3, past_length=0, key_length=3, num_heads=2, dtype=paddle.float32).numpy()
     allowed = bias == 0
-    assert bias.shape == (2, 1, 3, 3)
-    np.testing.assert_array_equal(allowed[0, 0], [[False, False, False], [False, True, False], [False, True, True]])
-    np.testing.assert_array_equal(allowed[1, 0], np.tril(np.ones((3, 3), bool)))
+    assert bias.shape == (2, 2, 3, 3)
+    for head in range(2):
+        np.testing.assert_array_equal(allowed[0, head], [[0, 0, 0], [0, 1, 0], [0, 1, 1]])
+        np.testing.assert_array_equal(allowed[1, head], np.tril(np.ones((3, 3), bool)))
     assert np.isfinite(bias).all()
-    assert build_attention_bias(None, new_tokens=3, past_length=0, dtype=paddle.float32) is None
+    assert build_attention_bias(None, 3, past_length=0, key_length=3, num_heads=2, dtype=paddle.float32) is None
+
+
+def test_attention_bias_hides_a_caches_free_columns():
+    """Decoding one token at position 2 over a 5-column cache: columns 0-2 are visible, 3-4 are free capacity."""
+    bias = build_attention_bias(None, 1, past_length=2, key_length=5, num_heads=2, dtype=paddle.float32).numpy()
+    assert bias.shape == (1, 5)
+    np.testing.assert_array_equal(bias[0] == 0, [1, 1, 1, 0, 0])
+    mask = paddle.to_tensor([[0, 1, 1], [1, 1, 1]])
+    bias = build_attention_bias(mask, 1, past_length=2, key_length=5, num_heads=2, dtype=paddle.float32).numpy()
+    assert bias.shape == (2, 2, 1, 5)
+    np.testing.assert_array_equal(bias[0, 1, 0] == 0, [0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(bias[1, 0, 0] == 0, [1, 1, 1, 0, 0])
+
+
+def cached_logits(model, ids, mask, continuation):
+    """Logits of a left-padded prompt, then of two cached one-token steps: `[B, 3, vocab]` numpy."""
+    cache = KVCache(model.config, batch_size=len(ids))
+    logits = [model(paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask), past_key_values=cache,
+                    last_logits_only=True).logits.numpy()[:, 0]]
+    for step in range(2):
+        mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
+        token = paddle.to_tensor(continuation[:, step : step + 1])
+        logits.append(model(token, attention_mask=paddle.to_tensor(mask), past_key_values=cache).logits.numpy()[:, 0])
+    return np.stack(logits, axis=1)
+
+
+def test_fused_attention_branch_equals_the_cpu_branch(checkpoint_dirs, monkeypatch):
+    """The accelerator branch (scaled_dot_product_attention, row layout) and the CPU branch agree on CPU."""
+    from paddle_got.modeling import qwen2
+
+    shape = SHAPES[1]  # grouped KV heads
+    model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(shape, "hf"))
+    ids, mask = reference.left_pad([reference.prompt_ids(0, shape, 5, 0, seed=3), reference.prompt_ids(0, shape, 2, 0)])
+    continuation = np.random.default_rng(1).integers(0, 200, (2, 2))
+    with paddle.no_grad():
+        cpu_branch = cached_logits(model, ids, mask, continuation)
+        monkeypatch.setattr(qwen2, "use_fused_attention", lambda tensor: True)
+        fused_branch = cached_logits(model, ids, mask, continuation)
+    assert reference.relative_error(fused_branch, cpu_branch) <= 1e-5

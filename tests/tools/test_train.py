@@ -57,14 +57,14 @@ def test_output_is_a_checkpoint_infer_reads(synth_data, tmp_path):
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_killed_and_resumed_run_ends_with_the_same_weights(lora, synth_data, tmp_path):
-    steps = ["--max_steps", "6", "--save_steps", "2", "--lora", str(lora)]
+    steps = ["--max_steps", "16", "--save_steps", "2", "--lora", str(lora)]
     run_train(synth_data, tmp_path / "straight", *steps)
     process = subprocess.Popen(train_command(synth_data, tmp_path / "killed", *steps), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not os.path.isdir(tmp_path / "killed" / "checkpoint-2") and time.time() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)  # somewhere in the middle of the following steps
+    time.sleep(0.05)  # somewhere in the middle of the following 14 steps
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not os.path.exists(tmp_path / "killed" / "model_state.pdparams")  # it did not finish
