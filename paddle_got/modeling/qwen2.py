@@ -3,11 +3,10 @@
 Parameter names match paddlenlp / PaddleMIX (`embed_tokens`, `layers.N.self_attn.q_proj`, `layers.N.mlp.gate_proj`,
 `input_layernorm`, `post_attention_layernorm`, `norm`).
 
-Attention works on feature-major heads, `[batch, heads, head_dim, seq]`: the projections produce that layout
-directly (matmul with transpose flags) and attention reads it the same way, because Paddle's CPU copies of permuted
-tensors are slow (a `[8, 300, 16, 64]` head transpose takes ~28 ms). For one new token the layout is a plain
-reshape of the projection. Paddle's CPU broadcasting is also slow when a size-1 axis comes before others, so
-per-row tables (rotary, attention bias) are expanded to the heads once per forward and then shared by every layer.
+Attention works on feature-major heads, `[batch, heads, head_dim, seq]` (see `feature_major`); for one new
+token that layout is a plain reshape of the projection. Paddle's CPU broadcasting is slow when a size-1 axis comes
+before others, so per-row tables (rotary, attention bias) are expanded to the heads once per forward and then
+shared by every layer.
 """
 
 import math
@@ -20,6 +19,7 @@ from paddle.distributed.fleet.utils import recompute
 
 from ..config import GOTConfig
 from ..device import one_row_on_cpu, run_pair
+from .feature_major import linear_from_feature_major, linear_to_feature_major
 
 
 def append_zero_columns(tensor: paddle.Tensor, extra: int) -> paddle.Tensor:
@@ -147,12 +147,8 @@ def project_heads(linear: nn.Layer, hidden_states: paddle.Tensor, num_heads: int
     batch, length, _ = hidden_states.shape
     if length == 1:
         projected = linear(hidden_states)  # [B, 1, heads * d] is already [B, heads, d, 1] in memory
-    elif type(linear) is nn.Linear:
-        projected = paddle.matmul(linear.weight, hidden_states, transpose_x=True, transpose_y=True)
-        if linear.bias is not None:
-            projected = projected + linear.bias.unsqueeze(-1)
-    else:  # a wrapped projection (e.g. LoRA adapters during training): its own forward, then transposed
-        projected = linear(hidden_states).transpose([0, 2, 1])
+    else:
+        projected = linear_to_feature_major(linear, hidden_states)
     return projected.reshape([batch, num_heads, -1, length])
 
 
@@ -162,16 +158,18 @@ def project_output(linear: nn.Layer, attended: paddle.Tensor) -> paddle.Tensor:
     features = attended.reshape([batch, -1, length])  # [B, heads * d, L]
     if length == 1:
         return linear(features.reshape([batch, 1, -1]))
-    if type(linear) is nn.Linear and linear.bias is None:
-        return paddle.matmul(features, linear.weight, transpose_x=True)
-    return linear(features.transpose([0, 2, 1]))
+    return linear_from_feature_major(linear, features)
+
+
+def additive_mask(allowed: paddle.Tensor, dtype) -> paddle.Tensor:
+    """0 where `allowed`, else the dtype's lowest value (not -inf, so a fully masked row stays finite)."""
+    return paddle.where(allowed, paddle.zeros([], dtype), paddle.full([], paddle.finfo(dtype).min, dtype))
 
 
 def causal_bias(length: int, dtype) -> paddle.Tensor:
     """`[length, length]` additive mask: 0 on and below the diagonal, the dtype's lowest value above."""
     positions = paddle.arange(length)
-    allowed = positions.unsqueeze(0) <= positions.unsqueeze(1)
-    return paddle.where(allowed, paddle.zeros([], dtype), paddle.full([], paddle.finfo(dtype).min, dtype))
+    return additive_mask(positions.unsqueeze(0) <= positions.unsqueeze(1), dtype)
 
 
 def use_fused_attention(tensor: paddle.Tensor) -> bool:
@@ -297,8 +295,7 @@ def build_attention_bias(
     Key columns at or beyond `past_length + new_tokens` (a cache's free capacity) are hidden, as are padded
     positions of `attention_mask` (`[B, past_length + new_tokens]`, 1 real, 0 pad). Returns None for plain causal
     attention (nothing cached, no padding); else `[new_tokens, key_length]` when every row is the same, or
-    `[B, num_heads, new_tokens, key_length]` (see `broadcastable_to_heads`). Masked entries take the dtype's
-    lowest value, not -inf, so a fully padded query row stays finite.
+    `[B, num_heads, new_tokens, key_length]` (see `broadcastable_to_heads`); masked entries as in `additive_mask`.
     """
     filled = past_length + new_tokens
     needs_padding_mask = attention_mask is not None and not bool(attention_mask.astype("bool").all())
@@ -310,8 +307,7 @@ def build_attention_bias(
     if needs_padding_mask:
         real_keys = append_zero_columns(attention_mask.astype(dtype), key_length - filled).astype("bool")
         allowed = paddle.logical_and(allowed, real_keys[:, None, None, :])  # [B, 1, L, K]
-    lowest = paddle.full([], paddle.finfo(dtype).min, dtype)
-    return broadcastable_to_heads(paddle.where(allowed, paddle.zeros([], dtype), lowest), num_heads)
+    return broadcastable_to_heads(additive_mask(allowed, dtype), num_heads)
 
 
 class Qwen2Model(nn.Layer):

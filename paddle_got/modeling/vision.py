@@ -14,6 +14,7 @@ import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
 from ..config import GOTVisionConfig
+from .feature_major import linear_from_feature_major, linear_to_feature_major
 
 
 def window_partition(hidden_states: paddle.Tensor, window_size: int) -> Tuple[paddle.Tensor, Tuple[int, int]]:
@@ -110,9 +111,8 @@ def attention_in_query_blocks(
 class VisionAttention(nn.Layer):
     """Multi-head self-attention over a `[N, H, W, C]` map with decomposed relative positions.
 
-    Heads are feature-major, `[N, heads, head_dim, H*W]`, produced and consumed by matmuls with transpose flags
-    (Paddle's CPU copies of permuted tensors are slow). The relative-position bias enters the score matmul as
-    extra features (see `key_grid_indicators`), and scores are computed a block of queries at a time.
+    Heads are feature-major, `[N, heads, head_dim, H*W]` (see `feature_major`). The relative-position bias enters
+    the score matmul as extra features (see `key_grid_indicators`); scores are computed a block of queries at a time.
     """
 
     SCORE_BLOCK_BYTES = 32 * 1024 * 1024
@@ -131,16 +131,16 @@ class VisionAttention(nn.Layer):
         """`[N, H, W, C]` -> `[N, H, W, C]`."""
         batch, height, width, channels = hidden_states.shape
         tokens = hidden_states.reshape([batch, height * width, channels])
-        qkv = paddle.matmul(self.qkv.weight, tokens, transpose_x=True, transpose_y=True)  # [N, 3C, L]
-        qkv = (qkv + self.qkv.bias.unsqueeze(-1)).reshape([batch, 3, self.num_heads, self.head_dim, -1])
+        qkv = linear_to_feature_major(self.qkv, tokens)  # [N, 3C, L]
+        qkv = qkv.reshape([batch, 3, self.num_heads, self.head_dim, -1])
         query, keys, values = qkv.unbind(axis=1)  # each [N, heads, d, L]
         relative = decomposed_rel_pos(query, self.rel_pos_h, self.rel_pos_w, height, width)
         indicators = key_grid_indicators(height, width, keys.dtype)
         query = paddle.concat([query * (1.0 / math.sqrt(self.head_dim)), relative], axis=2)
         keys = paddle.concat([keys, indicators.expand([batch, self.num_heads] + indicators.shape)], axis=2)
         attended = attention_in_query_blocks(query, keys, values, self.SCORE_BLOCK_BYTES)  # [N, heads, d, L]
-        output = paddle.matmul(attended.reshape([batch, channels, -1]), self.proj.weight, transpose_x=True)
-        return (output + self.proj.bias).reshape([batch, height, width, channels])
+        output = linear_from_feature_major(self.proj, attended.reshape([batch, channels, -1]))  # [N, L, C]
+        return output.reshape([batch, height, width, channels])
 
 
 class VisionMLP(nn.Layer):

@@ -1,0 +1,25 @@
+"""Linear layers on feature-major activations `[N, features, L]`, through matmul's transpose flags.
+
+Paddle's CPU copies of permuted tensors are slow (a `[8, 300, 16, 64]` head transpose takes ~28 ms), so both
+attentions keep their heads feature-major and enter and leave that layout with these two products, never a permute.
+A wrapped projection (e.g. LoRA adapters during training) runs its own forward and is transposed.
+"""
+
+import paddle
+import paddle.nn as nn
+
+
+def linear_to_feature_major(linear: nn.Layer, hidden_states: paddle.Tensor) -> paddle.Tensor:
+    """`linear(hidden_states)` for `[N, L, in]`, returned feature-major: `[N, out, L]`."""
+    if type(linear) is not nn.Linear:
+        return linear(hidden_states).transpose([0, 2, 1])
+    projected = paddle.matmul(linear.weight, hidden_states, transpose_x=True, transpose_y=True)
+    return projected if linear.bias is None else projected + linear.bias.unsqueeze(-1)
+
+
+def linear_from_feature_major(linear: nn.Layer, features: paddle.Tensor) -> paddle.Tensor:
+    """`linear` applied to feature-major `[N, in, L]`; returns `[N, L, out]`."""
+    if type(linear) is not nn.Linear:
+        return linear(features.transpose([0, 2, 1]))
+    output = paddle.matmul(features, linear.weight, transpose_x=True)
+    return output if linear.bias is None else output + linear.bias
