@@ -111,7 +111,7 @@ def run_ours(directory: str, args) -> dict:
         features = model.qwen2.encode_images(pixels)
 
         def prefill(batch=1):
-            cache = KVCache(config, batch)
+            cache = KVCache(config)
             model(paddle.to_tensor(np.repeat(ids, batch, 0)), past_key_values=cache,
                   image_features=paddle.concat([features] * batch), last_logits_only=True)
             return cache
@@ -223,7 +223,8 @@ def main():
             results[side] = json.loads(output.stdout.strip().splitlines()[-1])
     ours, theirs = results["ours"], results["theirs"]
     print(f"machine: {args.threads} threads, float32 GEMM {ceilings['gemm_gflops']:.0f} GFLOP/s, "
-          f"memory read {ceilings['read_gbps']:.1f} GB/s, one-row matrix-vector product {ceilings['gemv_gbps']:.1f} GB/s")
+          f"memory read {ceilings['read_gbps']:.1f} GB/s, "
+          f"one-row matrix-vector product {ceilings['gemv_gbps']:.1f} GB/s")
     print(f"{'stage':<28}{'ours':>12}{'reference':>12}{'ours/ref':>10}")
     for key in ours:
         print(f"{key:<28}{ours[key]:>12.3f}{theirs[key]:>12.3f}{ours[key] / theirs[key]:>10.2f}")

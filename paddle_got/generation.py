@@ -63,7 +63,7 @@ def greedy_generate(
     outputs: List[List[int]] = [[] for _ in range(batch)]
     active = list(range(batch))  # rows of the original batch still generating, in cache order
     dtype = model.qwen2.embed_tokens.weight.dtype
-    cache = KVCache(model.config, batch, dtype=dtype)
+    cache = KVCache(model.config)
     mask = paddle.to_tensor(attention_mask)
     with paddle.no_grad():
         image_features = None

@@ -35,7 +35,7 @@ class KVCache:
     """Keys and values of every decoder layer, feature-major `[batch, kv_heads, head_dim, capacity]`.
 
     `length` columns are filled, the same for every row (left padding keeps rows aligned). A layer's first
-    `update` stores the prompt and attends over exactly it; later updates write columns at `length` and attend
+    `update` stores the prompt (its batch and dtype become the buffers') and attends over exactly it; later updates write columns at `length` and attend
     over the whole capacity, the free columns hidden by the attention bias (see `key_length`). Capacity grows
     GROWTH columns at a time, so a step neither copies nor slices the buffers. `advance` moves `length` once all
     layers have written.
@@ -43,10 +43,8 @@ class KVCache:
 
     GROWTH = 256
 
-    def __init__(self, config: GOTConfig, batch_size: int, dtype: str = "float32"):
+    def __init__(self, config: GOTConfig):
         self.num_layers = config.num_hidden_layers
-        self.batch_size = batch_size
-        self.dtype = dtype
         self.keys: List[Optional[paddle.Tensor]] = [None] * self.num_layers
         self.values: List[Optional[paddle.Tensor]] = [None] * self.num_layers
         self.capacity = 0
@@ -86,7 +84,6 @@ class KVCache:
         """Keep only the batch rows `rows` (int64 `[n]`), e.g. once other sequences have finished."""
         self.keys = [paddle.index_select(keys, rows) for keys in self.keys]
         self.values = [paddle.index_select(values, rows) for values in self.values]
-        self.batch_size = int(rows.shape[0])
 
 
 class Qwen2RMSNorm(nn.Layer):

@@ -188,7 +188,7 @@ def test_one_row_inference_on_two_threads_equals_one_thread(tied, checkpoint_dir
         results = []
         for gradients in (False, True):  # with gradients enabled the single-thread path runs
             with paddle.set_grad_enabled(gradients):
-                cache = KVCache(model.config, batch_size=1)
+                cache = KVCache(model.config)
                 model(ids, past_key_values=cache)
                 assert device.one_row_on_cpu(paddle.ones([1, 1, 8])) is not gradients
                 results.append(model(token, past_key_values=cache).logits.numpy())

@@ -25,7 +25,7 @@ def test_cached_decoding_equals_full_forward(checkpoint_dirs):
     full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
     full = model(paddle.to_tensor(full_ids), pixels, paddle.to_tensor(full_mask)).logits.numpy()
 
-    cache = KVCache(model.config, batch_size=2)
+    cache = KVCache(model.config)
     cache.GROWTH = 3  # force several growths during the test
     step = model(paddle.to_tensor(ids), pixels, paddle.to_tensor(mask), past_key_values=cache, last_logits_only=True)
     stepped = [step.logits.numpy()[:, 0]]
@@ -74,7 +74,7 @@ def test_attention_bias_hides_a_caches_free_columns():
 
 def cached_logits(model, ids, mask, continuation):
     """Logits of a left-padded prompt, then of two cached one-token steps: `[B, 3, vocab]` numpy."""
-    cache = KVCache(model.config, batch_size=len(ids))
+    cache = KVCache(model.config)
     logits = [model(paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask), past_key_values=cache,
                     last_logits_only=True).logits.numpy()[:, 0]]
     for step in range(2):
