@@ -25,6 +25,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["paddle_got", "paddle_got.*"]),
+    package_data={"paddle_got.kernels": ["*.cpp"]},  # compiled on first use (paddle_got/kernels/decode_cpu.py)
     python_requires=">=3.10,<3.13",
     install_requires=read_requirements("requirements.txt"),
     extras_require={"cpu": [PADDLE_CPU], "test": [PADDLE_CPU] + read_requirements("requirements-test.txt")},

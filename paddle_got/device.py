@@ -1,9 +1,7 @@
 """Where and how the model runs: CPU threads (Paddle defaults to one on CPU) and the dtype for the device."""
 
-import math
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Tuple
+from typing import Optional
 
 import paddle
 
@@ -19,7 +17,6 @@ def available_cores() -> int:
 
 
 _cpu_threads = 1
-_pair_worker: Optional[ThreadPoolExecutor] = None
 
 
 def set_cpu_threads(num_threads: Optional[int] = None) -> int:
@@ -31,30 +28,9 @@ def set_cpu_threads(num_threads: Optional[int] = None) -> int:
     return num_threads
 
 
-def one_row_on_cpu(tensor: paddle.Tensor) -> bool:
-    """True when `tensor` `[..., features]` holds a single row, on CPU, in inference, with 2+ threads allowed.
-
-    Then a product with a weight matrix is a matrix-vector product, which MKL runs on one core (~21 GB/s of
-    weights read here, whatever the thread count); two halves on two threads read at ~31 GB/s (`run_pair`).
-    """
-    rows = math.prod(tensor.shape[:-1])
-    return rows == 1 and _cpu_threads >= 2 and tensor.place.is_cpu_place() and not paddle.is_grad_enabled()
-
-
-def run_pair(first: Callable[[], paddle.Tensor], second: Callable[[], paddle.Tensor]) -> Tuple:
-    """`(first(), second())`, computed at the same time: `first` on a helper thread (Paddle releases the GIL
-    inside its kernels), `second` on this one. For independent, memory-bound inference work only."""
-    global _pair_worker
-    if _pair_worker is None:
-        _pair_worker = ThreadPoolExecutor(1, thread_name_prefix="paddle_got_pair")
-
-    def without_grad():
-        with paddle.no_grad():
-            return first()
-
-    pending = _pair_worker.submit(without_grad)
-    second_result = second()
-    return pending.result(), second_result
+def cpu_threads() -> int:
+    """The CPU thread count last given to `set_cpu_threads` (1 until then, Paddle's own default)."""
+    return _cpu_threads
 
 
 def gpu_compute_capability():

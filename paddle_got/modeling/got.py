@@ -12,7 +12,7 @@ import paddle.nn.functional as F
 
 from ..config import GOTConfig
 from ..constants import IGNORE_INDEX
-from ..device import one_row_on_cpu, run_pair
+from ..kernels import decode_cpu
 from .qwen2 import KVCache, Qwen2Model
 from .vision import GOTVisionEncoder
 
@@ -85,29 +85,11 @@ class GOTQwenForCausalLM(nn.Layer):
         save_pretrained(self, directory)
 
     def compute_logits(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
-        """`[B, L, hidden]` -> float32 logits `[B, L, vocab]` (tied to the embedding unless an lm_head exists).
-
-        The head is a third of the decoder's weights; for one row on CPU its two halves are read on two threads.
-        """
+        """`[B, L, hidden]` -> float32 logits `[B, L, vocab]` (tied to the embedding unless an lm_head exists)."""
         if self.lm_head is not None:
-            weight = self.lm_head.weight  # [hidden, vocab]: split the hidden rows, add the partial logits
-            if not one_row_on_cpu(hidden_states):
-                return self.lm_head(hidden_states).astype("float32")
-            half = weight.shape[0] // 2
-            first, second = run_pair(
-                lambda: paddle.matmul(hidden_states[..., :half], weight[:half]),
-                lambda: paddle.matmul(hidden_states[..., half:], weight[half:]),
-            )
-            return (first + second).astype("float32")
-        embedding = self.qwen2.embed_tokens.weight  # [vocab, hidden]: split the vocabulary rows
-        if not one_row_on_cpu(hidden_states):
-            return paddle.matmul(hidden_states, embedding, transpose_y=True).astype("float32")
-        half = embedding.shape[0] // 2
-        first, second = run_pair(
-            lambda: paddle.matmul(hidden_states, embedding[:half], transpose_y=True),
-            lambda: paddle.matmul(hidden_states, embedding[half:], transpose_y=True),
-        )
-        return paddle.concat([first, second], axis=-1).astype("float32")
+            return decode_cpu.linear(self.lm_head, hidden_states).astype("float32")
+        embedding = self.qwen2.embed_tokens.weight  # [vocab, hidden]
+        return decode_cpu.matmul(hidden_states, embedding, weight_is_out_by_in=True).astype("float32")
 
     def forward(
         self,

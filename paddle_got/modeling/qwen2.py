@@ -18,7 +18,7 @@ import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
 from ..config import GOTConfig
-from ..device import one_row_on_cpu, run_pair
+from ..kernels import decode_cpu
 from .feature_major import linear_from_feature_major, linear_to_feature_major
 
 
@@ -63,6 +63,10 @@ class KVCache:
     def key_length(self, new_tokens: int) -> int:
         """How many key columns attention sees when `new_tokens` arrive: just them on an empty cache, else all."""
         return new_tokens if self.length == 0 else self.capacity
+
+    def filled_length(self, new_tokens: int) -> int:
+        """Filled columns once `new_tokens` are stored, before `advance`: the keys a new query may see."""
+        return self.length + new_tokens
 
     def update(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
         """Store `[B, kv_heads, d, new]` keys/values at `length`; return the `key_length` columns to attend over."""
@@ -143,7 +147,7 @@ def project_heads(linear: nn.Layer, hidden_states: paddle.Tensor, num_heads: int
     """`linear(hidden_states)` for `[B, L, hidden]`, laid out feature-major per head: `[B, heads, head_dim, L]`."""
     batch, length, _ = hidden_states.shape
     if length == 1:
-        projected = linear(hidden_states)  # [B, 1, heads * d] is already [B, heads, d, 1] in memory
+        projected = decode_cpu.linear(linear, hidden_states)  # [B, 1, heads * d] is [B, heads, d, 1] in memory
     else:
         projected = linear_to_feature_major(linear, hidden_states)
     return projected.reshape([batch, num_heads, -1, length])
@@ -154,7 +158,7 @@ def project_output(linear: nn.Layer, attended: paddle.Tensor) -> paddle.Tensor:
     batch, _, _, length = attended.shape
     features = attended.reshape([batch, -1, length])  # [B, heads * d, L]
     if length == 1:
-        return linear(features.reshape([batch, 1, -1]))
+        return decode_cpu.linear(linear, features.reshape([batch, 1, -1]))
     return linear_from_feature_major(linear, features)
 
 
@@ -231,6 +235,11 @@ class Qwen2Attention(nn.Layer):
         values = project_heads(self.v_proj, hidden_states, self.num_kv_heads)
         if cache is not None:
             keys, values = cache.update(self.layer_index, keys, values)
+            if query.shape[-1] == 1:  # one new token: our CPU kernel reads only the filled cache columns
+                key_count = cache.filled_length(1)
+                attended = decode_cpu.decode_attention(query, keys, values, key_count, attention_bias)
+                if attended is not None:
+                    return project_output(self.o_proj, attended)
         if self.num_kv_heads != self.num_heads:
             repeats = self.num_heads // self.num_kv_heads
             keys = paddle.repeat_interleave(keys, repeats, axis=1)
@@ -248,11 +257,9 @@ class Qwen2MLP(nn.Layer):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias_attr=False)
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
-        if one_row_on_cpu(hidden_states):  # two matrix-vector products: one per core (see `run_pair`)
-            gate, up = run_pair(lambda: self.gate_proj(hidden_states), lambda: self.up_proj(hidden_states))
-        else:
-            gate, up = self.gate_proj(hidden_states), self.up_proj(hidden_states)
-        return self.down_proj(F.silu(gate) * up)
+        gate = decode_cpu.linear(self.gate_proj, hidden_states)
+        up = decode_cpu.linear(self.up_proj, hidden_states)
+        return decode_cpu.linear(self.down_proj, F.silu(gate) * up)
 
 
 class Qwen2DecoderLayer(nn.Layer):

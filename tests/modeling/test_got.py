@@ -168,30 +168,3 @@ def test_gradients_match_reference_for_a_right_padded_training_batch(checkpoint_
         compared += 1
     assert compared == len(ours)
 
-
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_one_row_inference_on_two_threads_equals_one_thread(tied, checkpoint_dirs, tmp_path):
-    """One decoding row on CPU without gradients reads the head and the MLP on two threads; results unchanged."""
-    from paddle_got import device
-    from paddle_got.modeling.qwen2 import KVCache
-
-    shape = SHAPES[0] if tied else TinyShape("untied", tie_word_embeddings=False)
-    if tied:
-        model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(shape, "hf"))
-    else:
-        model = GOTQwenForCausalLM.from_pretrained(reference.save_got(reference.build_reference(shape), shape,
-                                                                      str(tmp_path / "got")))
-    ids = paddle.to_tensor(np.array([reference.prompt_ids(0, shape, 6, 0)]))
-    token = paddle.to_tensor([[5]])
-    device.set_cpu_threads(2)
-    try:
-        results = []
-        for gradients in (False, True):  # with gradients enabled the single-thread path runs
-            with paddle.set_grad_enabled(gradients):
-                cache = KVCache(model.config)
-                model(ids, past_key_values=cache)
-                assert device.one_row_on_cpu(paddle.ones([1, 1, 8])) is not gradients
-                results.append(model(token, past_key_values=cache).logits.numpy())
-    finally:
-        device.set_cpu_threads()
-    assert reference.relative_error(results[0], results[1]) <= 1e-6

@@ -1,0 +1,1 @@
+"""Our CPU kernels for shapes where Paddle's library kernels are slow (see each module)."""

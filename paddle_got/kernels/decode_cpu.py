@@ -1,0 +1,159 @@
+"""The decode step's memory-bound work on CPU: our kernels (`decode_cpu.cpp`) where they apply, Paddle's elsewhere.
+
+While generating, every linear layer multiplies 1-8 rows (one per sequence) by a weight read once from memory, and
+attention reads each cached key and value once, so a step's speed is its read rate. MKL runs one row on a single
+core and eight rows slower still, and Paddle's attention would read the cache's free capacity too; our kernels
+stream on every core and read only filled columns. They apply in float32 inference on CPU and are compiled on first
+use (AVX2 + FMA, Linux x86-64, any C++ compiler) into the cache directory, then loaded with ctypes. Without a
+compiler, on another CPU, or with `PADDLE_GOT_NATIVE=0`, Paddle's kernels run instead (the same results up to
+float32 summation order).
+"""
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import paddle
+import paddle.nn as nn
+
+from .. import device
+from ..logger import logger
+
+SOURCE = Path(__file__).with_name("decode_cpu.cpp")
+COMPILE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-std=c++17"]
+MAX_ROWS = 8  # beyond this many rows MKL's blocked GEMM is the better kernel
+
+
+def cache_directory() -> Path:
+    """Where compiled kernels are kept: `$PADDLE_GOT_CACHE`, else `~/.cache/paddle_got`."""
+    return Path(os.environ.get("PADDLE_GOT_CACHE") or Path.home() / ".cache" / "paddle_got")
+
+
+def openmp_link_flags() -> List[str]:
+    """Link against the OpenMP runtime of Paddle's MKL when the wheel ships one, else the compiler's own.
+
+    Sharing MKL's thread pool matters: two runtimes each keep their idle threads spinning, and on a 2-core machine
+    a decode step alternating between MKL and our kernel ran 3x slower.
+    """
+    paddle_libs = Path(paddle.__file__).parent / "libs"
+    if (paddle_libs / "libiomp5.so").exists():
+        return [f"-L{paddle_libs}", "-liomp5", f"-Wl,-rpath,{paddle_libs}"]
+    return ["-fopenmp"]
+
+
+def compile_library(compiler: str, link_flags: List[str], target: Path) -> None:
+    """Compile `SOURCE` into the shared library `target` (built in a temporary directory, then renamed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        objects = Path(scratch) / "decode_cpu.o"
+        built = Path(scratch) / target.name
+        for command in ([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(objects)],
+                        [compiler, "-shared", str(objects), "-o", str(built), *link_flags]):
+            subprocess.run(command, check=True, capture_output=True, text=True)
+        os.replace(built, target)
+
+
+@functools.lru_cache(maxsize=None)
+def load_library() -> Optional[ctypes.CDLL]:
+    """The compiled kernel library, building it on first use; None where it cannot run (the reason is logged)."""
+    if os.environ.get("PADDLE_GOT_NATIVE", "1") == "0":
+        return None
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None:
+        logger.info("No C++ compiler found: decoding on CPU uses Paddle's kernels (slower).")
+        return None
+    link_flags = openmp_link_flags()
+    recipe = " ".join([compiler, *COMPILE_FLAGS, *link_flags]).encode()
+    target = cache_directory() / f"decode_cpu-{hashlib.sha256(SOURCE.read_bytes() + recipe).hexdigest()[:16]}.so"
+    try:
+        if not target.exists():
+            compile_library(compiler, link_flags, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", None) or str(error)
+        logger.warning("Could not build the CPU decode kernels (%s); using Paddle's.",
+                       detail.strip().splitlines()[-1] if detail.strip() else error)
+        return None
+    if not library.decode_cpu_supported():
+        return None
+    pointer, count = ctypes.c_void_p, ctypes.c_int64
+    library.skinny_matmul.argtypes = [pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int]
+    library.decode_attention.argtypes = [
+        pointer, count, count, count, pointer, pointer, count, count, count, pointer, count, ctypes.c_float, pointer,
+        ctypes.c_int,
+    ]
+    library.skinny_matmul.restype = library.decode_attention.restype = None
+    return library
+
+
+def kernels_apply(activations: paddle.Tensor, stored: paddle.Tensor) -> bool:
+    """True when our kernels can take `activations` with `stored` (a weight or cache): float32 CPU inference."""
+    return (
+        not paddle.is_grad_enabled()
+        and activations.dtype == stored.dtype == paddle.float32
+        and activations.place.is_cpu_place()
+        and stored.is_contiguous()
+        and load_library() is not None
+    )
+
+
+def matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
+           weight_is_out_by_in: bool = False) -> paddle.Tensor:
+    """`rows @ weight + bias`: `[..., in]` -> `[..., out]` in `rows`' dtype.
+
+    `weight` is `[in, out]` (a Paddle Linear weight), or `[out, in]` (an embedding table) with `weight_is_out_by_in`.
+    """
+    if math.prod(rows.shape[:-1]) > MAX_ROWS or not kernels_apply(rows, weight):
+        product = paddle.matmul(rows, weight, transpose_y=weight_is_out_by_in)
+        return product if bias is None else product + bias
+    in_features = rows.shape[-1]
+    out_features = weight.shape[0] if weight_is_out_by_in else weight.shape[1]
+    rows = rows.contiguous()
+    output = paddle.empty([*rows.shape[:-1], out_features], dtype=rows.dtype)
+    load_library().skinny_matmul(
+        rows.data_ptr(), math.prod(rows.shape[:-1]), in_features, weight.data_ptr(), out_features,
+        int(weight_is_out_by_in), None if bias is None else bias.data_ptr(), output.data_ptr(), device.cpu_threads(),
+    )
+    return output
+
+
+def linear(layer: nn.Layer, rows: paddle.Tensor) -> paddle.Tensor:
+    """`layer(rows)`, through `matmul` when `layer` is a plain `nn.Linear` (a wrapped one, e.g. LoRA, runs itself)."""
+    if type(layer) is not nn.Linear:
+        return layer(rows)
+    return matmul(rows, layer.weight, layer.bias)
+
+
+def decode_attention(query: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, key_count: int,
+                     attention_bias: Optional[paddle.Tensor]) -> Optional[paddle.Tensor]:
+    """One query per sequence, `[B, H, d, 1]`, against the first `key_count` columns of `[B, kv_heads, d, C]` keys
+    and values; returns `[B, H, d, 1]`, or None where our kernel does not apply (then use `attend`).
+
+    `attention_bias` is additive over the C key columns: `[1, C]` shared or `[B, H, 1, C]` (see `attend`).
+    """
+    if not kernels_apply(query, keys) or not values.is_contiguous():
+        return None
+    batch, heads, head_dim, _ = query.shape
+    kv_heads, capacity = keys.shape[1], keys.shape[3]
+    query = query.contiguous()
+    output = paddle.empty(query.shape, dtype=query.dtype)
+    bias_pointer, bias_row_stride = None, 0
+    if attention_bias is not None:
+        attention_bias = attention_bias.contiguous()
+        bias_pointer = attention_bias.data_ptr()
+        bias_row_stride = 0 if attention_bias.ndim == 2 else attention_bias.shape[-1]
+    load_library().decode_attention(
+        query.data_ptr(), batch, heads, head_dim, keys.data_ptr(), values.data_ptr(), kv_heads, capacity, key_count,
+        bias_pointer, bias_row_stride, 1.0 / math.sqrt(head_dim), output.data_ptr(), device.cpu_threads(),
+    )
+    return output

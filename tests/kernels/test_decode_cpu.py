@@ -1,0 +1,199 @@
+"""Our CPU decode kernels: products and attention against float64 numpy, a whole cached decode against the reference,
+and the fallbacks (gradients, many rows, no compiler)."""
+
+import logging
+from collections import Counter
+
+import numpy as np
+import paddle
+import pytest
+
+import reference
+from reference import SHAPES, TinyShape
+
+from paddle_got import GOTQwenForCausalLM, device
+from paddle_got.kernels import decode_cpu
+from paddle_got.modeling.qwen2 import KVCache, build_attention_bias
+
+pytestmark = pytest.mark.skipif(decode_cpu.load_library() is None, reason="needs Linux x86-64 with AVX2 and a C++ compiler")
+
+
+class CountingLibrary:
+    """The kernel library, counting calls per function."""
+
+    def __init__(self, library):
+        self.library = library
+        self.calls = Counter()
+
+    def __getattr__(self, name):
+        function = getattr(self.library, name)
+
+        def counted(*args):
+            self.calls[name] += 1
+            return function(*args)
+
+        return counted
+
+
+@pytest.fixture
+def counting_library(monkeypatch):
+    """Route the model's kernel calls through a `CountingLibrary`."""
+    library = CountingLibrary(decode_cpu.load_library())
+    monkeypatch.setattr(decode_cpu, "load_library", lambda: library)
+    return library
+
+
+@pytest.fixture
+def logged(monkeypatch, caplog):
+    """caplog, seeing the package logger (which does not propagate to the root logger)."""
+    monkeypatch.setattr(decode_cpu.logger, "propagate", True)
+    caplog.set_level(logging.INFO, logger=decode_cpu.logger.name)
+    return caplog
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Run with one and with two CPU threads (the kernels split work differently)."""
+    device.set_cpu_threads(request.param)
+    yield request.param
+    device.set_cpu_threads()
+
+
+def random(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003), (5, 3)])
+@pytest.mark.parametrize("weight_is_out_by_in", [False, True], ids=["in_by_out", "out_by_in"])
+def test_matmul_equals_float64_numpy(rows, in_features, out_features, weight_is_out_by_in, threads, counting_library):
+    """`[B, 1, in] @ W + bias` for both weight layouts, column/row counts that leave every kind of remainder."""
+    x = random((rows, 1, in_features), 0)
+    weight = random((in_features, out_features), 1)
+    bias = random((out_features,), 2)
+    stored = np.ascontiguousarray(weight.T) if weight_is_out_by_in else weight
+    with paddle.no_grad():
+        ours = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(stored), paddle.to_tensor(bias),
+                                 weight_is_out_by_in=weight_is_out_by_in)
+    expected = x.astype("float64") @ weight.astype("float64") + bias
+    assert ours.shape == [rows, 1, out_features]
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5, atol=1e-5 * np.sqrt(in_features))
+    assert counting_library.calls["skinny_matmul"] == 1
+
+
+def test_matmul_leaves_training_and_many_rows_to_paddle(counting_library):
+    """With gradients enabled, or beyond MAX_ROWS rows, Paddle's matmul runs (and gradients flow)."""
+    weight = paddle.to_tensor(random((16, 24), 1), stop_gradient=False)
+    decode_cpu.matmul(paddle.to_tensor(random((1, 16), 0)), weight).sum().backward()
+    assert weight.grad is not None
+    with paddle.no_grad():
+        many = decode_cpu.matmul(paddle.to_tensor(random((decode_cpu.MAX_ROWS + 1, 16), 0)), weight)
+    assert many.shape == [decode_cpu.MAX_ROWS + 1, 24]
+    assert counting_library.calls["skinny_matmul"] == 0
+
+
+@pytest.mark.parametrize("heads,kv_heads,padded", [(4, 4, False), (4, 2, True), (16, 16, True)])
+def test_decode_attention_reads_only_filled_columns(heads, kv_heads, padded, threads):
+    """One query per row over a cache whose free columns hold huge values: equals softmax attention over the
+    filled columns (float64 numpy), with grouped KV heads and left padding."""
+    batch, head_dim, capacity, filled = 3, 16, 40, 29
+    query = random((batch, heads, head_dim, 1), 0)
+    keys = random((batch, kv_heads, head_dim, capacity), 1)
+    values = random((batch, kv_heads, head_dim, capacity), 2)
+    keys[..., filled:] = 1e30
+    values[..., filled:] = np.nan
+    mask = np.ones((batch, filled), dtype="int64")
+    if padded:
+        mask[1, :6] = 0
+    bias = build_attention_bias(paddle.to_tensor(mask), 1, filled - 1, capacity, heads, "float32")
+    with paddle.no_grad():
+        ours = decode_cpu.decode_attention(paddle.to_tensor(query), paddle.to_tensor(keys), paddle.to_tensor(values),
+                                           filled, bias).numpy()
+    group = heads // kv_heads
+    expected = np.zeros_like(ours, dtype="float64")
+    for b in range(batch):
+        for h in range(heads):
+            visible = mask[b].astype(bool)
+            key = keys[b, h // group, :, :filled][:, visible].astype("float64")
+            value = values[b, h // group, :, :filled][:, visible].astype("float64")
+            scores = query[b, h, :, 0] @ key / np.sqrt(head_dim)
+            probabilities = np.exp(scores - scores.max())
+            expected[b, h, :, 0] = value @ (probabilities / probabilities.sum())
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
+def test_cached_decoding_through_the_kernels_matches_the_reference(shape, reference_models, tmp_path,
+                                                                   counting_library):
+    """Prefill, then one token at a time for a left-padded batch without gradients (our kernels on every linear
+    layer, the head and attention): the logits of the transformers reference run over the whole sequence."""
+    torch_model = reference_models(shape)
+    model = GOTQwenForCausalLM.from_pretrained(reference.save_got(torch_model, shape, str(tmp_path / "got")))
+    ids, mask = reference.left_pad([reference.prompt_ids(0, shape, 7, 0, seed=4), reference.prompt_ids(0, shape, 3, 0)])
+    continuation = np.random.default_rng(2).integers(0, 200, (2, 4))
+    full_ids = np.concatenate([ids, continuation], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
+    expected, _ = reference.reference_forward(torch_model, full_ids, full_mask)
+
+    cache = KVCache(model.config)
+    cache.GROWTH = 3  # free columns at the end of the cache during most steps
+    stepped = []
+    with paddle.no_grad():
+        for end in range(ids.shape[1], full_ids.shape[1] + 1):
+            start = 0 if end == ids.shape[1] else end - 1
+            output = model(paddle.to_tensor(full_ids[:, start:end]), attention_mask=paddle.to_tensor(full_mask[:, :end]),
+                           past_key_values=cache, last_logits_only=True)
+            stepped.append(output.logits.numpy()[:, 0])
+    assert reference.relative_error(np.stack(stepped, axis=1), expected[:, ids.shape[1] - 1 :]) <= 1e-5
+    assert counting_library.calls["decode_attention"] == shape.text_layers * continuation.shape[1]
+    # the prefill's head reads one row per sequence; each step adds the 7 linear layers per layer and the head
+    assert counting_library.calls["skinny_matmul"] == 1 + (7 * shape.text_layers + 1) * continuation.shape[1]
+
+
+def test_without_a_compiler_decoding_falls_back_to_paddle(monkeypatch, tmp_path, logged):
+    """A missing compiler is logged once and every product runs in Paddle: same logits."""
+    monkeypatch.setenv("PADDLE_GOT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    decode_cpu.load_library.cache_clear()
+    try:
+        assert decode_cpu.load_library() is None
+        x, weight = random((2, 64), 0), random((64, 300), 1)
+        with paddle.no_grad():
+            fallback = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(weight)).numpy()
+        assert "No C++ compiler" in logged.text
+    finally:
+        decode_cpu.load_library.cache_clear()
+    np.testing.assert_allclose(fallback, x.astype("float64") @ weight, rtol=1e-5, atol=1e-4)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_build_is_a_warning_not_an_error(monkeypatch, tmp_path, logged):
+    """A compiler that fails leaves no library behind and Paddle's kernels in charge."""
+    compiler = tmp_path / "broken-c++"
+    compiler.write_text("#!/bin/sh\necho 'broken-c++: error: cannot compile' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("PADDLE_GOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(compiler))
+    decode_cpu.load_library.cache_clear()
+    try:
+        assert decode_cpu.load_library() is None
+    finally:
+        decode_cpu.load_library.cache_clear()
+    assert "cannot compile" in logged.text
+    assert not any((tmp_path / "cache").glob("*.so"))
+
+
+def test_the_library_builds_into_the_cache_directory(monkeypatch, tmp_path):
+    """A fresh cache directory gets the compiled library, which then runs the product."""
+    monkeypatch.setenv("PADDLE_GOT_CACHE", str(tmp_path))
+    decode_cpu.load_library.cache_clear()
+    try:
+        library = decode_cpu.load_library()
+        assert library is not None
+        assert [path.suffix for path in tmp_path.iterdir()] == [".so"]
+        x, weight = random((3, 64), 0), random((64, 45), 1)
+        with paddle.no_grad():
+            ours = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(weight)).numpy()
+    finally:
+        decode_cpu.load_library.cache_clear()
+    np.testing.assert_allclose(ours, x.astype("float64") @ weight, rtol=1e-5, atol=1e-4)
