@@ -19,10 +19,11 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import paddle
 import paddle.nn as nn
+from paddle import _C_ops
 
 from .. import device
 from ..logger import logger
@@ -30,6 +31,7 @@ from ..logger import logger
 SOURCE = Path(__file__).with_name("decode_cpu.cpp")
 COMPILE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-std=c++17"]
 MAX_ROWS = 8  # beyond this many rows MKL's blocked GEMM is the better kernel
+CPU = paddle.CPUPlace()
 
 
 def cache_directory() -> Path:
@@ -88,11 +90,10 @@ def load_library() -> Optional[ctypes.CDLL]:
         return None
     pointer, count = ctypes.c_void_p, ctypes.c_int64
     library.skinny_matmul.argtypes = [pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int]
-    library.decode_attention.argtypes = [
-        pointer, count, count, count, pointer, pointer, count, count, count, pointer, count, ctypes.c_float, pointer,
-        ctypes.c_int,
-    ]
-    library.skinny_matmul.restype = library.decode_attention.restype = None
+    library.decode_attention.argtypes = [ctypes.POINTER(DecodeAttentionArgs), ctypes.c_int]
+    library.rms_norm.argtypes = [pointer, count, count, pointer, ctypes.c_float, pointer]
+    for function in (library.skinny_matmul, library.decode_attention, library.rms_norm):
+        function.restype = None
     return library
 
 
@@ -119,7 +120,7 @@ def matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Ten
     in_features = rows.shape[-1]
     out_features = weight.shape[0] if weight_is_out_by_in else weight.shape[1]
     rows = rows.contiguous()
-    output = paddle.empty([*rows.shape[:-1], out_features], dtype=rows.dtype)
+    output = _C_ops.empty([*rows.shape[:-1], out_features], rows.dtype, CPU)
     load_library().skinny_matmul(
         rows.data_ptr(), math.prod(rows.shape[:-1]), in_features, weight.data_ptr(), out_features,
         int(weight_is_out_by_in), None if bias is None else bias.data_ptr(), output.data_ptr(), device.cpu_threads(),
@@ -134,26 +135,66 @@ def linear(layer: nn.Layer, rows: paddle.Tensor) -> paddle.Tensor:
     return matmul(rows, layer.weight, layer.bias)
 
 
-def decode_attention(query: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, key_count: int,
-                     attention_bias: Optional[paddle.Tensor]) -> Optional[paddle.Tensor]:
-    """One query per sequence, `[B, H, d, 1]`, against the first `key_count` columns of `[B, kv_heads, d, C]` keys
-    and values; returns `[B, H, d, 1]`, or None where our kernel does not apply (then use `attend`).
+class DecodeAttentionArgs(ctypes.Structure):
+    """Pointers and sizes for `decode_attention` in decode_cpu.cpp (the same fields, in the same order)."""
 
-    `attention_bias` is additive over the C key columns: `[1, C]` shared or `[B, H, 1, C]` (see `attend`).
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "query", "new_keys", "new_values", "query_cos", "query_sin", "key_cos", "key_sin")] + [
+        ("table_row_stride", ctypes.c_int64), ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p),
+        ("capacity", ctypes.c_int64), ("position", ctypes.c_int64), ("bias", ctypes.c_void_p),
+        ("bias_row_stride", ctypes.c_int64), ("batch", ctypes.c_int64), ("heads", ctypes.c_int64),
+        ("kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64), ("out", ctypes.c_void_p)]
+
+
+def per_head_rows(table: paddle.Tensor) -> int:
+    """Floats between one head's row of a rotary table or bias and the next: 0 for a shared `[m, n]` table."""
+    return 0 if table.ndim == 2 else table.shape[-2] * table.shape[-1]
+
+
+def decode_attention(
+    query: paddle.Tensor,
+    new_keys: paddle.Tensor,
+    new_values: paddle.Tensor,
+    rotary: Tuple[Tuple[paddle.Tensor, paddle.Tensor], Tuple[paddle.Tensor, paddle.Tensor]],
+    keys: paddle.Tensor,
+    values: paddle.Tensor,
+    position: int,
+    attention_bias: Optional[paddle.Tensor],
+) -> Optional[paddle.Tensor]:
+    """One decode step of attention; returns `[B, H, d, 1]`, or None where our kernel does not apply.
+
+    `query` `[B, H, d, 1]` and `new_keys`/`new_values` `[B, kv_heads, d, 1]` are the new token's projections before
+    rotary; `rotary` is `((cos, sin) for query heads, (cos, sin) for KV heads)` as `attend`'s callers build it.
+    The rotated key and the value are written into column `position` of the cache buffers `keys`/`values`
+    `[B, kv_heads, d, capacity]`, then each query attends over columns `[0, position]` with the additive
+    `attention_bias` (`[1, capacity]` shared or `[B, H, 1, capacity]`).
     """
     if not kernels_apply(query, keys) or not values.is_contiguous():
         return None
     batch, heads, head_dim, _ = query.shape
-    kv_heads, capacity = keys.shape[1], keys.shape[3]
-    query = query.contiguous()
-    output = paddle.empty(query.shape, dtype=query.dtype)
-    bias_pointer, bias_row_stride = None, 0
+    (query_cos, query_sin), (key_cos, key_sin) = rotary
+    inputs = [tensor.contiguous() for tensor in (query, new_keys, new_values, query_cos, query_sin, key_cos, key_sin)]
     if attention_bias is not None:
         attention_bias = attention_bias.contiguous()
-        bias_pointer = attention_bias.data_ptr()
-        bias_row_stride = 0 if attention_bias.ndim == 2 else attention_bias.shape[-1]
-    load_library().decode_attention(
-        query.data_ptr(), batch, heads, head_dim, keys.data_ptr(), values.data_ptr(), kv_heads, capacity, key_count,
-        bias_pointer, bias_row_stride, 1.0 / math.sqrt(head_dim), output.data_ptr(), device.cpu_threads(),
+    output = _C_ops.empty(query.shape, query.dtype, CPU)
+    args = DecodeAttentionArgs(
+        *(tensor.data_ptr() for tensor in inputs),
+        table_row_stride=per_head_rows(query_cos), keys=keys.data_ptr(), values=values.data_ptr(),
+        capacity=keys.shape[-1], position=position,
+        bias=None if attention_bias is None else attention_bias.data_ptr(),
+        bias_row_stride=0 if attention_bias is None else per_head_rows(attention_bias),
+        batch=batch, heads=heads, kv_heads=keys.shape[1], head_dim=head_dim, out=output.data_ptr(),
     )
+    load_library().decode_attention(ctypes.byref(args), device.cpu_threads())
+    return output
+
+
+def rms_norm(rows: paddle.Tensor, weight: paddle.Tensor, eps: float) -> Optional[paddle.Tensor]:
+    """`rows / rms(rows) * weight` over the last axis for up to `MAX_ROWS` rows; None where our kernel does not apply."""
+    if math.prod(rows.shape[:-1]) > MAX_ROWS or not kernels_apply(rows, weight):
+        return None
+    rows = rows.contiguous()
+    output = _C_ops.empty(rows.shape, rows.dtype, CPU)
+    load_library().rms_norm(rows.data_ptr(), math.prod(rows.shape[:-1]), rows.shape[-1], weight.data_ptr(), eps,
+                            output.data_ptr())
     return output

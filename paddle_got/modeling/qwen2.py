@@ -64,9 +64,10 @@ class KVCache:
         """How many key columns attention sees when `new_tokens` arrive: just them on an empty cache, else all."""
         return new_tokens if self.length == 0 else self.capacity
 
-    def filled_length(self, new_tokens: int) -> int:
-        """Filled columns once `new_tokens` are stored, before `advance`: the keys a new query may see."""
-        return self.length + new_tokens
+    def buffers(self, layer: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """Layer `layer`'s key and value buffers `[B, kv_heads, d, capacity]`, for a kernel that writes column
+        `length` itself (instead of `update`)."""
+        return self.keys[layer], self.values[layer]
 
     def update(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
         """Store `[B, kv_heads, d, new]` keys/values at `length`; return the `key_length` columns to attend over."""
@@ -99,6 +100,9 @@ class Qwen2RMSNorm(nn.Layer):
         self.weight = self.create_parameter([hidden_size], default_initializer=nn.initializer.Constant(1.0))
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
+        normed = decode_cpu.rms_norm(hidden_states, self.weight, self.eps)  # a few rows on CPU: our kernel
+        if normed is not None:
+            return normed
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.astype("float32")
         variance = paddle.square(hidden_states).mean(axis=-1, keepdim=True)
@@ -229,17 +233,18 @@ class Qwen2Attention(nn.Layer):
 
         `rotary` is `((cos, sin) for the query heads, (cos, sin) for the KV heads)`; `attention_bias` as in `attend`.
         """
-        query_rotary, key_rotary = rotary
-        query = apply_rotary(project_heads(self.q_proj, hidden_states, self.num_heads), *query_rotary)
-        keys = apply_rotary(project_heads(self.k_proj, hidden_states, self.num_kv_heads), *key_rotary)
+        query = project_heads(self.q_proj, hidden_states, self.num_heads)
+        keys = project_heads(self.k_proj, hidden_states, self.num_kv_heads)
         values = project_heads(self.v_proj, hidden_states, self.num_kv_heads)
+        if cache is not None and cache.length > 0 and query.shape[-1] == 1:  # a decode step: our CPU kernel
+            attended = decode_cpu.decode_attention(query, keys, values, rotary, *cache.buffers(self.layer_index),
+                                                   cache.length, attention_bias)
+            if attended is not None:
+                return project_output(self.o_proj, attended)
+        query_rotary, key_rotary = rotary
+        query, keys = apply_rotary(query, *query_rotary), apply_rotary(keys, *key_rotary)
         if cache is not None:
             keys, values = cache.update(self.layer_index, keys, values)
-            if query.shape[-1] == 1:  # one new token: our CPU kernel reads only the filled cache columns
-                key_count = cache.filled_length(1)
-                attended = decode_cpu.decode_attention(query, keys, values, key_count, attention_bias)
-                if attended is not None:
-                    return project_output(self.o_proj, attended)
         if self.num_kv_heads != self.num_heads:
             repeats = self.num_heads // self.num_kv_heads
             keys = paddle.repeat_interleave(keys, repeats, axis=1)

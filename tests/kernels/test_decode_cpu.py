@@ -13,7 +13,9 @@ from reference import SHAPES, TinyShape
 
 from paddle_got import GOTQwenForCausalLM, device
 from paddle_got.kernels import decode_cpu
-from paddle_got.modeling.qwen2 import KVCache, build_attention_bias
+from paddle_got.modeling.qwen2 import (
+    KVCache, RotaryEmbedding, broadcastable_to_heads, build_attention_bias, position_ids_from_mask,
+)
 
 pytestmark = pytest.mark.skipif(decode_cpu.load_library() is None, reason="needs Linux x86-64 with AVX2 and a C++ compiler")
 
@@ -92,33 +94,67 @@ def test_matmul_leaves_training_and_many_rows_to_paddle(counting_library):
     assert counting_library.calls["skinny_matmul"] == 0
 
 
-@pytest.mark.parametrize("heads,kv_heads,padded", [(4, 4, False), (4, 2, True), (16, 16, True)])
-def test_decode_attention_reads_only_filled_columns(heads, kv_heads, padded, threads):
-    """One query per row over a cache whose free columns hold huge values: equals softmax attention over the
-    filled columns (float64 numpy), with grouped KV heads and left padding."""
-    batch, head_dim, capacity, filled = 3, 16, 40, 29
-    query = random((batch, heads, head_dim, 1), 0)
-    keys = random((batch, kv_heads, head_dim, capacity), 1)
-    values = random((batch, kv_heads, head_dim, capacity), 2)
-    keys[..., filled:] = 1e30
-    values[..., filled:] = np.nan
-    mask = np.ones((batch, filled), dtype="int64")
+def rotated(states, positions, theta):
+    """Rotary embedding in float64 numpy: `states` `[B, heads, d]` at `positions` `[B]`."""
+    half = states.shape[-1] // 2
+    inverse_frequencies = 1.0 / theta ** (np.arange(0, 2 * half, 2) / (2 * half))
+    angles = np.concatenate([positions[:, None] * inverse_frequencies] * 2, axis=-1)[:, None, :]
+    turned = np.concatenate([-states[..., half:], states[..., :half]], axis=-1)
+    return states * np.cos(angles) + turned * np.sin(angles)
+
+
+@pytest.mark.parametrize("batch,heads,kv_heads,padded", [(1, 4, 4, False), (3, 4, 2, True), (2, 16, 16, True)])
+def test_decode_attention_step_equals_float64_numpy(batch, heads, kv_heads, padded, threads):
+    """Rotary on the new query and key, the key and value written into the cache's next column, attention over the
+    filled columns only (the free ones hold NaN and huge values), grouped KV heads and left padding."""
+    head_dim, capacity, position, theta = 16, 40, 28, 1e4
+    query, new_keys, new_values = (random((batch, count, head_dim, 1), seed)
+                                   for count, seed in ((heads, 0), (kv_heads, 1), (kv_heads, 2)))
+    keys, values = random((batch, kv_heads, head_dim, capacity), 3), random((batch, kv_heads, head_dim, capacity), 4)
+    keys[..., position:], values[..., position:] = 1e30, np.nan
+    mask = np.ones((batch, position + 1), dtype="int64")
     if padded:
         mask[1, :6] = 0
-    bias = build_attention_bias(paddle.to_tensor(mask), 1, filled - 1, capacity, heads, "float32")
+    positions = position_ids_from_mask(paddle.to_tensor(mask), 1)
+    tables = RotaryEmbedding(head_dim, theta)(positions, "float32")
+    rotary = tuple(tuple(broadcastable_to_heads(table, count) for table in tables) for count in (heads, kv_heads))
+    bias = build_attention_bias(paddle.to_tensor(mask), 1, position, capacity, heads, "float32")
+    key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
     with paddle.no_grad():
-        ours = decode_cpu.decode_attention(paddle.to_tensor(query), paddle.to_tensor(keys), paddle.to_tensor(values),
-                                           filled, bias).numpy()
+        ours = decode_cpu.decode_attention(paddle.to_tensor(query), paddle.to_tensor(new_keys),
+                                           paddle.to_tensor(new_values), rotary, key_buffer, value_buffer, position,
+                                           bias).numpy()
+
+    token_positions = positions.numpy()[:, 0].astype("float64")
+    rotated_keys = rotated(new_keys[..., 0].astype("float64"), token_positions, theta)
+    np.testing.assert_allclose(key_buffer.numpy()[..., position], rotated_keys, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(value_buffer.numpy()[..., position], new_values[..., 0])
+    np.testing.assert_array_equal(key_buffer.numpy()[..., position + 1 :], keys[..., position + 1 :])
+    keys[..., position], values[..., position] = rotated_keys, new_values[..., 0]
+    rotated_queries = rotated(query[..., 0].astype("float64"), token_positions, theta)
     group = heads // kv_heads
-    expected = np.zeros_like(ours, dtype="float64")
+    expected = np.zeros((batch, heads, head_dim, 1))
     for b in range(batch):
+        visible = mask[b].astype(bool)
         for h in range(heads):
-            visible = mask[b].astype(bool)
-            key = keys[b, h // group, :, :filled][:, visible].astype("float64")
-            value = values[b, h // group, :, :filled][:, visible].astype("float64")
-            scores = query[b, h, :, 0] @ key / np.sqrt(head_dim)
+            key = keys[b, h // group, :, : position + 1][:, visible].astype("float64")
+            value = values[b, h // group, :, : position + 1][:, visible].astype("float64")
+            scores = rotated_queries[b, h] @ key / np.sqrt(head_dim)
             probabilities = np.exp(scores - scores.max())
             expected[b, h, :, 0] = value @ (probabilities / probabilities.sum())
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_rms_norm_equals_float64_numpy(rows):
+    """`x / rms(x) * weight` row by row; beyond MAX_ROWS rows (or with gradients) the kernel declines."""
+    x, weight = random((rows, 1, 130), 0), random((130,), 1)
+    with paddle.no_grad():
+        ours = decode_cpu.rms_norm(paddle.to_tensor(x), paddle.to_tensor(weight), 1e-6).numpy()
+        assert decode_cpu.rms_norm(paddle.ones([decode_cpu.MAX_ROWS + 1, 4]), paddle.ones([4]), 1e-6) is None
+    assert decode_cpu.rms_norm(paddle.ones([1, 4]), paddle.ones([4]), 1e-6) is None
+    x64 = x.astype("float64")
+    expected = x64 / np.sqrt((x64**2).mean(axis=-1, keepdims=True) + 1e-6) * weight
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
