@@ -5,9 +5,10 @@
 Builds the full released GOT configuration with random weights, saves it once, and loads the same weights into
 ours (Paddle) and into transformers (torch, CPU, float32), each in its own process so that peak memory is its own.
 Both get the same 1024x1024 image and prompt, and the same thread count. Prints, per framework: vision encoder time,
-prefill time, decode tokens/s (a fixed number of new tokens, EOS ignored), end-to-end time for --new_tokens new
-tokens, batch decode tokens/s, peak memory; then ours/theirs ratios, and each stage against this machine's
-ceilings (float32 GEMM GFLOP/s and memory read bandwidth, measured in the same run).
+prefill time, decode tokens/s at batch 1, 4 and 8 (the better of two runs of 32 steps after a warm-up run, EOS
+ignored), end-to-end time for --new_tokens new tokens, peak memory; then ours/theirs ratios, and each stage against
+this machine's ceilings (float32 GEMM GFLOP/s and memory read bandwidth, measured at the start and at the end of the
+run, the better figure kept).
 """
 
 import argparse
@@ -43,13 +44,15 @@ def measure_ceilings(threads: int) -> dict:
         for _ in range(5):
             matmul(a, b)
         best = max(best, 2 * size**3 * 5 / (time.perf_counter() - start) / 1e9)
-    # Read bandwidth with every thread (what a decode step needs: every weight read once).
+    # Read bandwidth with every thread (what a decode step needs: every weight read once): the best single pass, as
+    # other tenants of a shared machine only ever slow a pass down.
     weights = torch.ones(1024 * 1024 * 1024 // 4)  # 1 GB
     weights.sum()
-    start = time.perf_counter()
+    bandwidth = 0.0
     for _ in range(5):
+        start = time.perf_counter()
         weights.sum()
-    bandwidth = weights.numel() * 4 * 5 / (time.perf_counter() - start) / 1e9
+        bandwidth = max(bandwidth, weights.numel() * 4 / (time.perf_counter() - start) / 1e9)
     del weights
     # What the BLAS reaches on a matrix-vector product over 1 GB of distinct 1024x4096 weights (one row, as in
     # batch-1 decoding): MKL runs these on one core whatever the thread count.
@@ -126,7 +129,7 @@ def run_ours(directory: str, args) -> dict:
                     model(token, past_key_values=cache, last_logits_only=True)
                 return time.perf_counter() - start
             decode()
-            results[f"decode_tok_s_b{batch}"] = batch * DECODE_STEPS / decode()
+            results[f"decode_tok_s_b{batch}"] = batch * DECODE_STEPS / min(decode(), decode())
         start = time.perf_counter()
         greedy_generate(model, ids, np.ones_like(ids), pixel_array, eos_token_ids=(), max_new_tokens=args.new_tokens)
         results["end_to_end_s"] = time.perf_counter() - start
@@ -169,7 +172,7 @@ def run_theirs(directory: str, args) -> dict:
                     language_model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 return time.perf_counter() - start
             decode()
-            results[f"decode_tok_s_b{batch}"] = batch * DECODE_STEPS / decode()
+            results[f"decode_tok_s_b{batch}"] = batch * DECODE_STEPS / min(decode(), decode())
         start = time.perf_counter()
         model.generate(input_ids=torch.from_numpy(ids), pixel_values=pixels, do_sample=False,
                        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
@@ -187,7 +190,8 @@ def build_checkpoint(directory: str) -> None:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             is_scale = name.endswith("weight") and parameter.ndim == 1
-            parameter.copy_(1.0 + 0.02 * torch.randn_like(parameter) if is_scale else 0.02 * torch.randn_like(parameter))
+            noise = 0.02 * torch.randn_like(parameter)
+            parameter.copy_(1.0 + noise if is_scale else noise)
     model.save_pretrained(directory, safe_serialization=True)
 
 
@@ -221,10 +225,13 @@ def main():
                  "--new_tokens", str(args.new_tokens), "--batches", *map(str, args.batches)],
                 capture_output=True, text=True, check=True)
             results[side] = json.loads(output.stdout.strip().splitlines()[-1])
+    # Measured again at the end, keeping the better figure of each, so a slow moment never flatters the bounds.
+    final_ceilings = measure_ceilings(args.threads)
+    ceilings = {key: max(value, final_ceilings[key]) for key, value in ceilings.items()}
     ours, theirs = results["ours"], results["theirs"]
     print(f"machine: {args.threads} threads, float32 GEMM {ceilings['gemm_gflops']:.0f} GFLOP/s, "
           f"memory read {ceilings['read_gbps']:.1f} GB/s, "
-          f"one-row matrix-vector product {ceilings['gemv_gbps']:.1f} GB/s")
+          f"MKL one-row matrix-vector product {ceilings['gemv_gbps']:.1f} GB/s")
     print(f"{'stage':<28}{'ours':>12}{'reference':>12}{'ours/ref':>10}")
     for key in ours:
         print(f"{key:<28}{ours[key]:>12.3f}{theirs[key]:>12.3f}{ours[key] / theirs[key]:>10.2f}")
@@ -234,7 +241,9 @@ def main():
         decode_bound = ceilings["read_gbps"] / weight_gb  # a decode step reads every weight once
         print(f"{side}: encoder {encoder:.0f} GFLOP/s = {encoder / ceilings['gemm_gflops']:.0%} of GEMM peak; "
               f"batch-1 decode {values['decode_tok_s_b1']:.2f} tok/s = "
-              f"{values['decode_tok_s_b1'] / decode_bound:.0%} of the bandwidth bound ({decode_bound:.2f} tok/s)")
+              f"{values['decode_tok_s_b1'] / decode_bound:.0%} of the bandwidth bound ({decode_bound:.2f} tok/s)"
+              + "".join(f"; batch {batch} = {values[f'decode_tok_s_b{batch}'] / values['decode_tok_s_b1']:.2f}x batch 1"
+                        for batch in args.batches if batch != 1))
 
 
 if __name__ == "__main__":

@@ -89,7 +89,9 @@ def load_library() -> Optional[ctypes.CDLL]:
     if not library.decode_cpu_supported():
         return None
     pointer, count = ctypes.c_void_p, ctypes.c_int64
-    library.skinny_matmul.argtypes = [pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int]
+    library.skinny_matmul.argtypes = [
+        pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int,
+    ]
     library.decode_attention.argtypes = [ctypes.POINTER(DecodeAttentionArgs), ctypes.c_int]
     library.rms_norm.argtypes = [pointer, count, count, pointer, ctypes.c_float, pointer]
     for function in (library.skinny_matmul, library.decode_attention, library.rms_norm):
@@ -190,7 +192,7 @@ def decode_attention(
 
 
 def rms_norm(rows: paddle.Tensor, weight: paddle.Tensor, eps: float) -> Optional[paddle.Tensor]:
-    """`rows / rms(rows) * weight` over the last axis for up to `MAX_ROWS` rows; None where our kernel does not apply."""
+    """`rows / rms(rows) * weight` over the last axis, up to `MAX_ROWS` rows; None where our kernel does not apply."""
     if math.prod(rows.shape[:-1]) > MAX_ROWS or not kernels_apply(rows, weight):
         return None
     rows = rows.contiguous()

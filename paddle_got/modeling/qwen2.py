@@ -35,10 +35,11 @@ class KVCache:
     """Keys and values of every decoder layer, feature-major `[batch, kv_heads, head_dim, capacity]`.
 
     `length` columns are filled, the same for every row (left padding keeps rows aligned). A layer's first
-    `update` stores the prompt (its batch and dtype become the buffers') and attends over exactly it; later updates write columns at `length` and attend
-    over the whole capacity, the free columns hidden by the attention bias (see `key_length`). Capacity grows
-    GROWTH columns at a time, so a step neither copies nor slices the buffers. `advance` moves `length` once all
-    layers have written.
+    `update` stores the prompt (its batch and dtype become the buffers') and attends over exactly it; later updates
+    write columns at `length` and attend over the whole capacity, the free columns hidden by the attention bias (see
+    `key_length`; the CPU decode kernel reads only the filled ones). Whenever it must grow, capacity grows to GROWTH
+    columns beyond what is needed, the prompt's included, so the next GROWTH steps neither copy nor slice the
+    buffers. `advance` moves `length` once all layers have written.
     """
 
     GROWTH = 256
@@ -51,10 +52,10 @@ class KVCache:
         self.length = 0
 
     def reserve(self, total_length: int) -> None:
-        """Make room for `total_length` positions, growing by at least GROWTH at a time."""
+        """Make room for `total_length` positions, and GROWTH more (see the class docstring)."""
         if total_length <= self.capacity:
             return
-        extra = max(total_length - self.capacity, self.GROWTH)
+        extra = total_length + self.GROWTH - self.capacity
         if self.length > 0:
             self.keys = [append_zero_columns(keys, extra) for keys in self.keys]
             self.values = [append_zero_columns(values, extra) for values in self.values]
