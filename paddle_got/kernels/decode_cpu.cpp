@@ -1,14 +1,16 @@
-// The two memory-bound halves of a float32 decode step on CPU, built and loaded by decode_cpu.py (AVX2 + FMA;
+// The memory-bound work of a float32 decode step on CPU, built and loaded by decode_cpu.py (AVX2 + FMA;
 // decode_cpu_supported() tells whether this CPU can run them).
 //
 // skinny_matmul: a few rows (1-8, one per sequence) times a large weight matrix, read once from memory. MKL runs a
-// one-row product on one core (~21 GB/s here) and an eight-row product at ~6-15 GB/s; these loops keep every core
-// streaming (~32 and ~23 GB/s).
+// one-row product on one core (~22 GB/s here) and an eight-row product at ~6-15 GB/s; these loops keep every core
+// streaming (~32 and ~22 GB/s).
 //   out[rows, out_features] = x[rows, in_features] @ W (+ bias)
 //   W is [in_features, out_features] (a Paddle Linear weight) or [out_features, in_features] (an embedding table).
 //
-// decode_attention: one new query per sequence against the filled columns of a feature-major KV cache, reading
-// each cached key and value once, and none of the cache's free capacity.
+// decode_attention: one layer's attention for one new token per sequence: rotary on the new query and key, the key
+// and value written into the feature-major KV cache, and attention over its filled columns only.
+//
+// rms_norm: the decoder's RMSNorm for a few rows.
 
 #include <immintrin.h>
 #include <omp.h>
@@ -154,9 +156,9 @@ void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const flo
                 panel_pass_rows(rows, x, in_features, weight + j, out_features, depth, k == 0, ahead, out + j);
             }
         }
-        const Range leftover = omp_get_thread_num() == omp_get_num_threads() - 1
-                                   ? Range{panel_columns, out_features} : Range{0, 0};
-        for (int64_t j = leftover.begin; j < leftover.end; ++j)
+        // The last thread also takes the columns after the last whole panel, one at a time.
+        const int64_t owned_end = omp_get_thread_num() == omp_get_num_threads() - 1 ? out_features : columns.end;
+        for (int64_t j = columns.end; j < owned_end; ++j)
             for (int64_t r = 0; r < rows; ++r) {
                 float total = 0.0f;
                 for (int64_t k = 0; k < in_features; ++k) total += x[r * in_features + k] * weight[k * out_features + j];
@@ -164,7 +166,7 @@ void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const flo
             }
         if (bias)
             for (int64_t r = 0; r < rows; ++r)
-                for (int64_t j = columns.begin; j < std::max(columns.end, leftover.end); ++j) out[r * out_features + j] += bias[j];
+                for (int64_t j = columns.begin; j < owned_end; ++j) out[r * out_features + j] += bias[j];
     }
 }
 
