@@ -79,6 +79,7 @@ def load_library() -> Optional[ctypes.CDLL]:
     target = cache_directory() / f"decode_cpu-{hashlib.sha256(SOURCE.read_bytes() + recipe).hexdigest()[:16]}.so"
     try:
         if not target.exists():
+            logger.info("Compiling the CPU decode kernels (once) into %s", target.parent)
             compile_library(compiler, link_flags, target)
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as error:
@@ -87,6 +88,7 @@ def load_library() -> Optional[ctypes.CDLL]:
                        detail.strip().splitlines()[-1] if detail.strip() else error)
         return None
     if not library.decode_cpu_supported():
+        logger.info("This CPU lacks AVX2/FMA: decoding on CPU uses Paddle's kernels.")
         return None
     pointer, count = ctypes.c_void_p, ctypes.c_int64
     library.skinny_matmul.argtypes = [

@@ -238,14 +238,15 @@ def test_a_failing_build_is_a_warning_not_an_error(monkeypatch, tmp_path, logged
     assert not any((tmp_path / "cache").glob("*.so"))
 
 
-def test_the_library_builds_into_the_cache_directory(monkeypatch, tmp_path):
-    """A fresh cache directory gets the compiled library, which then runs the product."""
+def test_the_library_builds_into_the_cache_directory(monkeypatch, tmp_path, logged):
+    """A fresh cache directory gets the compiled library (the pause is announced), which then runs the product."""
     monkeypatch.setenv("PADDLE_GOT_CACHE", str(tmp_path))
     decode_cpu.load_library.cache_clear()
     try:
         library = decode_cpu.load_library()
         assert library is not None
         assert [path.suffix for path in tmp_path.iterdir()] == [".so"]
+        assert f"Compiling the CPU decode kernels (once) into {tmp_path}" in logged.text
         x, weight = random((3, 64), 0), random((64, 45), 1)
         with paddle.no_grad():
             ours = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(weight)).numpy()
