@@ -112,31 +112,42 @@ def kernels_apply(activations: paddle.Tensor, stored: paddle.Tensor) -> bool:
     )
 
 
-def matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
-           weight_is_out_by_in: bool = False) -> paddle.Tensor:
-    """`rows @ weight + bias`: `[..., in]` -> `[..., out]` in `rows`' dtype.
+def few_rows(rows: paddle.Tensor) -> bool:
+    """True when `rows` `[..., features]` holds at most `MAX_ROWS` rows."""
+    return math.prod(rows.shape[:-1]) <= MAX_ROWS
 
-    `weight` is `[in, out]` (a Paddle Linear weight), or `[out, in]` (an embedding table) with `weight_is_out_by_in`.
-    """
-    if math.prod(rows.shape[:-1]) > MAX_ROWS or not kernels_apply(rows, weight):
-        product = paddle.matmul(rows, weight, transpose_y=weight_is_out_by_in)
-        return product if bias is None else product + bias
-    in_features = rows.shape[-1]
+
+def skinny_matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor],
+                  weight_is_out_by_in: bool) -> paddle.Tensor:
+    """Our kernel's `rows @ weight + bias` (the caller checked `few_rows` and `kernels_apply`)."""
     out_features = weight.shape[0] if weight_is_out_by_in else weight.shape[1]
     rows = rows.contiguous()
     output = _C_ops.empty([*rows.shape[:-1], out_features], rows.dtype, CPU)
     load_library().skinny_matmul(
-        rows.data_ptr(), math.prod(rows.shape[:-1]), in_features, weight.data_ptr(), out_features,
+        rows.data_ptr(), math.prod(rows.shape[:-1]), rows.shape[-1], weight.data_ptr(), out_features,
         int(weight_is_out_by_in), None if bias is None else bias.data_ptr(), output.data_ptr(), device.cpu_threads(),
     )
     return output
 
 
+def matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
+           weight_is_out_by_in: bool = False) -> paddle.Tensor:
+    """`rows @ weight + bias`: `[..., in]` -> `[..., out]` in `rows`' dtype, our kernel where it applies.
+
+    `weight` is `[in, out]`, or `[out, in]` (an embedding table) with `weight_is_out_by_in`.
+    """
+    if few_rows(rows) and kernels_apply(rows, weight):
+        return skinny_matmul(rows, weight, bias, weight_is_out_by_in)
+    product = paddle.matmul(rows, weight, transpose_y=weight_is_out_by_in)
+    return product if bias is None else product + bias
+
+
 def linear(layer: nn.Layer, rows: paddle.Tensor) -> paddle.Tensor:
-    """`layer(rows)`, through `matmul` when `layer` is a plain `nn.Linear` (a wrapped one, e.g. LoRA, runs itself)."""
-    if type(layer) is not nn.Linear:
-        return layer(rows)
-    return matmul(rows, layer.weight, layer.bias)
+    """`layer(rows)`, through our kernel when `layer` is a plain `nn.Linear` and the kernel applies (a wrapped one,
+    e.g. LoRA, and everything else run the layer's own forward)."""
+    if type(layer) is nn.Linear and few_rows(rows) and kernels_apply(rows, layer.weight):
+        return skinny_matmul(rows, layer.weight, layer.bias, weight_is_out_by_in=False)
+    return layer(rows)
 
 
 class DecodeAttentionArgs(ctypes.Structure):
@@ -195,7 +206,7 @@ def decode_attention(
 
 def rms_norm(rows: paddle.Tensor, weight: paddle.Tensor, eps: float) -> Optional[paddle.Tensor]:
     """`rows / rms(rows) * weight` over the last axis, up to `MAX_ROWS` rows; None where our kernel does not apply."""
-    if math.prod(rows.shape[:-1]) > MAX_ROWS or not kernels_apply(rows, weight):
+    if not few_rows(rows) or not kernels_apply(rows, weight):
         return None
     rows = rows.contiguous()
     output = _C_ops.empty(rows.shape, rows.dtype, CPU)
