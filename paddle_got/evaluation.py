@@ -7,13 +7,14 @@ name when the paths differ (predictions usually carry the path infer.py was give
 
 import json
 import os
+from dataclasses import asdict
 from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
 from .data.dataset import DataError, load_meta, parse_record, read_annotations
 from .errors import GOTError
-from .metrics import METRIC_NAMES, SampleScores, as_dict, average, score
+from .metrics import METRIC_NAMES, average, score
 from .outputs import write_atomic
 
 
@@ -70,11 +71,11 @@ def match(predictions: Dict[str, str], references: List[Tuple[str, str]]):
 
 def build_report(pairs, missing: List[str], level: str) -> dict:
     """The report: averages at the top level (METRIC_NAMES), then `samples` and `missing_predictions`."""
-    samples = []
+    samples, scores = [], []
     for image, prediction, reference in tqdm(pairs, desc="Scoring", unit="sample", disable=len(pairs) < 50):
-        samples.append({"image": image, "prediction": prediction, "reference": reference,
-                        **as_dict(score(prediction, reference, level))})
-    report = average(SampleScores(**{name: sample[name] for name in METRIC_NAMES}) for sample in samples)
+        scores.append(score(prediction, reference, level))
+        samples.append({"image": image, "prediction": prediction, "reference": reference, **asdict(scores[-1])})
+    report = average(scores)
     report.update(num_samples=len(samples), level=level, samples=samples, missing_predictions=missing)
     return report
 

@@ -14,7 +14,7 @@ Tokens are words (Chinese segmented with jieba) for documents, or characters for
 
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Iterable, List
 
 from rapidfuzz.distance import Levenshtein
@@ -111,7 +111,3 @@ def average(scores: Iterable[SampleScores]) -> Dict[str, float]:
     scores = list(scores)
     return {name: sum(getattr(s, name) for s in scores) / len(scores) if scores else 0.0 for name in METRIC_NAMES}
 
-
-def as_dict(sample_scores: SampleScores) -> Dict[str, float]:
-    """A sample's scores as a plain dict."""
-    return asdict(sample_scores)
