@@ -110,4 +110,3 @@ def average(scores: Iterable[SampleScores]) -> Dict[str, float]:
     """The mean of each metric over samples (all 0 for no sample)."""
     scores = list(scores)
     return {name: sum(getattr(s, name) for s in scores) / len(scores) if scores else 0.0 for name in METRIC_NAMES}
-
