@@ -205,51 +205,47 @@ def test_cached_decoding_through_the_kernels_matches_the_reference(shape, refere
     assert counting_library.calls["skinny_matmul"] == 1 + (7 * shape.text_layers + 1) * continuation.shape[1]
 
 
-def test_without_a_compiler_decoding_falls_back_to_paddle(monkeypatch, tmp_path, logged):
+@pytest.fixture
+def reloaded_library():
+    """`load_library` forgets its cached answer before and after the test (which sets the environment it reads)."""
+    decode_cpu.load_library.cache_clear()
+    yield
+    decode_cpu.load_library.cache_clear()
+
+
+def test_without_a_compiler_decoding_falls_back_to_paddle(monkeypatch, tmp_path, logged, reloaded_library):
     """A missing compiler is logged once and every product runs in Paddle: same logits."""
     monkeypatch.setenv("PADDLE_GOT_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    decode_cpu.load_library.cache_clear()
-    try:
-        assert decode_cpu.load_library() is None
-        x, weight = random((2, 64), 0), random((64, 300), 1)
-        with paddle.no_grad():
-            fallback = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(weight)).numpy()
-        assert "No C++ compiler" in logged.text
-    finally:
-        decode_cpu.load_library.cache_clear()
+    assert decode_cpu.load_library() is None
+    x, weight = random((2, 64), 0), random((64, 300), 1)
+    with paddle.no_grad():
+        fallback = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(weight)).numpy()
+    assert "No C++ compiler" in logged.text
     np.testing.assert_allclose(fallback, x.astype("float64") @ weight, rtol=1e-5, atol=1e-4)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_failing_build_is_a_warning_not_an_error(monkeypatch, tmp_path, logged):
+def test_a_failing_build_is_a_warning_not_an_error(monkeypatch, tmp_path, logged, reloaded_library):
     """A compiler that fails leaves no library behind and Paddle's kernels in charge."""
     compiler = tmp_path / "broken-c++"
     compiler.write_text("#!/bin/sh\necho 'broken-c++: error: cannot compile' >&2\nexit 1\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("PADDLE_GOT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(compiler))
-    decode_cpu.load_library.cache_clear()
-    try:
-        assert decode_cpu.load_library() is None
-    finally:
-        decode_cpu.load_library.cache_clear()
+    assert decode_cpu.load_library() is None
     assert "cannot compile" in logged.text
     assert not any((tmp_path / "cache").glob("*.so"))
 
 
-def test_the_library_builds_into_the_cache_directory(monkeypatch, tmp_path, logged):
+def test_the_library_builds_into_the_cache_directory(monkeypatch, tmp_path, logged, reloaded_library):
     """A fresh cache directory gets the compiled library (the pause is announced), which then runs the product."""
     monkeypatch.setenv("PADDLE_GOT_CACHE", str(tmp_path))
-    decode_cpu.load_library.cache_clear()
-    try:
-        library = decode_cpu.load_library()
-        assert library is not None
-        assert [path.suffix for path in tmp_path.iterdir()] == [".so"]
-        assert f"Compiling the CPU decode kernels (once) into {tmp_path}" in logged.text
-        x, weight = random((3, 64), 0), random((64, 45), 1)
-        with paddle.no_grad():
-            ours = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(weight)).numpy()
-    finally:
-        decode_cpu.load_library.cache_clear()
+    library = decode_cpu.load_library()
+    assert library is not None
+    assert [path.suffix for path in tmp_path.iterdir()] == [".so"]
+    assert f"Compiling the CPU decode kernels (once) into {tmp_path}" in logged.text
+    x, weight = random((3, 64), 0), random((64, 45), 1)
+    with paddle.no_grad():
+        ours = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(weight)).numpy()
     np.testing.assert_allclose(ours, x.astype("float64") @ weight, rtol=1e-5, atol=1e-4)
