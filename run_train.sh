@@ -35,4 +35,24 @@ else
     set -- --nproc_per_node "$GPUS" --log_dir "$LOG_DIR" tools/train.py --config "$CONFIG" "$@"
 fi
 echo "run_train.sh: $GPUS process(es), config $CONFIG, logs in $LOG_DIR" >&2
-exec "$PYTHON" -m paddle.distributed.launch "$@"
+
+# The launcher shows rank 0's log as it runs; its own settings dump, Paddle's glog INFO lines and, on failure, its
+# repeat of a worker's log tail are left out (everything stays in $LOG_DIR). Then one line per rank that failed.
+export GLOG_minloglevel="${GLOG_minloglevel:-1}"
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:No ccache found:UserWarning"
+STATUS_FILE=$(mktemp)
+{ STATUS=0; "$PYTHON" -m paddle.distributed.launch --log_level WARNING "$@" 2>&1 || STATUS=$?; echo "$STATUS" > "$STATUS_FILE"; } |
+    awk '/^LAUNCH ERROR/ { quiet = 1 } !quiet { print; fflush() }' >&2
+STATUS=$(cat "$STATUS_FILE")
+rm -f "$STATUS_FILE"
+if [ "$STATUS" -ne 0 ]; then
+    RANK0_ERROR=$(grep '^error: ' "$LOG_DIR/workerlog.0" 2>/dev/null | tail -n 1)
+    for LOG in "$LOG_DIR"/workerlog.*; do
+        RANK_ERROR=$(grep '^error: ' "$LOG" 2>/dev/null | tail -n 1)
+        if [ "${LOG##*.}" != 0 ] && [ -n "$RANK_ERROR" ] && [ "$RANK_ERROR" != "$RANK0_ERROR" ]; then
+            echo "rank ${LOG##*.}: $RANK_ERROR" >&2
+        fi
+    done
+    echo "run_train.sh: training failed; the logs are in $LOG_DIR" >&2
+    exit "$STATUS"
+fi

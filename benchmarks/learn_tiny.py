@@ -73,7 +73,7 @@ def main():
     output_dir = os.path.join(args.work_dir, "model")
     arguments = parse_training_arguments(
         ["--config", CONFIG, "--meta_path", train_meta, "--output_dir", output_dir,
-         "--model_name_or_path", os.path.join(REPO, "configs", "tiny_got")]
+         "--model_name_or_path", os.path.join(REPO, "configs", "tiny_got"), "--overwrite_output_dir", "True"]
     )
     training_started = time.time()
     recorder = LossRecorder()
@@ -85,9 +85,8 @@ def main():
     images = [os.path.join(heldout_dir, "images", record["image"]) for record in heldout]
     references = [record["conversations"][1]["value"] for record in heldout]
     reader = GOT.from_pretrained(output_dir, dtype="float32")
-    # Read with the prompt the model was trained with (SynthDoG's "<image>\nOCR:").
-    query = heldout[0]["conversations"][0]["value"].split("\n", 1)[1]
-    predictions = [r.text for r in reader.recognize(images, batch_size=16, max_new_tokens=32, query=query)]
+    # The model reads with the prompt it was trained with (SynthDoG's "<image>\nOCR:", kept in prompt_config.json).
+    predictions = [r.text for r in reader.recognize(images, batch_size=16, max_new_tokens=32)]
     cer = character_error_rate(predictions, references)
 
     losses = recorder.losses

@@ -20,8 +20,10 @@ from safetensors.paddle import save_file
 from tqdm import tqdm
 
 from .config import GOTConfig
-from .errors import CheckpointError
+from .constants import PROMPT_CONFIG_FILE
+from .errors import CheckpointError, reason
 from .logger import logger
+from .outputs import make_readable_as_umask_allows
 
 SAFETENSORS_NAME = "model.safetensors"
 WEIGHT_FILES = (
@@ -44,6 +46,7 @@ TOKENIZER_FILES = (
     "preprocessor_config.json",
     "processor_config.json",
     "generation_config.json",
+    PROMPT_CONFIG_FILE,
 )
 EMBEDDING_NAME = "qwen2.embed_tokens.weight"
 LM_HEAD_NAME = "lm_head.weight"
@@ -133,7 +136,7 @@ class WeightSource:
                     with open(path, encoding="utf-8") as f:
                         shards = sorted(set(json.load(f)["weight_map"].values()))
                 except (OSError, ValueError, KeyError, AttributeError) as err:
-                    raise CheckpointError(f"Cannot read the shard index {path}: {err}.") from None
+                    raise CheckpointError(f"Cannot read the shard index {path}: {reason(err)}.") from err
                 missing = [s for s in shards if not os.path.isfile(os.path.join(directory, s))]
                 if missing:
                     raise CheckpointError(f"Shard {missing[0]} listed in {path} is missing.")
@@ -147,7 +150,7 @@ class WeightSource:
         try:
             return safe_open(file, framework="paddle")
         except Exception as err:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"Cannot read {file}: {err}.") from None
+            raise CheckpointError(f"Cannot read {file}: {reason(err)}.") from err
 
     @staticmethod
     def _load_whole(file: str) -> Dict[str, paddle.Tensor]:
@@ -155,7 +158,7 @@ class WeightSource:
             try:
                 return dict(paddle.load(file))
             except Exception as err:
-                raise CheckpointError(f"Cannot read {file}: {err}.") from None
+                raise CheckpointError(f"Cannot read {file}: {reason(err)}.") from err
         try:
             import torch
         except ImportError:
@@ -165,7 +168,7 @@ class WeightSource:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise CheckpointError(f"Cannot read {file}: {err}.") from None
+            raise CheckpointError(f"Cannot read {file}: {reason(err)}.") from err
         converted = {}
         for name, tensor in state.items():
             dtype = str(tensor.dtype).replace("torch.", "")
@@ -234,8 +237,10 @@ def load_pretrained(model_class: type, path: str, dtype: str = "float32"):
     if unexpected:
         raise CheckpointError(f"The checkpoint in {path} has parameters the model does not know: {_list(unexpected)}.")
 
+    stored_dtypes = set()
     for our_name, parameter in tqdm(parameters.items(), desc="Loading weights", unit="tensor", leave=False):
         tensor = source.get(our_names[our_name])
+        stored_dtypes.add(str(tensor.dtype).replace("paddle.", ""))
         if needs_transpose(our_name, layout) and tensor.ndim == 2:
             # A transposed view would stay strided inside the parameter, and every matmul would then copy it.
             tensor = tensor.T.contiguous()
@@ -247,7 +252,10 @@ def load_pretrained(model_class: type, path: str, dtype: str = "float32"):
         parameter.set_value(tensor.astype(parameter.dtype))
     model.to(dtype=dtype)
     model.eval()
-    logger.info(f"Loaded {path} ({layout} layout, {source.fmt}, {len(parameters)} tensors, {dtype}).")
+    model.tokenizer_files = tokenizer_files(path)
+    stored = "/".join(sorted(stored_dtypes))
+    held = stored if stored == dtype else f"stored as {stored}, loaded as {dtype}"
+    logger.info(f"Loaded {path} ({layout} layout, {source.fmt}, {len(parameters)} tensors, {held}).")
     return model
 
 
@@ -255,7 +263,10 @@ def move_into(source_dir: str, destination: str) -> None:
     """Move every file of `source_dir` into `destination` with atomic renames, then remove `source_dir`."""
     os.makedirs(destination, exist_ok=True)
     for file_name in os.listdir(source_dir):
-        os.replace(os.path.join(source_dir, file_name), os.path.join(destination, file_name))
+        staged = os.path.join(source_dir, file_name)
+        if os.path.isfile(staged):
+            make_readable_as_umask_allows(staged)
+        os.replace(staged, os.path.join(destination, file_name))
     os.rmdir(source_dir)
 
 
@@ -269,14 +280,17 @@ def staging_dir(destination: str) -> str:
 def save_pretrained(model, directory: str, extra_files: Optional[Iterator[str]] = None) -> None:
     """Write config.json + model.safetensors (our layout) into `directory`; files appear only when complete.
 
-    `extra_files` are paths copied along (tokenizer files). Nothing is left behind if writing fails.
+    `extra_files` are paths copied along; by default the tokenizer and prompt files of the checkpoint the model was
+    loaded from, so that the directory can be read again as it is. Nothing is left behind if writing fails.
     """
+    if extra_files is None:
+        extra_files = getattr(model, "tokenizer_files", ())
     staging = staging_dir(directory)
     try:
         state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
         save_file(state, os.path.join(staging, SAFETENSORS_NAME), metadata={"format": "paddle"})
         model.config.save_pretrained(staging)
-        for file in extra_files or ():
+        for file in extra_files:
             shutil.copy2(file, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -289,14 +303,17 @@ def tokenizer_files(directory: str) -> List[str]:
     return [os.path.join(directory, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, f))]
 
 
-def convert_checkpoint(source: str, destination: str, dtype: str = "float32") -> None:
+def convert_checkpoint(source: str, destination: str, dtype: str = "float32", overwrite: bool = False) -> None:
     """Load `source` (any layout, logged) and write it to `destination` in ours, tokenizer files included.
 
-    Nothing is written if loading fails.
+    Nothing is written if loading fails; an existing, non-empty `destination` is refused unless `overwrite`.
     """
     from .modeling.got import GOTQwenForCausalLM
 
     if os.path.abspath(source) == os.path.abspath(destination):
         raise CheckpointError("--src and --dst must be different directories.")
+    if os.path.exists(destination) and not overwrite and (not os.path.isdir(destination) or os.listdir(destination)):
+        raise CheckpointError(f"{destination} already exists and is not empty: give another --dst, or --overwrite "
+                              "to replace the files it shares with the conversion.")
     model = GOTQwenForCausalLM.from_pretrained(source, dtype=dtype)
-    save_pretrained(model, destination, extra_files=tokenizer_files(source))
+    save_pretrained(model, destination)

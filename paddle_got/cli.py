@@ -1,5 +1,7 @@
-"""What every command-line entry point shares: one-sentence errors and exit code 2 instead of tracebacks."""
+"""What every command-line entry point shares: one-sentence errors and exit code 2 instead of tracebacks, and an
+argument parser that shows defaults, takes no abbreviations and reports a bad argument in one line."""
 
+import argparse
 import sys
 from typing import Callable
 
@@ -18,3 +20,46 @@ def run_cli(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         sys.exit(130)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default in its help (when it has a real one)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the tools' habits: `error: <sentence>` and exit code 2 (no usage dump), exact option names."""
+
+    def __init__(self, description: str):
+        super().__init__(description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
+
+    def error(self, message: str):
+        print(f"error: {message[0].upper() + message[1:]} (see --help).", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def plain_paddlenlp_logs() -> None:
+    """paddlenlp's log lines as plain `[paddlenlp] LEVEL message` at INFO: no colour codes in log files, and no
+    DEBUG dump of every training argument (for tools that train; call after paddlenlp is imported)."""
+    import logging
+
+    from paddlenlp.utils.log import logger as paddlenlp_logger
+
+    paddlenlp_logger.set_level("INFO")
+    for handler in paddlenlp_logger.logger.handlers:
+        handler.setFormatter(logging.Formatter("[paddlenlp] %(levelname)s %(message)s"))

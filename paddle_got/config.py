@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
-from .errors import CheckpointError
+from .errors import CheckpointError, reason
 
 CONFIG_NAME = "config.json"
 
@@ -117,7 +117,7 @@ class GOTConfig:
             with open(config_file, encoding="utf-8") as f:
                 values = json.load(f)
         except (OSError, ValueError) as err:
-            raise CheckpointError(f"Cannot read {config_file}: {err}.") from None
+            raise CheckpointError(f"Cannot read {config_file}: {reason(err)}.") from err
         if not isinstance(values, dict):
             raise CheckpointError(f"{config_file} does not hold a JSON object.")
         return cls.from_dict(values)

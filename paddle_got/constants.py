@@ -11,6 +11,8 @@ IM_END = "<|im_end|>"
 IMG_START = "<img>"
 IMG_END = "</img>"
 IMG_PAD = "<imgpad>"
+# Qwen-1's own specials, numbered right after the BPE ranks in this order (151643.. in the released vocabulary).
+QWEN_SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END) + tuple(f"<|extra_{index}|>" for index in range(205))
 
 # CLIP normalisation applied to every tile after /255 (RGB order).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -26,9 +28,10 @@ GOT_SPECIAL_TOKENS = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>",
 # IMAGE_PLACEHOLDER where the `<img> <imgpad>*n </img>` block goes.
 SYSTEM_MESSAGE = "You should follow the instructions carefully and explain your answers in detail."
 IMAGE_PLACEHOLDER = "<image>"
-CHAT_TEMPLATE = (
-    IM_START + "system\n{system}" + IM_END + IM_START + "user\n{user}" + IM_END + IM_START + "assistant\n"
-)
+SYSTEM_TURN = IM_START + "system\n{system}" + IM_END
+USER_TURN = IM_START + "user\n{user}" + IM_END + IM_START + "assistant\n"
+# Where a checkpoint records the prompt it was trained with (paddle_got.processing.PromptConfig).
+PROMPT_CONFIG_FILE = "prompt_config.json"
 
 # Queries of each OCR mode; {ocr} is PLAIN_OCR or FORMAT_OCR.
 OCR_TYPES = ("ocr", "format")

@@ -7,3 +7,10 @@ class GOTError(Exception):
 
 class CheckpointError(GOTError):
     """A checkpoint directory cannot be read, recognised or matched to the model."""
+
+
+def reason(err: BaseException) -> str:
+    """An exception's message as the end of a sentence: first line only, trailing full stops dropped (the caller
+    adds one)."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    return lines[0].rstrip(". ") or type(err).__name__

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
-from .data.dataset import DataError, load_meta, parse_record, read_annotations
+from .data.dataset import DataError, Record, parse_record, read_annotations
 from .errors import GOTError
 from .metrics import METRIC_NAMES, average, score
 from .outputs import write_atomic
@@ -45,8 +45,8 @@ def read_predictions(path: str) -> Dict[str, str]:
 def read_references(path: str) -> List[Tuple[str, str]]:
     """`[(image, reference text)]` from a training-format annotation file (JSON array or JSONL)."""
     references = []
-    for raw, line in read_annotations(path):
-        record = parse_record(raw, "", f"{path} line {line}", multi_crop=False)
+    for raw, where in read_annotations(path):
+        record = parse_record(raw, "", f"{path} {where}", multi_crop=False)
         references.append((record.images[0], record.turns[0][1]))
     if not references:
         raise DataError(f"{path} holds no annotation.")
@@ -88,9 +88,8 @@ def evaluate_predictions(predictions_path: str, references_path: str, level: str
     return build_report(pairs, missing, level)
 
 
-def evaluate_model(reader, meta_path: str, level: str = "word", **recognize_options) -> dict:
-    """Read every annotated image of a meta file with `reader` (a GOT) and score the texts."""
-    records = load_meta(meta_path)
+def evaluate_model(reader, records: List[Record], level: str = "word", **recognize_options) -> dict:
+    """Read the first image of every record (`load_meta`'s output) with `reader` (a GOT) and score the texts."""
     images = [record.images[0] for record in records]
     pairs, missing = [], []
     results = reader.iter_recognize(images, **recognize_options)

@@ -10,14 +10,30 @@ from .errors import GOTError
 JSONL_SUFFIXES = (".jsonl", ".json")
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than the call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_readable_as_umask_allows(path: str) -> None:
+    """Give `path` the mode an ordinary new file gets (0666 less the umask): temporary files start as 0600."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+    """Write `text` to `path` through a temporary file in the same directory and a rename.
+
+    The file gets the mode the umask gives new files, as a plain `open(path, "w")` would.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as f:
             f.write(text)
+        make_readable_as_umask_allows(temporary)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -41,10 +57,24 @@ def output_kind(path: str) -> str:
 
 
 def check_output(path: str, num_documents: int) -> None:
-    """GOTError if `path` cannot hold `num_documents` results (a single text file holds one)."""
+    """GOTError if `path` cannot receive `num_documents` results (checked before any reading starts).
+
+    A single text file holds one result; the folder a file goes into must exist; a results folder may be created,
+    but only inside an existing one; nothing on the way may be a file.
+    """
     if output_kind(path) == "file" and num_documents > 1:
         raise GOTError(f"--output {path} is one file but there are {num_documents} inputs: "
                        "give a directory or a .jsonl file.")
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    ancestor = folder
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise GOTError(f"--output {path} cannot be written: {ancestor} is a file, not a directory.")
+    if ancestor != folder:
+        raise GOTError(f"--output {path} cannot be written: the directory {folder} does not exist.")
+    if not os.access(folder, os.W_OK):
+        raise GOTError(f"--output {path} cannot be written: no permission to write in {folder}.")
 
 
 def text_file_name(result, ocr_type: str) -> str:

@@ -21,7 +21,15 @@ from .errors import GOTError
 from .generation import greedy_generate
 from .logger import logger
 from .modeling.got import GOTQwenForCausalLM
-from .processing import BadInputError, GOTProcessor, OCRRequest, check_image_size, load_image, validate_options
+from .processing import (
+    BadInputError,
+    GOTProcessor,
+    OCRRequest,
+    check_box_inside,
+    check_image_size,
+    load_image,
+    validate_options,
+)
 
 DEFAULT_MODEL = "stepfun-ai/GOT-OCR2_0"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -102,18 +110,53 @@ def _pdf_pages(path: str) -> List[InputImage]:
     return [InputImage(path, page=index + 1) for index in range(count)]
 
 
+def _pdf_page_size(document, page: int) -> Tuple[int, int]:
+    """(width, height) in pixels of page `page` (1-based) of an open pypdfium2 document, rendered at PDF_RENDER_DPI."""
+    width, height = document[page - 1].get_size()
+    scale = PDF_RENDER_DPI / 72
+    return int(width * scale), int(height * scale)
+
+
 def _render_pdf_page(path: str, page: int) -> Image.Image:
     """Page `page` (1-based) of a PDF as an RGB image at PDF_RENDER_DPI."""
     import pypdfium2
 
     document = pypdfium2.PdfDocument(path)
     try:
-        width, height = document[page - 1].get_size()
-        scale = PDF_RENDER_DPI / 72
-        check_image_size((int(width * scale), int(height * scale)), f"{path} page {page}")
-        return document[page - 1].render(scale=scale).to_pil().convert("RGB")
+        check_image_size(_pdf_page_size(document, page), f"{path} page {page}")
+        return document[page - 1].render(scale=PDF_RENDER_DPI / 72).to_pil().convert("RGB")
     finally:
         document.close()
+
+
+def input_size(inp: "InputImage") -> Optional[Tuple[int, int]]:
+    """(width, height) of an input from its header alone (no decoding), or None when it cannot be read."""
+    if inp.image is not None:
+        return inp.image.size
+    try:
+        if inp.page is not None:
+            import pypdfium2
+
+            document = pypdfium2.PdfDocument(inp.name)
+            try:
+                return _pdf_page_size(document, inp.page)
+            finally:
+                document.close()
+        with Image.open(inp.name) as opened:
+            return opened.size
+    except Exception:  # any decoder failure: decoding the input later reports it in its own words
+        return None
+
+
+def mark_box_misfits(inputs: List["InputImage"], box: Tuple[float, float, float, float]) -> None:
+    """Record an error on every input that the pixel `box` does not fit, judged from the headers alone."""
+    for inp in inputs:
+        size = input_size(inp) if inp.error is None else None
+        if size is not None:
+            try:
+                check_box_inside(box, *size)
+            except BadInputError as err:
+                inp.error = f"{inp.name}: {err}"
 
 
 def expand_inputs(images: Union[ImageInput, Sequence[ImageInput]]) -> List[InputImage]:
@@ -161,7 +204,7 @@ class TextStreamer:
     """Writes the decoded text as tokens arrive, exactly as the final stripped text will read.
 
     Leading whitespace is never written, trailing whitespace and incomplete UTF-8 are held back until more text
-    follows; `finish()` writes what is left and a newline.
+    follows; `finish()` writes what is left, so the pieces add up to exactly the result's text.
     """
 
     def __init__(self, tokenizer, write: Callable[[str], None]):
@@ -179,14 +222,30 @@ class TextStreamer:
         self._write_upto(text.rstrip())
 
     def finish(self, final_text: str) -> None:
-        """Write the rest of `final_text` (the stripped result) and a newline."""
+        """Write the rest of `final_text` (the stripped result)."""
         self._write_upto(final_text)
-        self.write("\n")
 
     def _write_upto(self, text: str) -> None:
         if len(text) > self.written:
             self.write(text[self.written:])
             self.written = len(text)
+
+
+def check_read_options(ocr_type: str = "ocr", box=None, color=None, multi_crop: bool = False,
+                       max_crops: int = MAX_CROPS, multi_page: bool = False, query: Optional[str] = None,
+                       max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 1) -> None:
+    """GOTError for reading options that cannot work together (checked before any model or image is loaded)."""
+    validate_options(ocr_type, box, color, multi_crop, max_crops, multi_page, query)
+    if batch_size < 1:
+        raise GOTError("batch_size must be at least 1.")
+    if max_new_tokens < 1:
+        raise GOTError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+
+
+def check_stream(num_documents: int) -> None:
+    """GOTError unless there is exactly one document to stream."""
+    if num_documents != 1:
+        raise GOTError("Streaming reads one document at a time: give a single input (or use multi-page).")
 
 
 class GOT:
@@ -231,19 +290,15 @@ class GOT:
         `stream(text)` receives the text as it is generated; it needs a single document. `query` replaces the
         mode's query text (a model fine-tuned with its own prompt is read with that prompt).
         """
-        validate_options(ocr_type, box, color, multi_crop, max_crops, multi_page)
-        if query is not None and (box is not None or color is not None):
-            raise GOTError("A custom query replaces the box or colour query: give one or the other.")
-        if batch_size < 1:
-            raise GOTError("batch_size must be at least 1.")
+        check_read_options(ocr_type, box, color, multi_crop, max_crops, multi_page, query, max_new_tokens, batch_size)
         inputs = expand_inputs(images)
         if no_repeat_ngram_size is None:
             no_repeat_ngram_size = 0 if (multi_crop or multi_page) else NO_REPEAT_NGRAM_SIZE
         options = dict(ocr_type=ocr_type, box=box, color=color, multi_crop=multi_crop, max_crops=max_crops,
                        multi_page=multi_page, query=query)
         documents = [inputs] if multi_page else [[inp] for inp in inputs]
-        if stream is not None and len(documents) != 1:
-            raise GOTError("Streaming reads one document at a time: give a single input (or use multi-page).")
+        if stream is not None:
+            check_stream(len(documents))
         for start in range(0, len(documents), batch_size):
             batch = [[_load(inp) for inp in document] for document in documents[start : start + batch_size]]
             yield from self._read_batch(batch, options, max_new_tokens, no_repeat_ngram_size, stream)

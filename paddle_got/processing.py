@@ -5,10 +5,12 @@ normalised with the CLIP mean/std; multi-crop cuts the image into a grid of tile
 squashes each page into one tile. Batches are left-padded with the tokenizer's pad id.
 """
 
+import json
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,7 +19,6 @@ from PIL import Image
 from .config import GOTConfig
 from .constants import (
     BOX_SCALE,
-    CHAT_TEMPLATE,
     CLIP_MEAN,
     CLIP_STD,
     COLORS,
@@ -32,9 +33,13 @@ from .constants import (
     MULTI_PAGE_QUERIES,
     OCR_TYPES,
     PLAIN_OCR,
+    PROMPT_CONFIG_FILE,
     SYSTEM_MESSAGE,
+    SYSTEM_TURN,
+    USER_TURN,
 )
-from .errors import GOTError
+from .errors import GOTError, reason
+from .logger import logger
 from .tokenizer import GOTTokenizer
 
 # Larger images are refused rather than decoded (PIL's own decompression-bomb threshold).
@@ -153,21 +158,39 @@ def crop_tiles(image: Image.Image, tile_size: int, min_tiles: int = MIN_CROPS, m
     return tiles
 
 
-def box_query_prefix(box: Sequence[float], width: int, height: int) -> str:
-    """`[a, b, c, d]` in thousandths of the image size (truncated), from a pixel box `(x1, y1, x2, y2)`."""
+def check_box_inside(box: Sequence[float], width: int, height: int) -> None:
+    """BadInputError unless the pixel box `(x1, y1, x2, y2)` lies inside a `width` x `height` image."""
     x1, y1, x2, y2 = box
     if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
         raise BadInputError(
             f"The box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is outside the {width}x{height} image or empty: "
             "it must satisfy 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height."
         )
+
+
+def box_query_prefix(box: Sequence[float], width: int, height: int) -> str:
+    """`[a, b, c, d]` in thousandths of the image size (truncated), from a pixel box `(x1, y1, x2, y2)`."""
+    check_box_inside(box, width, height)
+    x1, y1, x2, y2 = box
     scaled = [int(x1 / width * BOX_SCALE), int(y1 / height * BOX_SCALE)]
     scaled += [int(x2 / width * BOX_SCALE), int(y2 / height * BOX_SCALE)]
     return str(scaled)
 
 
+def validate_box(box: Sequence[float]) -> None:
+    """BadInputError for a box that fits no image: not 4 numbers, negative, empty or inverted."""
+    if len(box) != 4:
+        raise BadInputError(f"A box needs 4 numbers [x1, y1, x2, y2], got {len(box)}.")
+    x1, y1, x2, y2 = box
+    if min(box) < 0 or not (x1 < x2 and y1 < y2):
+        raise BadInputError(
+            f"The box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] is negative, empty or inverted: it must satisfy "
+            "0 <= x1 < x2 and 0 <= y1 < y2 (pixels of the image)."
+        )
+
+
 def validate_options(ocr_type: str = "ocr", box=None, color=None, multi_crop: bool = False,
-                     max_crops: int = MAX_CROPS, multi_page: bool = False) -> None:
+                     max_crops: int = MAX_CROPS, multi_page: bool = False, query: Optional[str] = None) -> None:
     """BadInputError for option values or combinations the model has no prompt for."""
     if ocr_type not in OCR_TYPES:
         raise BadInputError(f"Unknown OCR type {ocr_type!r}: choose ocr or format.")
@@ -175,8 +198,10 @@ def validate_options(ocr_type: str = "ocr", box=None, color=None, multi_crop: bo
         raise BadInputError(f"Unknown colour {color!r}: choose red, green or blue.")
     if box is not None and color is not None:
         raise BadInputError("Give either a box or a colour, not both.")
-    if box is not None and len(box) != 4:
-        raise BadInputError(f"A box needs 4 numbers [x1, y1, x2, y2], got {len(box)}.")
+    if box is not None:
+        validate_box(box)
+    if query is not None and (box is not None or color is not None):
+        raise BadInputError("A custom query replaces the box or colour query: give one or the other.")
     if multi_crop and multi_page:
         raise BadInputError("Multi-crop and multi-page cannot be combined.")
     if (box is not None or color is not None) and (multi_crop or multi_page):
@@ -188,15 +213,67 @@ def validate_options(ocr_type: str = "ocr", box=None, color=None, multi_crop: bo
 def validate_request(request: OCRRequest) -> None:
     """BadInputError for a request whose options or image count do not fit together."""
     validate_options(request.ocr_type, request.box, request.color, request.multi_crop, request.max_crops,
-                     request.multi_page)
+                     request.multi_page, request.query)
     if not request.images:
         raise BadInputError("The request holds no image.")
     if not request.multi_page and len(request.images) != 1:
         raise BadInputError("Several images make one document only in multi-page mode.")
 
 
-def build_query(request: OCRRequest) -> str:
-    """The QUERY text of the request's mode (got_spec.md section 3), or the request's own `query`."""
+@dataclass
+class PromptConfig:
+    """The prompt a checkpoint was trained with (`prompt_config.json`): what reading it should use by default.
+
+    `query` is the text after the image block of the first human turn, used for plain OCR of one image when the
+    caller gives no query, box or colour (None: the reference's mode queries); `system_message` is the system turn
+    (None: no system turn). `queries` counts the first-turn queries of the training data it was learned from.
+    """
+
+    query: Optional[str] = None
+    system_message: Optional[str] = SYSTEM_MESSAGE
+    queries: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_training_turns(cls, first_turns: Sequence[str]) -> "PromptConfig":
+        """The prompt of training data whose plain samples open with the human turns `first_turns`.
+
+        The query becomes the default only when every sample asks the same one after a leading image block.
+        """
+        queries = Counter(turn[len(IMAGE_PLACEHOLDER):].removeprefix("\n") if turn.startswith(IMAGE_PLACEHOLDER)
+                          else None for turn in first_turns)
+        single = next(iter(queries)) if len(queries) == 1 else None
+        return cls(query=single, queries={str(q): n for q, n in queries.most_common()})
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "PromptConfig":
+        """`directory/prompt_config.json`, or the reference prompts when there is none."""
+        path = os.path.join(directory, PROMPT_CONFIG_FILE)
+        if not os.path.isfile(path):
+            return cls()
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+            prompt = cls(**values)
+        except (OSError, ValueError, TypeError) as err:
+            raise GOTError(f"Cannot read {path}: {reason(err)}.") from err
+        if prompt.query is not None:
+            logger.info(f"Reading with the prompt this model was trained with: query {prompt.query!r} "
+                        f"(from {path}; --query overrides it).")
+        return prompt
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write `directory/prompt_config.json`."""
+        from .outputs import write_atomic
+
+        write_atomic(os.path.join(directory, PROMPT_CONFIG_FILE), json.dumps(asdict(self), ensure_ascii=False,
+                                                                               indent=2) + "\n")
+
+
+def build_query(request: OCRRequest, default_query: Optional[str] = None) -> str:
+    """The QUERY text of the request's mode (docs/design.md, prompts), or the request's own `query`.
+
+    `default_query` (a fine-tuned model's own prompt) replaces the plain single-image query.
+    """
     if request.query is not None:
         return request.query
     if request.multi_crop:
@@ -209,13 +286,19 @@ def build_query(request: OCRRequest) -> str:
         return box_query_prefix(request.box, image.width, image.height) + " " + query
     if request.color is not None:
         return f"[{request.color}] " + query
+    if request.ocr_type == "ocr" and default_query is not None:
+        return default_query
     return query
 
 
-def build_prompt(user_turn: str, num_image_tokens: int) -> str:
-    """The full conversation text for one user turn, its `<image>` placeholder replaced by the image block."""
+def build_prompt(user_turn: str, num_image_tokens: int, system_message: Optional[str] = SYSTEM_MESSAGE) -> str:
+    """The full conversation text for one user turn, its `<image>` placeholder replaced by the image block.
+
+    `system_message` None leaves the system turn out.
+    """
     image_block = IMG_START + IMG_PAD * num_image_tokens + IMG_END
-    return CHAT_TEMPLATE.format(system=SYSTEM_MESSAGE, user=user_turn.replace(IMAGE_PLACEHOLDER, image_block, 1))
+    system = SYSTEM_TURN.format(system=system_message) if system_message is not None else ""
+    return system + USER_TURN.format(user=user_turn.replace(IMAGE_PLACEHOLDER, image_block, 1))
 
 
 @dataclass
@@ -229,21 +312,25 @@ class PreparedRequest:
 class GOTProcessor:
     """Turns OCRRequests into model inputs; `from_pretrained` reads the tokenizer and image size of a checkpoint."""
 
-    def __init__(self, tokenizer: GOTTokenizer, image_size: int, tokens_per_tile: int):
+    def __init__(self, tokenizer: GOTTokenizer, image_size: int, tokens_per_tile: int,
+                 prompt: Optional[PromptConfig] = None):
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.tokens_per_tile = tokens_per_tile
+        self.prompt = prompt or PromptConfig()
 
     @classmethod
     def from_pretrained(cls, directory: str) -> "GOTProcessor":
-        """Tokenizer files and config.json of a checkpoint directory (any layout)."""
+        """Tokenizer files, config.json and the trained prompt (if any) of a checkpoint directory (any layout)."""
         config = GOTConfig.from_pretrained(directory)
         tokenizer = GOTTokenizer.from_pretrained(directory)
-        return cls(tokenizer, config.vision_config.image_size, config.image_tokens_per_tile)
+        prompt = PromptConfig.from_pretrained(directory)
+        return cls(tokenizer, config.vision_config.image_size, config.image_tokens_per_tile, prompt)
 
     def save_pretrained(self, directory: str) -> None:
-        """Write the tokenizer files into `directory` (the image settings travel in the model's config.json)."""
+        """Write the tokenizer and prompt files into `directory` (image settings travel in config.json)."""
         self.tokenizer.save_pretrained(directory)
+        self.prompt.save_pretrained(directory)
 
     def tiles(self, request: OCRRequest) -> np.ndarray:
         """Float32 tiles `[T, 3, S, S]` of a request, in the order their features fill the prompt."""
@@ -257,8 +344,8 @@ class GOTProcessor:
         """Prompt ids and tiles for one request (BadInputError for impossible requests)."""
         validate_request(request)
         pixel_values = self.tiles(request)
-        user_turn = IMAGE_PLACEHOLDER + "\n" + build_query(request)
-        prompt = build_prompt(user_turn, self.tokens_per_tile * len(pixel_values))
+        user_turn = IMAGE_PLACEHOLDER + "\n" + build_query(request, self.prompt.query)
+        prompt = build_prompt(user_turn, self.tokens_per_tile * len(pixel_values), self.prompt.system_message)
         return PreparedRequest(self.tokenizer.encode(prompt), pixel_values)
 
     def collate(self, prepared: Sequence[PreparedRequest]) -> dict:

@@ -1,44 +1,66 @@
 """GOTTokenizer: the Qwen-1 tokenizer with GOT's special tokens, from `qwen.tiktoken` or an HF `tokenizer.json`.
 
-`qwen.tiktoken` goes through paddlenlp's QWenTokenizer (Qwen-1 split pattern: one digit per token), to which the
-GOT specials are added after `<|extra_204|>`, so `<imgpad>` is 151859 in the released vocabulary and whatever
-follows in a smaller one. `tokenizer.json` (the `-hf` checkpoint) goes through the `tokenizers` library.
+`qwen.tiktoken` is read with `tiktoken` directly, exactly as Qwen-1's own tokenizer (and paddlenlp's QWenTokenizer)
+builds it: the Qwen-1 split pattern (one digit per token), NFC-normalised input, then the specials numbered after
+the ranks: `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, `<|extra_0|>`..`<|extra_204|>`, then GOT's own, so
+`<imgpad>` is 151859 in the released vocabulary and whatever follows in a smaller one. `tokenizer.json` (the `-hf`
+checkpoint) goes through the `tokenizers` library.
 """
 
 import base64
 import os
 import re
 import shutil
+import unicodedata
 from collections import Counter
 from typing import Dict, List, Sequence
 
-from .constants import ENDOFTEXT, GOT_SPECIAL_TOKENS, IM_END
-from .errors import GOTError
+from .constants import ENDOFTEXT, GOT_SPECIAL_TOKENS, IM_END, QWEN_SPECIAL_TOKENS
+from .errors import GOTError, reason
 
 TIKTOKEN_FILE = "qwen.tiktoken"
 TOKENIZER_JSON = "tokenizer.json"
 
 
+# Qwen-1's pre-tokenizer: contractions, letter runs, ONE digit per token, punctuation runs, newlines, spaces.
+QWEN_SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
+def read_tiktoken_ranks(path: str) -> Dict[bytes, int]:
+    """`{token bytes: rank}` from a `qwen.tiktoken` file (base64 token, space, rank, one per line)."""
+    with open(path, "rb") as f:
+        return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
+
+
 class _TiktokenBackend:
-    """paddlenlp's QWenTokenizer over a `qwen.tiktoken` rank file."""
+    """`tiktoken` over a `qwen.tiktoken` rank file, with Qwen-1's and GOT's specials after the ranks."""
 
     def __init__(self, path: str):
-        from paddlenlp.transformers.qwen.tokenizer import QWenTokenizer
+        import tiktoken
 
-        self.tokenizer = QWenTokenizer(vocab_file=path)
-        self.tokenizer.add_tokens(list(GOT_SPECIAL_TOKENS), special_tokens=True)
+        ranks = read_tiktoken_ranks(path)
+        specials = QWEN_SPECIAL_TOKENS + GOT_SPECIAL_TOKENS
+        self.special_ids = {token: len(ranks) + index for index, token in enumerate(specials)}
+        self.first_special_id = len(ranks)
+        self.encoding = tiktoken.Encoding(
+            "Qwen", pat_str=QWEN_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=self.special_ids
+        )
 
     def encode(self, text: str) -> List[int]:
-        return self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(text))
+        return self.encoding.encode(unicodedata.normalize("NFC", text), allowed_special="all")
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        if skip_special_tokens:
+            ids = [i for i in ids if i < self.first_special_id]
+        return self.encoding.decode(list(ids), errors="replace")
 
     def token_to_id(self, token: str):
-        return self.tokenizer.special_tokens.get(token)
+        return self.special_ids.get(token)
 
     def __len__(self) -> int:
-        return len(self.tokenizer)
+        return self.encoding.n_vocab
 
 
 class _TokenizerJsonBackend:
@@ -72,7 +94,7 @@ class GOTTokenizer:
                 try:
                     self.backend = backend(path)
                 except Exception as err:  # the backends raise their own types for malformed files
-                    raise GOTError(f"Cannot read the tokenizer file {path}: {err}.") from None
+                    raise GOTError(f"Cannot read the tokenizer file {path}: {reason(err)}.") from err
                 self.source_file = path
                 break
         else:

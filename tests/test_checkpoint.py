@@ -3,11 +3,13 @@
 import json
 import os
 import shutil
+import stat
 
 import numpy as np
 import paddle
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import reference
@@ -31,7 +33,8 @@ def copy_checkpoint(source, destination):
 def test_save_pretrained_round_trip_is_bit_exact(checkpoint_dirs, tmp_path):
     model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(SHAPE, "hf"))
     model.save_pretrained(str(tmp_path / "ours"))
-    assert sorted(os.listdir(tmp_path / "ours")) == ["config.json", "model.safetensors"]
+    # generation_config.json is the source checkpoint's, copied along with the rest of its processor files.
+    assert sorted(os.listdir(tmp_path / "ours")) == ["config.json", "generation_config.json", "model.safetensors"]
     reloaded = GOTQwenForCausalLM.from_pretrained(str(tmp_path / "ours"))
     before, after = parameters(model), parameters(reloaded)
     assert before.keys() == after.keys()
@@ -158,6 +161,54 @@ def test_corrupt_weights_file(checkpoint_dirs, tmp_path):
     with open(os.path.join(directory, "model.safetensors"), "wb") as f:
         f.write(b"\x00garbage, not a safetensors header")
     expect_error(directory, r"Cannot read .*model\.safetensors")
+
+
+def test_corrupt_pdparams_is_one_sentence_with_one_full_stop(checkpoint_dirs, tmp_path):
+    directory = copy_checkpoint(checkpoint_dirs(SHAPE, "hf"), tmp_path / "c")
+    os.remove(os.path.join(directory, "model.safetensors"))
+    with open(os.path.join(directory, "model_state.pdparams"), "wb") as f:
+        f.write(b"not a pickle at all")
+    with pytest.raises(CheckpointError, match=r"Cannot read .*model_state\.pdparams: ") as caught:
+        GOTQwenForCausalLM.from_pretrained(directory)
+    message = str(caught.value)
+    assert "\n" not in message and message.endswith(".") and not message.endswith("..")
+
+
+def test_load_log_names_the_stored_dtype_and_the_loaded_one(checkpoint_dirs, tmp_path, caplog):
+    source = checkpoint_dirs(SHAPE, "hf")
+    directory = tmp_path / "bf16"
+    directory.mkdir()
+    shutil.copy(os.path.join(source, "config.json"), directory)
+    state = load_file(os.path.join(source, "model.safetensors"))
+    save_file({n: t.bfloat16() for n, t in state.items()}, str(directory / "model.safetensors"))
+    with caplog.at_level("INFO", logger="paddle_got"):
+        GOTQwenForCausalLM.from_pretrained(str(directory), dtype="float32")
+    assert "tensors, stored as bfloat16, loaded as float32)." in caplog.text
+
+
+def test_saved_model_carries_the_tokenizer_it_was_loaded_with(ocr_checkpoint, tmp_path):
+    """model.save_pretrained(dir) gives a directory that GOT reads as it is (tokenizer files copied along)."""
+    from paddle_got import GOT
+
+    model = GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory)
+    model.save_pretrained(str(tmp_path / "saved"))
+    assert "qwen.tiktoken" in os.listdir(tmp_path / "saved")
+    image = Image.new("RGB", (120, 90), "white")
+    original = GOT.from_pretrained(ocr_checkpoint.directory).recognize(image, max_new_tokens=6)[0]
+    saved = GOT.from_pretrained(str(tmp_path / "saved")).recognize(image, max_new_tokens=6)[0]
+    assert original.error is None and saved.text == original.text
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_follow_the_umask(checkpoint_dirs, tmp_path, umask):
+    model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(SHAPE, "hf"))
+    previous = os.umask(umask)
+    try:
+        model.save_pretrained(str(tmp_path / "out"))
+    finally:
+        os.umask(previous)
+    for name in os.listdir(tmp_path / "out"):
+        assert stat.S_IMODE(os.stat(tmp_path / "out" / name).st_mode) == 0o666 & ~umask, name
 
 
 def rewrite_weights(directory, edit):

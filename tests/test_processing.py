@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from paddle_got.errors import GOTError
 from paddle_got.processing import (
     BadInputError,
     GOTProcessor,
     OCRRequest,
+    PromptConfig,
     choose_grid,
     load_image,
     parse_box,
@@ -133,7 +135,9 @@ def test_malformed_box(text):
     "options, message",
     [
         (dict(box=(0, 0, 400, 10)), r"outside the 300x700 image or empty"),
-        (dict(box=(50, 10, 20, 30)), r"outside the 300x700 image or empty"),
+        (dict(box=(50, 10, 20, 30)), r"The box \[50, 10, 20, 30\] is negative, empty or inverted"),
+        (dict(box=(-1, 0, 20, 30)), r"is negative, empty or inverted"),
+        (dict(box=(0, 0, 20, 30), query="OCR:"), r"A custom query replaces the box or colour query"),
         (dict(box=(0, 0, 10, 10), color="red"), r"either a box or a colour, not both"),
         (dict(color="purple"), r"Unknown colour 'purple': choose red, green or blue"),
         (dict(ocr_type="latex"), r"Unknown OCR type 'latex'"),
@@ -156,3 +160,45 @@ def test_load_image_converts_to_rgb(tmp_path):
 def test_custom_query_replaces_the_mode_query(processor):
     prepared = processor.prepare(OCRRequest([gradient_image(40, 40)], query="OCR:"))
     assert prepared.input_ids == hand_prompt(processor, processor.tokens_per_tile, "OCR:")
+
+
+def test_trained_prompt_is_the_plain_default_and_leaves_other_modes_alone(ocr_checkpoint, tmp_path):
+    """A checkpoint's prompt_config.json: plain OCR uses its query; format, box, colour and --query do not."""
+    import shutil
+
+    shutil.copytree(ocr_checkpoint.directory, tmp_path / "tuned")
+    (tmp_path / "tuned" / "prompt_config.json").write_text('{"query": "OCR:", "system_message": null}')
+    tuned = GOTProcessor.from_pretrained(str(tmp_path / "tuned"))
+    tokenizer, image = tuned.tokenizer, gradient_image(300, 700)
+    pads = "<imgpad>" * tuned.tokens_per_tile
+    expected = f"<|im_start|>user\n<img>{pads}</img>\nOCR:<|im_end|><|im_start|>assistant\n"
+    assert tuned.prepare(OCRRequest([image])).input_ids == tokenizer.encode(expected)
+    for options, query in [(dict(ocr_type="format"), "OCR with format: "), (dict(color="red"), "[red] OCR: "),
+                           (dict(query="Read: "), "Read: ")]:
+        text = f"<|im_start|>user\n<img>{pads}</img>\n{query}<|im_end|><|im_start|>assistant\n"
+        assert tuned.prepare(OCRRequest([image], **options)).input_ids == tokenizer.encode(text), options
+
+
+@pytest.mark.parametrize(
+    "turns, query, queries",
+    [
+        (["<image>\nOCR:"] * 3, "OCR:", {"OCR:": 3}),
+        (["<image>OCR this"], "OCR this", {"OCR this": 1}),
+        (["<image>\nOCR:", "<image>\nOCR with format: "], None, {"OCR:": 1, "OCR with format: ": 1}),
+        (["Read <image> please"], None, {"None": 1}),
+        ([], None, {}),
+    ],
+    ids=["one_query", "no_newline", "mixed", "image_not_first", "no_plain_samples"],
+)
+def test_prompt_learned_from_training_turns(turns, query, queries):
+    prompt = PromptConfig.from_training_turns(turns)
+    assert (prompt.query, prompt.queries, prompt.system_message) == (query, queries, SYSTEM)
+
+
+def test_unreadable_prompt_config_is_one_sentence(ocr_checkpoint, tmp_path):
+    import shutil
+
+    shutil.copytree(ocr_checkpoint.directory, tmp_path / "c")
+    (tmp_path / "c" / "prompt_config.json").write_text('{"query": "OCR:", "colour": 3}')
+    with pytest.raises(GOTError, match=r"^Cannot read .*prompt_config\.json: .*unexpected keyword.*'colour'\.$"):
+        GOTProcessor.from_pretrained(str(tmp_path / "c"))

@@ -65,3 +65,26 @@ def test_corrupt_tokenizer_file(tmp_path):
     (tmp_path / "qwen.tiktoken").write_text("this is not base64 rank data\n")
     with pytest.raises(GOTError, match=r"Cannot read the tokenizer file .*qwen\.tiktoken"):
         GOTTokenizer.from_pretrained(str(tmp_path))
+
+
+PARITY_TEXTS = [
+    "The quick brown fox's 3 jumps, they'll say: 2024-12-01!",
+    "表格 第1行\n\n  indented   line\r\nend\t tab",
+    "Cafe\u0301 and café (NFC), emoji 🙂, $\\frac{a}{b}$ and \\begin{tabular}{|c|}",
+    "<|im_start|>system\nYou should follow the instructions.<|im_end|><|im_start|>user\n<img><imgpad><imgpad></img>"
+    "\n[120, 33, 900, 512] OCR with format: <|im_end|><|im_start|>assistant\n<ref>x</ref><box>(1,2)</box>",
+]
+
+
+@pytest.mark.parametrize("text", PARITY_TEXTS, ids=["english", "chinese_whitespace", "nfc_math", "chat"])
+def test_tiktoken_reader_equals_paddlenlp_qwen_tokenizer(text, tokenizer, ocr_checkpoint):
+    """Our tiktoken reader against paddlenlp's QWenTokenizer (what PaddleMIX reads GOT's vocabulary with)."""
+    from paddlenlp.transformers.qwen.tokenizer import QWenTokenizer
+
+    qwen = QWenTokenizer(vocab_file=os.path.join(ocr_checkpoint.directory, "qwen.tiktoken"))
+    qwen.add_tokens(GOT_SPECIALS, special_tokens=True)
+    expected = qwen.convert_tokens_to_ids(qwen.tokenize(text))
+    assert tokenizer.encode(text) == expected
+    assert tokenizer.decode(expected) == qwen.decode(expected, skip_special_tokens=True)
+    assert tokenizer.decode(expected, skip_special_tokens=False) == qwen.decode(expected)
+    assert len(tokenizer) == len(qwen)

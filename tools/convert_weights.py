@@ -2,30 +2,30 @@
 
     python tools/convert_weights.py --src /path/to/GOT-OCR2_0 --dst ./GOT-OCR2_0-paddle [--dtype float32]
 
-Tokenizer files are copied along. Nothing is written to --dst unless the conversion succeeds.
+Tokenizer files are copied along. Nothing is written to --dst unless the conversion succeeds; a --dst that already
+holds files is refused unless --overwrite.
 """
 
-import argparse
-
 from paddle_got.checkpoint import SUPPORTED_DTYPES, convert_checkpoint
-from paddle_got.cli import run_cli
+from paddle_got.cli import ArgumentParser, run_cli
 from paddle_got.device import set_cpu_threads
 from paddle_got.logger import logger
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--src", required=True, help="checkpoint directory in any supported layout")
     parser.add_argument("--dst", required=True, help="output directory (our layout)")
     parser.add_argument("--dtype", default="float32", choices=SUPPORTED_DTYPES, help="dtype of the saved weights")
+    parser.add_argument("--overwrite", action="store_true", help="write into a --dst that already holds files")
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
     set_cpu_threads()
-    convert_checkpoint(args.src, args.dst, dtype=args.dtype)
-    logger.info(f"Wrote {args.dst}")
+    convert_checkpoint(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite)
+    logger.info(f"Wrote {args.dst} (paddle layout, safetensors, {args.dtype}).")
 
 
 if __name__ == "__main__":

@@ -10,40 +10,49 @@ One input: stdout holds exactly the recognised text and a newline. Several input
 reported on stderr in one line and skipped; the exit code is then 2.
 """
 
-import argparse
 import sys
 
 from tqdm import tqdm
 
-from paddle_got.cli import EXIT_BAD_INPUT, run_cli
-from paddle_got.constants import MAX_CROPS, MAX_NEW_TOKENS
+from paddle_got.cli import EXIT_BAD_INPUT, ArgumentParser, positive_int, run_cli
+from paddle_got.constants import COLORS, MAX_CROPS, MAX_NEW_TOKENS, OCR_TYPES
 from paddle_got.outputs import check_output, json_line, write_results
-from paddle_got.pipeline import DEFAULT_MODEL, GOT, expand_inputs
-from paddle_got.processing import parse_box, validate_options
+from paddle_got.pipeline import (
+    DEFAULT_MODEL,
+    GOT,
+    check_read_options,
+    check_stream,
+    expand_inputs,
+    mark_box_misfits,
+)
+from paddle_got.processing import parse_box
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL,
-                        help="checkpoint directory (any layout) or hub id (default: %(default)s)")
+                        help="checkpoint directory (any layout) or hub id")
     parser.add_argument("--image_file", nargs="+", required=True,
                         help="image files, directories of images, or PDFs (one input per page)")
-    parser.add_argument("--ocr_type", default="ocr", help="ocr (plain text) or format (Markdown/LaTeX/tables)")
+    parser.add_argument("--ocr_type", default="ocr", metavar="{" + ",".join(OCR_TYPES) + "}",
+                        help="plain text (ocr) or formatted text: Markdown, LaTeX, tables (format)")
     parser.add_argument("--box", help="read only this region: [x1,y1,x2,y2] in pixels of the image")
-    parser.add_argument("--color", help="read only the region framed in red, green or blue")
+    parser.add_argument("--color", metavar="{" + ",".join(COLORS) + "}", help="read only the region framed in it")
     parser.add_argument("--multi_crop", action="store_true", help="cut large pages into tiles plus a global view")
-    parser.add_argument("--max_crops", type=int, default=MAX_CROPS, help="most tiles for --multi_crop")
+    parser.add_argument("--max_crops", type=positive_int, default=MAX_CROPS, help="most tiles for --multi_crop")
     parser.add_argument("--multi_page", action="store_true", help="read all inputs (or PDF pages) as one document")
-    parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS,
+                        help="most tokens generated per input")
     parser.add_argument("--no_repeat_ngram_size", type=int, default=None,
-                        help="ban repeated n-grams (default 20; off for multi-crop and multi-page)")
-    parser.add_argument("--batch_size", type=int, default=1, help="inputs read at once")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (auto: bf16/fp16 on GPU)")
-    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: all cores)")
+                        help="ban repeated n-grams (None: 20, off for multi-crop and multi-page)")
+    parser.add_argument("--batch_size", type=positive_int, default=1, help="inputs read at once")
+    parser.add_argument("--dtype", default="auto", metavar="{auto,float32,bfloat16,float16}",
+                        help="auto: bfloat16/float16 on GPU, float32 on CPU")
+    parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
     parser.add_argument("--output", help="also write results: a .jsonl file, a directory (one .txt/.md each) or a file")
     parser.add_argument("--stream", action="store_true", help="print the text as it is generated (one input)")
-    parser.add_argument("--query", help="replace the mode's query text, e.g. \"OCR:\" for a model fine-tuned on "
-                        "SynthDoG (the image block and chat template stay)")
+    parser.add_argument("--query", help="replace the mode's query text, e.g. \"OCR:\" (the image block and chat "
+                        "template stay); a model fine-tuned here reads with its training query by default")
     return parser.parse_args()
 
 
@@ -51,9 +60,11 @@ def main():
     args = parse_args()
     box = parse_box(args.box) if args.box is not None else None
     options = dict(ocr_type=args.ocr_type, box=box, color=args.color, multi_crop=args.multi_crop,
-                   max_crops=args.max_crops, multi_page=args.multi_page)
-    validate_options(**options)
+                   max_crops=args.max_crops, multi_page=args.multi_page, query=args.query)
+    check_read_options(**options, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     inputs = expand_inputs(args.image_file)
+    if box is not None:
+        mark_box_misfits(inputs, box)
     failures = 0
     for inp in inputs:
         if inp.error is not None:
@@ -64,6 +75,8 @@ def main():
     readable = [inp for inp in inputs if inp.error is None]
     num_documents = 1 if args.multi_page else len(readable)
     several_outputs = not args.multi_page and len(inputs) > 1
+    if args.stream:
+        check_stream(num_documents)
     if args.output:
         check_output(args.output, 1 if args.multi_page else len(inputs))
 
@@ -78,7 +91,7 @@ def main():
     progress = tqdm(total=num_documents, desc="Reading", unit="input", disable=num_documents == 1)
     for result in ocr.iter_recognize(readable, max_new_tokens=args.max_new_tokens,
                                      no_repeat_ngram_size=args.no_repeat_ngram_size, batch_size=args.batch_size,
-                                     stream=stream, query=args.query, **options):
+                                     stream=stream, **options):
         progress.update()
         results.append(result)
         if result.error is not None:
@@ -86,8 +99,8 @@ def main():
             failures += 1
         elif several_outputs:
             print(json_line(result), flush=True)
-        elif not args.stream:
-            print(result.text, flush=True)
+        else:
+            print("" if args.stream else result.text, flush=True)
     progress.close()
     if args.output:
         write_results(results, args.output, args.ocr_type)

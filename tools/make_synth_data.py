@@ -6,16 +6,14 @@
 Writes OUT/images/, OUT/annotations.json and OUT/meta.json (the training format; pass --meta_path OUT/meta.json).
 """
 
-import argparse
-
-from paddle_got.cli import run_cli
+from paddle_got.cli import ArgumentParser, run_cli
 from paddle_got.data.synth import KINDS, write_dataset
 from paddle_got.errors import GOTError
 from paddle_got.logger import logger
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="different seeds give different images")

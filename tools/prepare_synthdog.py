@@ -6,15 +6,13 @@ Writes OUT/images/, OUT/synthdog_en.json and OUT/meta.json with the question "<i
 modified SynthDoG-EN has it); configs/stage2.yaml reads data/synthdog_en/meta.json.
 """
 
-import argparse
-
-from paddle_got.cli import run_cli
+from paddle_got.cli import ArgumentParser, run_cli
 from paddle_got.data.synthdog import convert_synthdog
 from paddle_got.logger import logger
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--src", required=True, help="a parquet file or a directory of parquet shards")
     parser.add_argument("--out", required=True, help="output directory")
     return parser.parse_args()

@@ -9,12 +9,13 @@ Any field of the YAML file (ModelArguments, DataArguments, paddlenlp TrainingArg
 
 import sys
 
-from paddle_got.cli import run_cli
+from paddle_got.cli import plain_paddlenlp_logs, run_cli
 from paddle_got.training.arguments import parse_training_arguments
 from paddle_got.training.run import train
 
 
 def main():
+    plain_paddlenlp_logs()
     train(*parse_training_arguments(sys.argv[1:]))
 
 

@@ -6,6 +6,7 @@ true`); each annotation is `{"image": <file or list of files>, "conversations": 
 Only the answers and their closing `<|im_end|>` are supervised.
 """
 
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 import paddle
 from PIL import Image
 
-from ..constants import IGNORE_INDEX, IM_END, IM_START, IMAGE_PLACEHOLDER, MAX_CROPS, MIN_CROPS
+from ..constants import IGNORE_INDEX, IM_END, IMAGE_PLACEHOLDER, MAX_CROPS, MIN_CROPS, USER_TURN
 from ..errors import GOTError
 from ..logger import logger
 from ..processing import BadInputError, GOTProcessor, OCRRequest, build_prompt, choose_grid, load_image
@@ -48,11 +49,11 @@ class DataStats:
     unreadable: int = 0
 
 
-def _json_array_records(text: str, path: str) -> Iterator[Tuple[object, int]]:
-    """Yield `(record, line number)` for each element of a JSON array held in `text`."""
+def _json_array_records(text: str, path: str) -> Iterator[Tuple[object, str]]:
+    """Yield `(record, "line L (sample N)")` for each element of a JSON array held in `text`."""
     decoder = json.JSONDecoder()
     position = text.index("[") + 1
-    while True:
+    for number in itertools.count(1):
         while position < len(text) and text[position] in " \t\r\n,":
             position += 1
         if position >= len(text) or text[position] == "]":
@@ -62,11 +63,12 @@ def _json_array_records(text: str, path: str) -> Iterator[Tuple[object, int]]:
             record, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
             raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg}).") from None
-        yield record, line
+        yield record, f"line {line} (sample {number})"
 
 
-def read_annotations(path: str) -> Iterator[Tuple[object, int]]:
-    """Yield `(record, line number)` from a JSON array file or a JSONL file; DataError on malformed JSON."""
+def read_annotations(path: str) -> Iterator[Tuple[object, str]]:
+    """Yield `(record, where in the file)` from a JSON array file ("line L (sample N)") or a JSONL file ("line N");
+    DataError on malformed JSON."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -79,7 +81,7 @@ def read_annotations(path: str) -> Iterator[Tuple[object, int]]:
         if not line.strip():
             continue
         try:
-            yield json.loads(line), number
+            yield json.loads(line), f"line {number}"
         except json.JSONDecodeError as err:
             raise DataError(f"{path} line {number}: malformed JSON ({err.msg}).") from None
 
@@ -131,8 +133,8 @@ def load_meta(meta_path: str) -> List[Record]:
             raise DataError(f"{meta_path}: dataset {name!r} needs \"images\" and \"annotations\" paths.")
         image_dir = os.path.join(base, entry["images"])
         annotations = os.path.join(base, entry["annotations"])
-        for raw, line in read_annotations(annotations):
-            records.append(parse_record(raw, image_dir, f"{annotations} line {line}", bool(entry.get("multi_crop"))))
+        for raw, where in read_annotations(annotations):
+            records.append(parse_record(raw, image_dir, f"{annotations} {where}", bool(entry.get("multi_crop"))))
     return records
 
 
@@ -150,9 +152,9 @@ def conversation_tokens(processor: GOTProcessor, turns: List[Tuple[str, str]], n
     prompt_length = 0
     for index, (question, answer) in enumerate(turns):
         if index == 0:
-            prompt = build_prompt(question, num_image_tokens)
+            prompt = build_prompt(question, num_image_tokens, processor.prompt.system_message)
         else:
-            prompt = f"{IM_START}user\n{question}{IM_END}{IM_START}assistant\n"
+            prompt = USER_TURN.format(user=question)
         prompt_ids = tokenizer.encode(prompt)
         answer_ids = tokenizer.encode(answer) + [im_end]
         input_ids += prompt_ids + answer_ids
@@ -180,9 +182,10 @@ class GOTDataset(paddle.io.Dataset):
             listed = ", ".join(missing[:LISTED_FILES])
             if len(missing) > LISTED_FILES:
                 listed += f" and {len(missing) - LISTED_FILES} more"
+            count = f"{len(missing)} image files are" if len(missing) > 1 else "1 image file is"
             if strict:
-                raise DataError(f"{len(missing)} image files are missing: {listed}.")
-            logger.warning(f"{len(missing)} image files are missing, their samples are skipped: {listed}.")
+                raise DataError(f"{count} missing: {listed}.")
+            logger.warning(f"{count} missing, their samples are skipped: {listed}.")
         self.stats.missing_images = missing
         missing_set = set(missing)
         self.records = [r for r in records if not missing_set.intersection(r.images) and self._fits(r)]

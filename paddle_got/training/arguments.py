@@ -4,8 +4,10 @@ Field names follow PaddleMIX's GOT training script and paddlenlp's TrainingArgum
 line wins over the YAML file, which wins over the defaults below (the reference hyper-parameters of GOT).
 """
 
+import difflib
+import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from paddlenlp.trainer import PdArgumentParser, TrainingArguments
@@ -55,19 +57,27 @@ class GOTTrainingArguments(TrainingArguments):
     report_to: Optional[List[str]] = field(default_factory=lambda: ["none"], metadata={"help": "loggers"})
 
 
-def yaml_arguments(path: str) -> List[str]:
-    """The `--key value` list equivalent to a flat YAML mapping (booleans as True/False, lists space-separated)."""
+COMMAND_LINE = "on the command line"
+
+
+def read_yaml_config(path: str) -> Dict[str, object]:
+    """The flat mapping of a YAML config file; GOTError naming the file when it cannot be one."""
     try:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
     except OSError as err:
-        raise GOTError(f"Cannot read the config file {path}: {err.strerror}.") from None
+        raise GOTError(f"Cannot read the config file {path}: {err.strerror}.") from err
     except yaml.YAMLError as err:
-        raise GOTError(f"{path} is not valid YAML: {str(err).splitlines()[0]}.") from None
+        raise GOTError(f"{path} is not valid YAML: {str(err).splitlines()[0]}.") from err
     if not isinstance(values, dict):
         raise GOTError(f"{path} must be a mapping of argument names to values.")
+    return values
+
+
+def yaml_arguments(path: str) -> List[str]:
+    """The `--key value` list equivalent to a flat YAML mapping (booleans as True/False, lists space-separated)."""
     arguments = []
-    for key, value in values.items():
+    for key, value in read_yaml_config(path).items():
         if value is None:
             continue
         arguments.append(f"--{key}")
@@ -94,12 +104,54 @@ def split_config_flag(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
     return config, remaining
 
 
+def option_names(arguments: Sequence[str]) -> List[str]:
+    """The option names (without `--`) given in an argument list, `--key=value` included."""
+    return [a[2:].split("=", 1)[0] for a in arguments if a.startswith("--") and len(a) > 2]
+
+
+class TrainingArgumentParser(PdArgumentParser):
+    """paddlenlp's parser for the three argument dataclasses that reports a bad value in one sentence, naming
+    where the value came from, instead of printing the whole usage."""
+
+    def __init__(self, sources: Dict[str, str]):
+        """`sources` maps each given option name to where it came from ("in x.yaml", "on the command line")."""
+        super().__init__((ModelArguments, DataArguments, GOTTrainingArguments), allow_abbrev=False)
+        self.sources = sources
+
+    def known_names(self) -> List[str]:
+        """Every option name the parser takes, without `--`."""
+        return sorted(name[2:] for name in self._option_string_actions if name.startswith("--"))
+
+    def check_names(self) -> None:
+        """GOTError for the first option that no dataclass has, with its source and the closest valid name."""
+        known = set(self.known_names())
+        for name, source in self.sources.items():
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f": did you mean {close[0]!r}?" if close else " (see tools/train.py --help)."
+                raise GOTError(f"Unknown training argument {name!r} {source}{hint}")
+
+    def error(self, message: str):
+        match = re.match(r"argument --([\w-]+)(?:/[^:]*)?: (.*)", message)
+        if match is None:
+            raise GOTError(f"Bad training arguments: {message}.")
+        name, problem = match.groups()
+        raise GOTError(f"Bad value for {name!r} {self.sources.get(name, COMMAND_LINE)}: {problem.rstrip('.')}.")
+
+
 def parse_training_arguments(argv: Sequence[str]):
-    """`(ModelArguments, DataArguments, GOTTrainingArguments)` from `[--config X.yaml] [--key value ...]`."""
+    """`(ModelArguments, DataArguments, GOTTrainingArguments)` from `[--config X.yaml] [--key value ...]`.
+
+    A key the dataclasses do not know, or a value of the wrong kind, is a GOTError naming the key, where it came
+    from (the YAML file or the command line) and, for a misspelt key, the closest valid name.
+    """
     config, overrides = split_config_flag(argv)
-    arguments = (yaml_arguments(config) if config else []) + overrides
-    parser = PdArgumentParser((ModelArguments, DataArguments, GOTTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=arguments)
+    from_yaml = yaml_arguments(config) if config else []
+    sources = {name: f"in {config}" for name in option_names(from_yaml)}
+    sources.update({name: COMMAND_LINE for name in option_names(overrides)})
+    parser = TrainingArgumentParser(sources)
+    parser.check_names()
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=from_yaml + overrides)
     if not data_args.meta_path:
         raise GOTError("No training data: give --meta_path (or meta_path in the YAML config).")
     return model_args, data_args, training_args

@@ -6,14 +6,14 @@ from functools import partial
 from paddlenlp.trainer import set_seed
 from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 
-from ..config import GOTConfig
+from ..config import CONFIG_NAME, GOTConfig
 from ..data.dataset import GOTDataset, collate, load_meta, log_stats
 from ..device import gpu_compute_capability, set_cpu_threads
 from ..errors import GOTError
 from ..logger import logger
 from ..modeling.got import GOTQwenForCausalLM
 from ..pipeline import resolve_model_path
-from ..processing import GOTProcessor
+from ..processing import GOTProcessor, PromptConfig
 from .lora import apply_lora
 from .trainer import GOTTrainer
 
@@ -63,6 +63,19 @@ def resolve_resume(training_args):
     return resume
 
 
+def check_fresh_output_dir(training_args, resume) -> None:
+    """GOTError when a new run would start over in an output_dir that already holds one (nothing is deleted)."""
+    output_dir = training_args.output_dir
+    if resume is not None or training_args.overwrite_output_dir or not os.path.isdir(output_dir):
+        return
+    earlier = get_last_checkpoint(output_dir) or (output_dir if os.path.isfile(os.path.join(output_dir, CONFIG_NAME))
+                                                   else None)
+    if earlier is not None:
+        raise GOTError(f"{output_dir} already holds a training run ({os.path.basename(earlier)}): pass "
+                       "--resume_from_checkpoint true to continue it, --overwrite_output_dir True to train over it, "
+                       "or another --output_dir.")
+
+
 def check_precision(training_args) -> None:
     """bf16/fp16 training needs a GPU (Paddle's CPU kernels have no half-precision matmul)."""
     if (training_args.bf16 or training_args.fp16) and gpu_compute_capability() is None:
@@ -77,11 +90,13 @@ def train(model_args, data_args, training_args, callbacks=None) -> GOTTrainer:
     check_precision(training_args)
     set_cpu_threads()
     resume = resolve_resume(training_args)
+    check_fresh_output_dir(training_args, resume)
     model, processor = load_model(model_args, training_args.seed)
     if training_args.recompute:
         enable_recompute(model)
     dataset = GOTDataset(load_meta(data_args.meta_path), processor, data_args.max_seq_length, data_args.strict)
     log_stats(dataset.stats)
+    processor.prompt = learned_prompt(dataset, processor.prompt.system_message)
     trainable = sum(int(p.numel()) for p in model.parameters() if not p.stop_gradient)
     logger.info(f"Training {trainable:,} of {sum(int(p.numel()) for p in model.parameters()):,} parameters")
     trainer = GOTTrainer(
@@ -98,6 +113,22 @@ def train(model_args, data_args, training_args, callbacks=None) -> GOTTrainer:
         close_progress_bars(trainer)
     trainer.save_model()
     return trainer
+
+
+def learned_prompt(dataset: GOTDataset, system_message) -> PromptConfig:
+    """The prompt the model learns from `dataset`, saved with every checkpoint as the model's default for reading.
+
+    It is taken from the plain samples (one image, no multi-crop); with none of those the reference prompts stay.
+    """
+    plain = [r.turns[0][0] for r in dataset.records if len(r.images) == 1 and not r.multi_crop]
+    prompt = PromptConfig.from_training_turns(plain)
+    prompt.system_message = system_message
+    if prompt.query is not None:
+        logger.info(f"Training with the query {prompt.query!r}: the saved model reads with it by default.")
+    elif len(prompt.queries) > 1:
+        logger.info(f"The training data asks {len(prompt.queries)} different queries: the saved model keeps the "
+                    "reference prompts as its defaults.")
+    return prompt
 
 
 def close_progress_bars(trainer: GOTTrainer) -> None:

@@ -122,7 +122,8 @@ class GOTTrainer(Trainer):
             shutil.rmtree(staging, ignore_errors=True)
             raise
         move_into(staging, output_dir)
-        logger.info(f"Saved the model to {output_dir}")
+        if not self._writing_checkpoint:
+            logger.info(f"Saved the model to {output_dir}")
 
     def _save_checkpoint(self, model, metrics=None):
         """paddlenlp's checkpoint (weights, optimizer, scheduler, RNG, state) staged, then renamed into place."""
@@ -143,6 +144,7 @@ class GOTTrainer(Trainer):
             shutil.rmtree(final, ignore_errors=True)
             os.replace(os.path.join(staging, name), final)
             shutil.rmtree(staging, ignore_errors=True)
+            logger.info(f"Saved {final}")
             self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
         if max(self.args.world_size, 1) > 1:
             dist.barrier()

@@ -118,12 +118,26 @@ def test_malformed_jsonl_names_file_and_line(content, message, tmp_path):
         load_meta(meta)
 
 
-def test_malformed_record_in_json_array_names_its_line(tmp_path):
+def test_malformed_record_in_json_array_names_its_line_and_sample(tmp_path):
     meta = write_data(tmp_path, [sample(), sample(), {"image": 3, "conversations": []}])
-    with pytest.raises(DataError, match=r"ann\.json line \d+: \"image\" must be"):
+    with pytest.raises(DataError, match=r"ann\.json line \d+ \(sample 3\): \"image\" must be"):
         load_meta(meta)
-    line = int(str(pytest.raises(DataError, load_meta, meta).value).split(" line ")[1].split(":")[0])
+    line = int(str(pytest.raises(DataError, load_meta, meta).value).split(" line ")[1].split(" ")[0])
     assert (tmp_path / "ann.json").read_text().splitlines()[line - 1].strip() == "{"
+
+
+def test_compact_json_array_counts_samples_on_one_line(tmp_path):
+    """json.dump without indent puts every record on line 1: the sample number tells them apart."""
+    meta = write_data(tmp_path, [sample()])
+    (tmp_path / "ann.json").write_text(json.dumps([sample(), sample(), sample(image=""), sample()]))
+    with pytest.raises(DataError, match=r"ann\.json line 1 \(sample 3\): \"image\" must be"):
+        load_meta(meta)
+
+
+def test_one_missing_image_is_counted_in_the_singular(processor, tmp_path):
+    meta = write_data(tmp_path, [sample(), sample(image="gone.png")])
+    with pytest.raises(DataError, match=r"^1 image file is missing: .*gone\.png\.$"):
+        GOTDataset(load_meta(meta), processor, strict=True)
 
 
 def test_bad_meta_file(tmp_path):

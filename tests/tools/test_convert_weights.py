@@ -43,3 +43,19 @@ def test_failure_is_one_line_and_writes_nothing(checkpoint_dirs, tmp_path):
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "dst").exists()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".staging")] == []
+
+
+def test_existing_destination_is_kept_unless_overwrite(checkpoint_dirs, tmp_path):
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "notes.txt").write_text("mine")
+    source = checkpoint_dirs(SHAPES[0], "got")
+    refused = run_tool("--src", source, "--dst", str(tmp_path / "dst"))
+    assert refused.returncode == 2 and refused.stderr == (
+        f"error: {tmp_path / 'dst'} already exists and is not empty: give another --dst, or --overwrite to replace "
+        "the files it shares with the conversion.\n")
+    assert os.listdir(tmp_path / "dst") == ["notes.txt"]
+    replaced = run_tool("--src", source, "--dst", str(tmp_path / "dst"), "--overwrite", "--dtype", "bfloat16")
+    assert replaced.returncode == 0, replaced.stderr
+    assert sorted(os.listdir(tmp_path / "dst")) == ["config.json", "model.safetensors", "notes.txt"]
+    assert f"Wrote {tmp_path / 'dst'} (paddle layout, safetensors, bfloat16)." in replaced.stderr
+    assert "stored as float32, loaded as bfloat16" in replaced.stderr

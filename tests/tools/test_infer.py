@@ -215,3 +215,54 @@ def test_output_file_for_several_inputs_is_refused(images, ocr_checkpoint, tmp_p
                        model=ocr_checkpoint.directory, check_exit=2)
     assert "give a directory or a .jsonl file" in result.stderr
     assert not (tmp_path / "all.txt").exists()
+
+
+# --- argument checks that need no model run before it loads --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max_new_tokens", "0"], "error: Argument --max_new_tokens: must be at least 1, got 0 (see --help)."),
+        (["--max_new_tokens", "-1"], "error: Argument --max_new_tokens: must be at least 1, got -1 (see --help)."),
+        (["--num_threads", "0"], "error: Argument --num_threads: must be at least 1, got 0 (see --help)."),
+        (["--batch_size", "0"], "error: Argument --batch_size: must be at least 1, got 0 (see --help)."),
+        (["--max_new", "3"], "error: Unrecognized arguments: --max_new 3 (see --help)."),
+        (["--box", "[200,10,100,50]"], "error: The box [200, 10, 100, 50] is negative, empty or inverted"),
+        (["--box", "[0,0,301,10]"], "is outside the 300x400 image or empty"),
+        (["--box", "[0,0,30,10]", "--query", "OCR:"], "error: A custom query replaces the box or colour query"),
+        (["SECOND", "--stream"], "error: Streaming reads one document at a time: give a single input"),
+    ],
+    ids=["max_new_tokens_0", "max_new_tokens_negative", "num_threads_0", "batch_size_0", "abbreviation",
+         "inverted_box", "box_outside", "query_with_box", "stream_several"],
+)
+def test_bad_arguments_are_refused_before_the_model_loads(args, message, images, tmp_path):
+    """The model path does not exist: an error about the argument proves the check ran first."""
+    args = [images["slide"] if a == "SECOND" else a for a in args]
+    result = run_infer("--image_file", images["page"], *args, model=str(tmp_path / "no_model"), check_exit=2)
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Model directory" not in result.stderr
+
+
+@pytest.mark.parametrize("relative, message", [
+    ("absent/dir/x.jsonl", "cannot be written: the directory {tmp}/absent/dir does not exist."),
+    ("notes.txt/x.jsonl", "cannot be written: {tmp}/notes.txt is a file, not a directory."),
+])
+def test_unwritable_output_is_refused_before_reading(relative, message, images, tmp_path):
+    (tmp_path / "notes.txt").write_text("a file")
+    output = str(tmp_path / relative)
+    result = run_infer("--image_file", images["page"], "--output", output, model=str(tmp_path / "no_model"),
+                       check_exit=2)
+    assert result.stderr.strip() == f"error: --output {output} " + message.format(tmp=tmp_path)
+    assert not (tmp_path / "absent").exists()
+
+
+def test_help_shows_choices_and_defaults():
+    result = subprocess.run([sys.executable, INFER, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())
+    assert "--ocr_type {ocr,format}" in help_text and "(default: ocr)" in help_text
+    assert "--max_new_tokens MAX_NEW_TOKENS most tokens generated per input (default: 4096)" in help_text
+    assert "--color {red,green,blue}" in help_text

@@ -43,9 +43,12 @@ def assert_same_weights(first, second, atol):
 
 
 def test_output_is_a_checkpoint_infer_reads(synth_data, tmp_path):
-    run_train(synth_data, tmp_path / "out")
+    result = run_train(synth_data, tmp_path / "out")
     assert {"config.json", "model_state.pdparams", "qwen.tiktoken", "checkpoint-2", "checkpoint-4"} <= set(
         os.listdir(tmp_path / "out"))
+    # Plain log lines: no colour codes, no DEBUG dump of every argument (it claimed `device : gpu` on CPU).
+    assert "\x1b[" not in result.stderr and "DEBUG" not in result.stderr and "gpu" not in result.stderr
+    assert len(result.stderr.splitlines()) < 60
     image = json.load(open(os.path.join(os.path.dirname(synth_data), "annotations.json")))[0]["image"]
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "infer.py"), "--model_name_or_path", str(tmp_path / "out"),
@@ -140,3 +143,81 @@ def test_half_precision_training_on_cpu_is_refused(flag, synth_data, tmp_path):
     result = run_train(synth_data, tmp_path / "out", flag, "True", check_exit=2)
     assert result.stderr.strip().splitlines()[-1] == (
         "error: bf16/fp16 training needs a GPU: Paddle's CPU kernels have no half-precision matmul.")
+
+
+def test_fine_tuned_model_reads_with_its_training_prompt(tmp_path):
+    """Memorise two SynthDoG-style samples (`<image>\\nOCR:`), then read them with no --query: the saved model
+    reads with the prompt it learned (a different query makes this model misread)."""
+    from paddle_got.data.synth import write_dataset
+
+    meta = write_dataset(str(tmp_path / "data"), 2, seed=3, kinds=("chars",))
+    records = json.load(open(tmp_path / "data" / "annotations.json"))
+    run_train(meta, tmp_path / "out", "--max_steps", "80", "--save_steps", "40", "--learning_rate", "3e-3")
+    for directory in ("out", "out/checkpoint-40", "out/checkpoint-80"):
+        prompt = json.loads((tmp_path / directory / "prompt_config.json").read_text())
+        assert prompt["query"] == "OCR:" and prompt["queries"] == {"OCR:": 2}, directory
+    for record in records:
+        image = str(tmp_path / "data" / "images" / record["image"])
+        result = subprocess.run(
+            [sys.executable, os.path.join(REPO, "tools", "infer.py"), "--model_name_or_path", str(tmp_path / "out"),
+             "--image_file", image, "--max_new_tokens", "16"], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "Reading with the prompt this model was trained with: query 'OCR:'" in result.stderr
+        assert result.stdout == record["conversations"][1]["value"] + "\n"
+    evaluated = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "eval.py"), "--model_name_or_path", str(tmp_path / "out"),
+         "--meta_path", meta, "--max_new_tokens", "16", "--report", str(tmp_path / "report.json")],
+        capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["acc"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "extra, yaml_text, message",
+    [
+        (["--foo", "1"], None, "error: Unknown training argument 'foo' on the command line (see tools/train.py --help)."),
+        (["--max_step", "3"], None, "error: Unknown training argument 'max_step' on the command line: did you mean "
+                                    "'max_steps'?"),
+        ([], "max_stepz: 3\n", "error: Unknown training argument 'max_stepz' in {yaml}: did you mean 'max_steps'?"),
+        (["--freeze_vision_tower", "maybe"], None,
+         "error: Bad value for 'freeze_vision_tower' on the command line: Truthy value expected: got maybe"),
+        ([], "max_steps: many\n", "error: Bad value for 'max_steps' in {yaml}: invalid int value: 'many'."),
+    ],
+    ids=["unknown", "misspelt", "misspelt_yaml", "bad_bool", "bad_int_yaml"],
+)
+def test_bad_training_argument_is_one_sentence(extra, yaml_text, message, synth_data, tmp_path):
+    command = train_command(synth_data, tmp_path / "out", *extra)
+    if yaml_text is not None:
+        base = open(os.path.join(REPO, "configs", "tiny_cpu.yaml")).read()
+        (tmp_path / "bad.yaml").write_text(base + yaml_text)
+        command[command.index("--config") + 1] = str(tmp_path / "bad.yaml")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message.format(yaml=tmp_path / "bad.yaml")), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_rerun_into_a_finished_run_is_refused(synth_data, tmp_path):
+    run_train(synth_data, tmp_path / "out", "--max_steps", "2")
+    before = sorted(os.listdir(tmp_path / "out"))
+    result = run_train(synth_data, tmp_path / "out", "--max_steps", "2", check_exit=2)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'out'} already holds a training run (checkpoint-2): pass --resume_from_checkpoint true "
+        "to continue it, --overwrite_output_dir True to train over it, or another --output_dir.")
+    assert sorted(os.listdir(tmp_path / "out")) == before
+    run_train(synth_data, tmp_path / "out", "--max_steps", "2", "--overwrite_output_dir", "True")
+
+
+def test_run_train_sh_reports_a_failure_once(tmp_path):
+    environment = {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable}
+    missing = str(tmp_path / "none" / "meta.json")
+    result = subprocess.run(
+        ["sh", os.path.join(REPO, "run_train.sh"), "--model_name_or_path", "configs/tiny_got", "--meta_path", missing,
+         "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == [f"error: Cannot read the meta file {missing}: No such file or directory."], result.stderr
+    assert "LAUNCH INFO" not in result.stderr and "ERROR LOG DETAIL" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"run_train.sh: training failed; the logs are in {tmp_path / 'out' / 'logs'}")
