@@ -9,7 +9,6 @@ result with `error` set; the others are still read.
 """
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -19,6 +18,7 @@ from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
 from .device import resolve_dtype, set_cpu_threads
 from .errors import GOTError
 from .generation import greedy_generate
+from .hub import DEFAULT_MODEL, resolve_model_path
 from .logger import logger
 from .modeling.got import GOTQwenForCausalLM
 from .processing import (
@@ -31,10 +31,8 @@ from .processing import (
     validate_options,
 )
 
-DEFAULT_MODEL = "stepfun-ai/GOT-OCR2_0"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 PDF_RENDER_DPI = 200
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 ImageInput = Union[str, Image.Image, "InputImage"]
 
@@ -68,30 +66,6 @@ class InputImage:
     page: Optional[int] = None
     image: Optional[Image.Image] = None
     error: Optional[str] = None
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """A local checkpoint directory for a directory or a hub id (local cache first, then a download)."""
-    expanded = os.path.expanduser(name_or_path)
-    if os.path.isdir(expanded):
-        return expanded
-    if os.path.exists(expanded) or not _HUB_ID.fullmatch(name_or_path):
-        raise GOTError(f"Model directory {name_or_path} does not exist (give a checkpoint directory or a hub id).")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(name_or_path, local_files_only=True)
-    except Exception:  # not in the local cache: try the network below
-        pass
-    try:
-        return snapshot_download(name_or_path)
-    except Exception:
-        folder = name_or_path.split("/")[-1]
-        raise GOTError(
-            f"{name_or_path} is not in the local cache and cannot be downloaded here: on a machine with network run "
-            f"`huggingface-cli download {name_or_path} --local-dir {folder}`, copy the {folder} folder to this "
-            f"machine and pass --model_name_or_path /path/to/{folder}."
-        ) from None
 
 
 def _pdf_pages(path: str) -> List[InputImage]:
@@ -257,12 +231,15 @@ class GOT:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, dtype: str = "auto",
-                        num_threads: Optional[int] = None) -> "GOT":
-        """Load a checkpoint directory (any layout) or hub id; `dtype` auto picks bf16/fp16 on GPU, fp32 on CPU."""
+                        num_threads: Optional[int] = None, source: Optional[str] = None) -> "GOT":
+        """Load a checkpoint directory (any layout) or hub id; `dtype` auto picks bf16/fp16 on GPU, fp32 on CPU.
+
+        `source` is where a hub id is fetched from: huggingface (default), modelscope or aistudio (paddle_got.hub).
+        """
         dtype = resolve_dtype(dtype)
         if dtype == "float32":
             set_cpu_threads(num_threads)
-        path = resolve_model_path(name_or_path)
+        path = resolve_model_path(name_or_path, source)
         processor = GOTProcessor.from_pretrained(path)
         model = GOTQwenForCausalLM.from_pretrained(path, dtype=dtype)
         if model.config.im_patch_token != processor.tokenizer.token_id(IMG_PAD):

@@ -1,35 +1,11 @@
-"""The GOT API: hub ids resolved from the local cache, PIL inputs, per-input errors instead of exceptions."""
+"""The GOT API: PIL inputs, per-input errors instead of exceptions, streaming, what reading imports."""
 
-import os
-import shutil
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
 
 from paddle_got import GOT
-from paddle_got.errors import GOTError
-from paddle_got.pipeline import resolve_model_path
-
-
-def test_hub_id_is_found_in_the_local_cache(ocr_checkpoint, tmp_path, monkeypatch):
-    """A hub id resolves offline to the cached snapshot, as huggingface_hub lays it out."""
-    snapshot = tmp_path / "hub" / "models--someone--tiny-got" / "snapshots" / "0123abc"
-    shutil.copytree(ocr_checkpoint.directory, snapshot)
-    (tmp_path / "hub" / "models--someone--tiny-got" / "refs").mkdir()
-    (tmp_path / "hub" / "models--someone--tiny-got" / "refs" / "main").write_text("0123abc")
-    import huggingface_hub.constants
-
-    # huggingface_hub reads these variables when imported; set its constants as the variables would have.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert os.path.samefile(resolve_model_path("someone/tiny-got"), snapshot)
-
-
-def test_missing_directory_is_not_taken_for_a_hub_id(tmp_path):
-    with pytest.raises(GOTError, match=r"Model directory .*nowhere does not exist"):
-        resolve_model_path(str(tmp_path / "nowhere"))
 
 
 def test_recognize_takes_pil_images_and_reports_bad_inputs(ocr_checkpoint, tmp_path):

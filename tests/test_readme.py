@@ -67,3 +67,22 @@ def test_readme_python_api_runs_as_written(tmp_path, ocr_checkpoint):
                             timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("demo_images/table.png ")
+
+
+def test_readme_try_it_block_runs_as_written(tmp_path):
+    """The 'Try it without the weights' commands, in order, with fewer samples and steps (the real run takes
+    minutes; the README reports its result)."""
+    section = readme_section("README.md", "## Try it without the weights")
+    commands = re.search(r"```bash\n(.*?)\n```", section, flags=re.S).group(1).splitlines()
+    assert [shlex.split(c)[1] for c in commands] == ["tools/make_synth_data.py", "tools/make_synth_data.py",
+                                                     "tools/train.py", "tools/infer.py", "tools/eval.py"]
+    smaller = {"3000": "24", "50": "6", "450": "2"}
+    for name in ("configs", "tools"):
+        os.symlink(os.path.join(REPO, name), tmp_path / name)
+    for command in commands:
+        arguments = [smaller.get(a, a) for a in shlex.split(command)[1:]]
+        result = subprocess.run([sys.executable, *arguments], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+    assert (tmp_path / "output" / "try" / "heldout.jsonl").read_text().count("\n") == 6
+    assert re.search(r"^samples\s+6$", result.stdout, flags=re.M), result.stdout

@@ -9,6 +9,7 @@ Prints a table of averages on stdout; --report writes every average and every sa
 from paddle_got.cli import ArgumentParser, positive_int, run_cli
 from paddle_got.constants import MAX_NEW_TOKENS, OCR_TYPES
 from paddle_got.errors import GOTError
+from paddle_got.hub import MODEL_SOURCES, model_source
 from paddle_got.evaluation import evaluate_model, evaluate_predictions, format_table, write_report
 from paddle_got.outputs import check_output
 
@@ -18,6 +19,8 @@ def parse_args():
     parser.add_argument("--predictions", help="predictions JSONL written by tools/infer.py")
     parser.add_argument("--references", help="annotations (training format, .json or .jsonl) to score against")
     parser.add_argument("--model_name_or_path", help="read the images of --meta_path with this model")
+    parser.add_argument("--model_source", metavar="{" + ",".join(MODEL_SOURCES) + "}",
+                        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)")
     parser.add_argument("--meta_path", help="annotated dataset (training format) to read and score")
     parser.add_argument("--level", default="word", choices=("word", "char"),
                         help="tokens for F1/BLEU/METEOR: words (documents) or characters (scene text)")
@@ -45,8 +48,9 @@ def main():
         options = dict(ocr_type=args.ocr_type, query=args.query, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens)
         check_read_options(**options)
+        source = model_source(args.model_source)
         records = load_meta(args.meta_path)
-        reader = GOT.from_pretrained(args.model_name_or_path)
+        reader = GOT.from_pretrained(args.model_name_or_path, source=source)
         report = evaluate_model(reader, records, args.level, **options)
     else:
         raise GOTError("Give --predictions with --references, or --model_name_or_path with --meta_path.")

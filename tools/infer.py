@@ -17,8 +17,8 @@ from tqdm import tqdm
 from paddle_got.cli import EXIT_BAD_INPUT, ArgumentParser, positive_int, run_cli
 from paddle_got.constants import COLORS, MAX_CROPS, MAX_NEW_TOKENS, OCR_TYPES
 from paddle_got.outputs import check_output, json_line, write_results
+from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source
 from paddle_got.pipeline import (
-    DEFAULT_MODEL,
     GOT,
     check_read_options,
     check_stream,
@@ -32,6 +32,8 @@ def parse_args():
     parser = ArgumentParser(__doc__)
     parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL,
                         help="checkpoint directory (any layout) or hub id")
+    parser.add_argument("--model_source", metavar="{" + ",".join(MODEL_SOURCES) + "}",
+                        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)")
     parser.add_argument("--image_file", nargs="+", required=True,
                         help="image files, directories of images, or PDFs (one input per page)")
     parser.add_argument("--ocr_type", default="ocr", metavar="{" + ",".join(OCR_TYPES) + "}",
@@ -58,6 +60,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    model_source(args.model_source)
     box = parse_box(args.box) if args.box is not None else None
     options = dict(ocr_type=args.ocr_type, box=box, color=args.color, multi_crop=args.multi_crop,
                    max_crops=args.max_crops, multi_page=args.multi_page, query=args.query)
@@ -80,7 +83,8 @@ def main():
     if args.output:
         check_output(args.output, 1 if args.multi_page else len(inputs))
 
-    ocr = GOT.from_pretrained(args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads)
+    ocr = GOT.from_pretrained(args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads,
+                              source=args.model_source)
     stream = None
     if args.stream:
         def stream(text):

@@ -13,6 +13,7 @@ import yaml
 from paddlenlp.trainer import PdArgumentParser, TrainingArguments
 
 from ..errors import GOTError
+from ..hub import DEFAULT_MODEL, MODEL_SOURCES, SOURCE_VARIABLE
 
 CONFIG_FLAGS = ("--config", "-c")
 
@@ -22,7 +23,11 @@ class ModelArguments:
     """Which model to start from and what to train of it."""
 
     model_name_or_path: str = field(
-        default="stepfun-ai/GOT-OCR2_0", metadata={"help": "checkpoint directory (any layout) or hub id"}
+        default=DEFAULT_MODEL, metadata={"help": "checkpoint directory (any layout) or hub id"}
+    )
+    model_source: Optional[str] = field(
+        default=None, metadata={"help": f"where a hub id comes from: {', '.join(MODEL_SOURCES)} (default: "
+                                        f"${SOURCE_VARIABLE}, else huggingface)"}
     )
     from_scratch: bool = field(
         default=False, metadata={"help": "random weights from the directory's config.json (tiny experiments)"}

@@ -12,7 +12,7 @@ from ..device import gpu_compute_capability, set_cpu_threads
 from ..errors import GOTError
 from ..logger import logger
 from ..modeling.got import GOTQwenForCausalLM
-from ..pipeline import resolve_model_path
+from ..hub import resolve_model_path
 from ..processing import GOTProcessor, PromptConfig
 from .lora import apply_lora
 from .trainer import GOTTrainer
@@ -25,7 +25,7 @@ def freeze_vision_tower(model: GOTQwenForCausalLM) -> None:
 
 def load_model(model_args, seed: int):
     """`(model, processor)` for training: the checkpoint's weights, or fresh ones with `from_scratch`."""
-    path = resolve_model_path(model_args.model_name_or_path)
+    path = resolve_model_path(model_args.model_name_or_path, model_args.model_source)
     processor = GOTProcessor.from_pretrained(path)
     if model_args.from_scratch:
         # Paddle's own initialisers (Xavier/Kaiming-style): with normal(0, 0.02) a tiny model learned to ignore
