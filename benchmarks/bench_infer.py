@@ -119,8 +119,8 @@ def run_ours(directory: str, args) -> dict:
     import paddle
     from paddle_got import GOTQwenForCausalLM
     from paddle_got.device import set_cpu_threads
-    from paddle_got.generation import greedy_generate
-    from paddle_got.modeling.qwen2 import KVCache
+    from paddle_got.engine import Engine, GenerationRequest
+    from paddle_got.modeling.kv_cache import KVCache
 
     set_cpu_threads(args.threads)
     model = GOTQwenForCausalLM.from_pretrained(directory)
@@ -147,7 +147,7 @@ def run_ours(directory: str, args) -> dict:
 
             results[f"decode_tok_s_b{batch}"] = decode_tokens_per_second(prefill, step, batch)
         start = time.perf_counter()
-        greedy_generate(model, ids, np.ones_like(ids), pixel_array, eos_token_ids=(), max_new_tokens=args.new_tokens)
+        Engine(model).generate([GenerationRequest(ids[0].tolist(), pixel_array, args.new_tokens, end_token_ids=())])
         results["end_to_end_s"] = time.perf_counter() - start
     return results
 

@@ -1,17 +1,10 @@
-"""Batched greedy decoding with a KV cache, per-row stopping and the reference's no-repeat-n-gram rule.
-
-Matches `transformers`' `generate(do_sample=False, no_repeat_ngram_size=n, eos_token_id=[...])`: the image is
-encoded once, the prompt is run once, then one token per step for every unfinished row; a row stops at its first
-end token (kept in its output), and finished rows leave the batch so they cost nothing more.
-"""
+"""The rules that choose and stop one sequence's tokens: the reference's no-repeat-n-gram ban, and a guard that
+ends a sequence caught in a loop. The engine (`engine.py`) applies them per request."""
 
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
-import paddle
-
-from .modeling.qwen2 import KVCache
 
 
 class NoRepeatNGram:
@@ -37,66 +30,37 @@ class NoRepeatNGram:
         return self.continuations.get(tuple(self.tokens[len(self.tokens) - self.size + 1 :]), set())
 
 
-def greedy_generate(
-    model,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    pixel_values: Optional[np.ndarray],
-    eos_token_ids: Sequence[int],
-    max_new_tokens: int,
-    no_repeat_ngram_size: int = 0,
-    on_token: Optional[Callable[[int], None]] = None,
-) -> List[List[int]]:
-    """Generate greedily for a left-padded batch (`input_ids`/`attention_mask` int64 `[B, L]`).
+class RepetitionGuard:
+    """Spots a sequence stuck in a loop: the same block of 1..`max_period` tokens repeated back to back.
 
-    Returns the new tokens of each row (a list of int lists, the end token included when one was produced).
-    `on_token(token)` is called with each new token of a single-row batch, for streaming.
+    A loop is a block of p tokens followed by copies of itself covering at least max(2p, `min_repeated`) more
+    tokens (GOT's known failure on dense tables repeats a row or a cell forever). `push` returns True once the
+    newest token completes such a loop; `keep` is then how many tokens to keep: the text before the loop and the
+    block once.
     """
-    if on_token is not None and len(input_ids) != 1:
-        raise ValueError("Streaming needs a batch of one sequence.")
-    batch = len(input_ids)
-    end_tokens = set(eos_token_ids)
-    ngram_rules = []
-    if no_repeat_ngram_size > 0:
-        prompts = [ids[row_mask == 1].tolist() for ids, row_mask in zip(input_ids, attention_mask)]
-        ngram_rules = [NoRepeatNGram(no_repeat_ngram_size, prompt) for prompt in prompts]
-    outputs: List[List[int]] = [[] for _ in range(batch)]
-    active = list(range(batch))  # rows of the original batch still generating, in cache order
-    dtype = model.qwen2.embed_tokens.weight.dtype
-    cache = KVCache(model.config)
-    mask = paddle.to_tensor(attention_mask)
-    with paddle.no_grad():
-        image_features = None
-        if pixel_values is not None:
-            image_features = model.qwen2.encode_images(paddle.to_tensor(pixel_values).astype(dtype))
-        step_input = paddle.to_tensor(input_ids)
-        for _ in range(max_new_tokens):
-            logits = model(
-                step_input, attention_mask=mask, past_key_values=cache, image_features=image_features,
-                last_logits_only=True,
-            ).logits[:, -1].numpy()
-            image_features = None
-            next_tokens = []
-            for position, row in enumerate(active):
-                if ngram_rules:
-                    banned = list(ngram_rules[row].banned())
-                    logits[position, banned] = -np.inf
-                token = int(logits[position].argmax())
-                next_tokens.append(token)
-                outputs[row].append(token)
-                if ngram_rules:
-                    ngram_rules[row].push(token)
-                if on_token is not None and token not in end_tokens:
-                    on_token(token)
-            still_running = [position for position, token in enumerate(next_tokens) if token not in end_tokens]
-            if not still_running:
-                break
-            if len(still_running) < len(active):
-                keep = paddle.to_tensor(still_running, dtype="int64")
-                cache.select_rows(keep)
-                mask = paddle.index_select(mask, keep)
-                active = [active[position] for position in still_running]
-                next_tokens = [next_tokens[position] for position in still_running]
-            step_input = paddle.to_tensor(np.asarray(next_tokens, dtype=np.int64)[:, None])
-            mask = paddle.concat([mask, paddle.ones([len(active), 1], dtype=mask.dtype)], axis=1)
-    return outputs
+
+    def __init__(self, max_period: int = 64, min_repeated: int = 48):
+        self.max_period = max_period
+        self.min_repeated = min_repeated
+        self.tokens: List[int] = []
+        self.runs = np.zeros(max_period, dtype=np.int64)  # runs[p - 1]: tokens equal to the one p before, in a row
+        self.keep: Optional[int] = None
+
+    @property
+    def holdback(self) -> int:
+        """How many of the newest tokens a loop found later could still cut (streams wait for them)."""
+        return max(2 * self.max_period, self.min_repeated)
+
+    def push(self, token: int) -> bool:
+        """Take the next token; True when it completes a loop (and `keep` is set)."""
+        self.tokens.append(token)
+        earlier = self.tokens[-2 : -self.max_period - 2 : -1]  # the token 1, 2, ... back
+        matches = np.zeros(self.max_period, dtype=bool)
+        matches[: len(earlier)] = np.asarray(earlier) == token
+        self.runs = np.where(matches, self.runs + 1, 0)
+        periods = np.arange(1, self.max_period + 1)
+        looping = np.nonzero(self.runs >= np.maximum(2 * periods, self.min_repeated))[0]
+        if len(looping) == 0:
+            return False
+        self.keep = len(self.tokens) - int(self.runs[looping[0]])
+        return True

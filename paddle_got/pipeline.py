@@ -10,14 +10,14 @@ result with `error` set; the others are still read.
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
 from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
 from .device import resolve_dtype, set_cpu_threads
 from .errors import GOTError
-from .generation import greedy_generate
+from .engine import ERROR, Engine, GenerationRequest, RequestHandle
 from .hub import DEFAULT_MODEL, resolve_model_path
 from .logger import logger
 from .modeling.got import GOTQwenForCausalLM
@@ -39,12 +39,17 @@ ImageInput = Union[str, Image.Image, "InputImage"]
 
 @dataclass
 class OCRResult:
-    """The text read from one input (`image` is its path or `<image N>`; `page` is 1-based for PDF pages)."""
+    """The text read from one input (`image` is its path or `<image N>`; `page` is 1-based for PDF pages).
+
+    `finish_reason` (stop, length, repetition) and `new_tokens` say how generation ended.
+    """
 
     image: str
     text: Optional[str] = None
     page: Optional[int] = None
     error: Optional[str] = None
+    finish_reason: Optional[str] = None
+    new_tokens: int = 0
 
     def to_dict(self) -> dict:
         """`{"image", "text"}`, plus `"page"` for a PDF page and `"error"` for a failed input."""
@@ -216,6 +221,11 @@ def check_read_options(ocr_type: str = "ocr", box=None, color=None, multi_crop: 
         raise GOTError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
 
 
+def default_ngram_size(multi_crop: bool, multi_page: bool) -> int:
+    """The reference's n-gram ban: 20, off (0) for multi-crop and multi-page."""
+    return 0 if (multi_crop or multi_page) else NO_REPEAT_NGRAM_SIZE
+
+
 def check_stream(num_documents: int) -> None:
     """GOTError unless there is exactly one document to stream."""
     if num_documents != 1:
@@ -260,64 +270,92 @@ class GOT:
         batch_size: int = 1,
         stream: Optional[Callable[[str], None]] = None,
         query: Optional[str] = None,
+        repetition_guard: bool = False,
     ) -> Iterator[OCRResult]:
         """Yield one OCRResult per input in input order (one in all with `multi_page`).
 
-        `no_repeat_ngram_size` defaults to 20, or 0 (off) for multi-crop and multi-page, as the reference does.
-        `stream(text)` receives the text as it is generated; it needs a single document. `query` replaces the
-        mode's query text (a model fine-tuned with its own prompt is read with that prompt).
+        `batch_size` inputs are read at once on the continuous-batching engine: each leaves as soon as it is done and
+        the next input takes its row. `no_repeat_ngram_size` defaults to 20, or 0 (off) for multi-crop and
+        multi-page, as the reference does. `stream(text)` receives the text as it is generated; it needs a single
+        document. `query` replaces the mode's query text (a model fine-tuned with its own prompt is read with that
+        prompt). `repetition_guard` ends a text caught in a loop early, keeping what came before the loop.
         """
         check_read_options(ocr_type, box, color, multi_crop, max_crops, multi_page, query, max_new_tokens, batch_size)
         inputs = expand_inputs(images)
         if no_repeat_ngram_size is None:
-            no_repeat_ngram_size = 0 if (multi_crop or multi_page) else NO_REPEAT_NGRAM_SIZE
+            no_repeat_ngram_size = default_ngram_size(multi_crop, multi_page)
         options = dict(ocr_type=ocr_type, box=box, color=color, multi_crop=multi_crop, max_crops=max_crops,
                        multi_page=multi_page, query=query)
         documents = [inputs] if multi_page else [[inp] for inp in inputs]
         if stream is not None:
             check_stream(len(documents))
-        for start in range(0, len(documents), batch_size):
-            batch = [[_load(inp) for inp in document] for document in documents[start : start + batch_size]]
-            yield from self._read_batch(batch, options, max_new_tokens, no_repeat_ngram_size, stream)
+        engine = Engine(self.model, max_rows=batch_size, max_waiting=batch_size)
+        pending = iter(enumerate(documents))
+        in_flight: Dict[int, Tuple[OCRResult, RequestHandle, Optional[TextStreamer]]] = {}
+        done: Dict[int, OCRResult] = {}
+        next_index, exhausted = 0, False
+        while True:
+            while not exhausted and len(in_flight) < batch_size:
+                item = next(pending, None)
+                if item is None:
+                    exhausted = True
+                    break
+                index, document = item
+                result, request = self.prepare_document([_load(inp) for inp in document], options, max_new_tokens,
+                                                        no_repeat_ngram_size, repetition_guard)
+                if request is None:
+                    done[index] = result
+                    continue
+                streamer = TextStreamer(self.processor.tokenizer, stream) if stream is not None else None
+                handle = engine.submit(request, on_token=streamer.put if streamer is not None else None)
+                in_flight[index] = (result, handle, streamer)
+            while next_index in done:
+                yield done.pop(next_index)
+                next_index += 1
+            if exhausted and not in_flight:
+                return
+            engine.step()
+            for index in [index for index, (_, handle, _) in in_flight.items() if handle.finished]:
+                result, handle, streamer = in_flight.pop(index)
+                self.finish_result(result, handle)
+                if streamer is not None and result.error is None:
+                    streamer.finish(result.text)
+                done[index] = result
 
     def recognize(self, images, **options) -> List[OCRResult]:
         """All results of `iter_recognize` as a list."""
         return list(self.iter_recognize(images, **options))
 
-    def _read_batch(self, documents, options, max_new_tokens, no_repeat_ngram_size, stream) -> Iterator[OCRResult]:
-        """Read a batch of documents (lists of loaded inputs); bad inputs become error results."""
-        results: List[Optional[OCRResult]] = [None] * len(documents)
-        prepared, rows = [], []
-        for index, document in enumerate(documents):
-            first = document[0]
-            results[index] = OCRResult(first.name, page=first.page)
-            bad = [inp for inp in document if inp.error is not None]
-            if bad and not options["multi_page"]:
-                results[index].error = bad[0].error
-                continue
-            for inp in bad:
-                logger.warning(f"Skipping {inp.error}")
-            good = [inp.image for inp in document if inp.error is None]
-            if not good:
-                results[index].error = "No page of the document could be read."
-                continue
-            try:
-                prepared.append(self.processor.prepare(OCRRequest(images=good, **options)))
-            except BadInputError as err:
-                results[index].error = f"{first.name}: {err}"
-                continue
-            rows.append(index)
-        if prepared:
-            batch = self.processor.collate(prepared)
-            tokenizer = self.processor.tokenizer
-            streamer = TextStreamer(tokenizer, stream) if stream is not None else None
-            generated = greedy_generate(
-                self.model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                eos_token_ids=tokenizer.eos_token_ids, max_new_tokens=max_new_tokens,
-                no_repeat_ngram_size=no_repeat_ngram_size, on_token=streamer.put if streamer else None,
-            )
-            for index, tokens in zip(rows, generated):
-                results[index].text = tokenizer.decode(tokens).strip()
-            if streamer is not None:
-                streamer.finish(results[rows[0]].text)
-        yield from results
+    def prepare_document(self, document: List[InputImage], options: dict, max_new_tokens: int,
+                         no_repeat_ngram_size: int, repetition_guard: bool = False):
+        """`(result, GenerationRequest or None)` for one document (a list of loaded inputs): the request to generate,
+        or None with `result.error` set when the document cannot be read."""
+        first = document[0]
+        result = OCRResult(first.name, page=first.page)
+        bad = [inp for inp in document if inp.error is not None]
+        if bad and not options["multi_page"]:
+            result.error = bad[0].error
+            return result, None
+        for inp in bad:
+            logger.warning(f"Skipping {inp.error}")
+        good = [inp.image for inp in document if inp.error is None]
+        if not good:
+            result.error = "No page of the document could be read."
+            return result, None
+        try:
+            prepared = self.processor.prepare(OCRRequest(images=good, **options))
+        except BadInputError as err:
+            result.error = f"{first.name}: {err}"
+            return result, None
+        request = GenerationRequest(prepared.input_ids, prepared.pixel_values, max_new_tokens,
+                                    self.processor.tokenizer.eos_token_ids, no_repeat_ngram_size, repetition_guard)
+        return result, request
+
+    def finish_result(self, result: OCRResult, handle: RequestHandle) -> None:
+        """Fill `result` from a finished request: the decoded, stripped text (or the error), how it ended, and how
+        many tokens were made."""
+        result.finish_reason, result.new_tokens = handle.finish_reason, len(handle.tokens)
+        if handle.finish_reason == ERROR:
+            result.error = f"{result.image}: {handle.error}"
+        else:
+            result.text = self.processor.tokenizer.decode(handle.tokens).strip()

@@ -277,9 +277,10 @@ def reference_generate(model, batch: dict, max_new_tokens: int, no_repeat_ngram_
     """Greedy `generate` of the reference; the new tokens of each row up to and including its first end token."""
     kwargs = dict(
         input_ids=torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"]),
-        pixel_values=torch.from_numpy(batch["pixel_values"]), do_sample=False, max_new_tokens=max_new_tokens,
-        eos_token_id=list(eos_token_ids), pad_token_id=pad_token_id,
+        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=list(eos_token_ids), pad_token_id=pad_token_id,
     )
+    if batch.get("pixel_values") is not None:
+        kwargs["pixel_values"] = torch.from_numpy(batch["pixel_values"])
     if no_repeat_ngram_size:
         kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
     with torch.no_grad():

@@ -1,12 +1,8 @@
-"""The no-repeat-n-gram rule by hand, and greedy decoding against transformers' generate."""
+"""The per-sequence rules by hand: the no-repeat-n-gram ban and the repetition guard."""
 
-import numpy as np
 import pytest
 
-import reference
-
-from paddle_got import GOTQwenForCausalLM
-from paddle_got.generation import NoRepeatNGram, greedy_generate
+from paddle_got.generation import NoRepeatNGram, RepetitionGuard
 
 
 def test_no_repeat_ngram_by_hand():
@@ -19,22 +15,21 @@ def test_no_repeat_ngram_by_hand():
     assert rule.banned() == {5}
 
 
-@pytest.mark.parametrize("no_repeat_ngram_size", [0, 3, 20])
-def test_batch_generation_equals_reference(no_repeat_ngram_size, ocr_checkpoint):
-    """A left-padded batch (1 and 3 tiles) with per-row stopping gives the reference's tokens exactly."""
-    shape = ocr_checkpoint.shape
-    model = GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory)
-    first = reference.prompt_ids(1, shape, 9, 4, seed=21)
-    second = reference.prompt_ids(3, shape, 2, 3, seed=22)
-    ids, mask = reference.left_pad([first, second], pad_id=shape.vocab_size - 217)
-    pixels = np.concatenate([reference.random_pixels(1, shape, 23), reference.random_pixels(3, shape, 24)])
-    batch = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
-    endoftext = shape.vocab_size - 217
-    unstopped = reference.reference_generate(ocr_checkpoint.model, batch, 12, no_repeat_ngram_size, (endoftext,),
-                                             endoftext)
-    # A token row 0 really produces at step 8 ends sequences too, so that rows stop at different steps.
-    eos = (unstopped[0][8], endoftext)
-    ours = greedy_generate(model, ids, mask, pixels, eos, max_new_tokens=40, no_repeat_ngram_size=no_repeat_ngram_size)
-    expected = reference.reference_generate(ocr_checkpoint.model, batch, 40, no_repeat_ngram_size, eos, endoftext)
-    assert ours == expected
-    assert len(ours[0]) <= 9 and ours[0][-1] == eos[0]
+def test_repetition_guard_stops_a_loop_and_keeps_the_block_once():
+    guard = RepetitionGuard(max_period=4, min_repeated=6)
+    text = [9, 8, 1, 2, 3, 1, 2, 3, 1, 2, 3]  # "9 8" then the block (1 2 3) and two copies: 6 repeated tokens
+    assert [guard.push(token) for token in text] == [False] * 10 + [True]
+    assert guard.keep == 5 and text[: guard.keep] == [9, 8, 1, 2, 3]
+
+
+@pytest.mark.parametrize("tokens", [[5] * 5, [1, 2] * 3, [1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 5], list(range(40))])
+def test_repetition_guard_lets_short_or_broken_repeats_through(tokens):
+    guard = RepetitionGuard(max_period=4, min_repeated=6)
+    assert not any(guard.push(token) for token in tokens)
+
+
+def test_repetition_guard_needs_two_copies_of_long_blocks():
+    guard = RepetitionGuard(max_period=8, min_repeated=4)
+    block = [10, 11, 12, 13, 14, 15, 16]
+    pushed = [guard.push(token) for token in block * 3]
+    assert pushed.index(True) == 3 * len(block) - 1 and guard.keep == len(block)

@@ -300,10 +300,11 @@ struct DecodeAttentionArgs {
     const float* key_cos;
     const float* key_sin;
     int64_t table_row_stride;
-    float* keys;               // cache [batch, kv_heads, head_dim, capacity]; column `position` is written
+    float* keys;               // cache [>= batch, kv_heads, head_dim, capacity]; column `position` is written
     float* values;
     int64_t capacity;
     int64_t position;          // filled columns before this step; attention sees position + 1 of them
+    const int64_t* positions;  // [batch]: each sequence's own `position` (continuous batching), or null
     const float* bias;         // additive, rows of >= position + 1 floats, or null
     int64_t bias_row_stride;
     int64_t batch, heads, kv_heads, head_dim;
@@ -327,26 +328,28 @@ extern "C" {
 int decode_cpu_supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 // One decode step of attention: rotate the new keys into the cache (values too, unrotated), then each rotated query
-// attends over the position + 1 filled columns; query head h reads KV head h / (heads / kv_heads).
+// attends over the position + 1 filled columns of its sequence; query head h reads KV head h / (heads / kv_heads).
 void decode_attention(const DecodeAttentionArgs* args, int num_threads) {
     const DecodeAttentionArgs a = *args;
-    const int64_t group = a.heads / a.kv_heads, count = a.position + 1;
+    const int64_t group = a.heads / a.kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
+    auto position_of = [&a](int64_t sequence) { return a.positions ? a.positions[sequence] : a.position; };
 #pragma omp parallel num_threads(num_threads)
     {
 #pragma omp for schedule(static)
         for (int64_t row = 0; row < a.batch * a.kv_heads; ++row) {
-            const int64_t table = row * a.table_row_stride, column = row * a.head_dim * a.capacity + a.position;
+            const int64_t table = row * a.table_row_stride;
+            const int64_t column = row * a.head_dim * a.capacity + position_of(row / a.kv_heads);
             rotate(a.new_keys + row * a.head_dim, a.key_cos + table, a.key_sin + table, a.head_dim, 1.0f,
                    a.keys + column, a.capacity);
             for (int64_t d = 0; d < a.head_dim; ++d) a.values[column + d * a.capacity] = a.new_values[row * a.head_dim + d];
         }
         thread_local std::vector<float> scores, query;
-        scores.resize(count);
+        scores.resize(a.capacity);
         query.resize(a.head_dim);
 #pragma omp for schedule(static)
         for (int64_t row = 0; row < a.batch * a.heads; ++row) {
-            const int64_t table = row * a.table_row_stride;
+            const int64_t table = row * a.table_row_stride, count = position_of(row / a.heads) + 1;
             const int64_t kv = row / a.heads * a.kv_heads + row % a.heads / group;
             rotate(a.query + row * a.head_dim, a.query_cos + table, a.query_sin + table, a.head_dim, scale,
                    query.data(), 1);

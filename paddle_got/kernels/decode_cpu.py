@@ -156,7 +156,8 @@ class DecodeAttentionArgs(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in (
         "query", "new_keys", "new_values", "query_cos", "query_sin", "key_cos", "key_sin")] + [
         ("table_row_stride", ctypes.c_int64), ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p),
-        ("capacity", ctypes.c_int64), ("position", ctypes.c_int64), ("bias", ctypes.c_void_p),
+        ("capacity", ctypes.c_int64), ("position", ctypes.c_int64), ("positions", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
         ("bias_row_stride", ctypes.c_int64), ("batch", ctypes.c_int64), ("heads", ctypes.c_int64),
         ("kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64), ("out", ctypes.c_void_p)]
 
@@ -175,17 +176,21 @@ def decode_attention(
     values: paddle.Tensor,
     position: int,
     attention_bias: Optional[paddle.Tensor],
+    positions: Optional[paddle.Tensor] = None,
 ) -> Optional[paddle.Tensor]:
     """One decode step of attention; returns `[B, H, d, 1]`, or None where our kernel does not apply.
 
     `query` `[B, H, d, 1]` and `new_keys`/`new_values` `[B, kv_heads, d, 1]` are the new token's projections before
     rotary; `rotary` is `((cos, sin) for query heads, (cos, sin) for KV heads)` as `attend`'s callers build it.
     The rotated key and the value are written into column `position` of the cache buffers `keys`/`values`
-    `[B, kv_heads, d, capacity]`, then each query attends over columns `[0, position]` with the additive
-    `attention_bias` (`[1, capacity]` shared or `[B, H, 1, capacity]`).
+    `[>= B, kv_heads, d, capacity]` (sequence b in slot b), then each query attends over columns `[0, position]`
+    with the additive `attention_bias` (`[1, capacity]` shared or `[B, H, 1, capacity]`). `positions` (int64 `[B]`)
+    gives each sequence its own position instead (continuous batching).
     """
     if not kernels_apply(query, keys) or not values.is_contiguous():
         return None
+    if positions is not None:
+        positions = positions.astype("int64").contiguous()
     batch, heads, head_dim, _ = query.shape
     (query_cos, query_sin), (key_cos, key_sin) = rotary
     inputs = [tensor.contiguous() for tensor in (query, new_keys, new_values, query_cos, query_sin, key_cos, key_sin)]
@@ -196,6 +201,7 @@ def decode_attention(
         *(tensor.data_ptr() for tensor in inputs),
         table_row_stride=per_head_rows(query_cos), keys=keys.data_ptr(), values=values.data_ptr(),
         capacity=keys.shape[-1], position=position,
+        positions=None if positions is None else positions.data_ptr(),
         bias=None if attention_bias is None else attention_bias.data_ptr(),
         bias_row_stride=0 if attention_bias is None else per_head_rows(attention_bias),
         batch=batch, heads=heads, kv_heads=keys.shape[1], head_dim=head_dim, out=output.data_ptr(),

@@ -13,7 +13,8 @@ import paddle.nn.functional as F
 from ..config import GOTConfig
 from ..constants import IGNORE_INDEX
 from ..kernels import decode_cpu
-from .qwen2 import KVCache, Qwen2Model
+from .kv_cache import KVCache
+from .qwen2 import Qwen2Model
 from .vision import GOTVisionEncoder
 
 

@@ -15,9 +15,9 @@ from reference import SHAPES, TinyShape
 
 from paddle_got import GOTQwenForCausalLM, device
 from paddle_got.kernels import decode_cpu
-from paddle_got.modeling.qwen2 import (
-    KVCache, RotaryEmbedding, broadcastable_to_heads, build_attention_bias, position_ids_from_mask,
-)
+from paddle_got.modeling.attention import broadcastable_to_heads, build_attention_bias, position_ids_from_mask
+from paddle_got.modeling.kv_cache import KVCache
+from paddle_got.modeling.qwen2 import RotaryEmbedding
 
 
 
@@ -161,6 +161,44 @@ def test_decode_attention_step_equals_float64_numpy(batch, heads, kv_heads, padd
             probabilities = np.exp(scores - scores.max())
             expected[b, h, :, 0] = value @ (probabilities / probabilities.sum())
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv_heads, threads):
+    """Continuous batching: each row writes and attends at its own position, in a buffer with more slots than rows
+    (the spare slot and every row's free columns hold NaN and huge values and must stay untouched)."""
+    batch, slots, head_dim, capacity, theta = 3, 4, 16, 40, 1e4
+    row_positions = np.array([5, 31, 17], dtype="int64")
+    query, new_keys, new_values = (random((batch, count, head_dim, 1), seed)
+                                   for count, seed in ((heads, 10), (kv_heads, 11), (kv_heads, 12)))
+    keys, values = random((slots, kv_heads, head_dim, capacity), 13), random((slots, kv_heads, head_dim, capacity), 14)
+    for row, position in enumerate(row_positions):
+        keys[row, ..., position:], values[row, ..., position:] = 1e30, np.nan
+    keys[batch:], values[batch:] = np.nan, 1e30
+    tables = RotaryEmbedding(head_dim, theta)(paddle.to_tensor(row_positions[:, None]), "float32")
+    rotary = tuple(tuple(broadcastable_to_heads(table, count) for table in tables) for count in (heads, kv_heads))
+    key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
+    with paddle.no_grad():
+        ours = decode_cpu.decode_attention(paddle.to_tensor(query), paddle.to_tensor(new_keys),
+                                           paddle.to_tensor(new_values), rotary, key_buffer, value_buffer, 0, None,
+                                           positions=paddle.to_tensor(row_positions)).numpy()
+    written_keys, written_values = key_buffer.numpy(), value_buffer.numpy()
+    rotated_keys = rotated(new_keys[..., 0].astype("float64"), row_positions.astype("float64"), theta)
+    rotated_queries = rotated(query[..., 0].astype("float64"), row_positions.astype("float64"), theta)
+    group = heads // kv_heads
+    for row, position in enumerate(row_positions):
+        np.testing.assert_allclose(written_keys[row, ..., position], rotated_keys[row], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(written_values[row, ..., position], new_values[row, ..., 0])
+        np.testing.assert_array_equal(written_keys[row, ..., position + 1 :], keys[row, ..., position + 1 :])
+        keys[row, ..., position], values[row, ..., position] = rotated_keys[row], new_values[row, ..., 0]
+        for h in range(heads):
+            key = keys[row, h // group, :, : position + 1].astype("float64")
+            value = values[row, h // group, :, : position + 1].astype("float64")
+            scores = rotated_queries[row, h] @ key / np.sqrt(head_dim)
+            probabilities = np.exp(scores - scores.max())
+            np.testing.assert_allclose(ours[row, h, :, 0], value @ (probabilities / probabilities.sum()), rtol=1e-5,
+                                       atol=1e-6)
+    assert np.isnan(written_keys[batch:]).all() and (written_values[batch:] == 1e30).all()
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])

@@ -7,7 +7,8 @@ import reference
 from reference import SHAPES
 
 from paddle_got import GOTQwenForCausalLM
-from paddle_got.modeling.qwen2 import KVCache, build_attention_bias, position_ids_from_mask
+from paddle_got.modeling.attention import build_attention_bias, position_ids_from_mask
+from paddle_got.modeling.kv_cache import KVCache
 
 
 def test_cached_decoding_equals_full_forward(checkpoint_dirs):
@@ -87,7 +88,7 @@ def cached_logits(model, ids, mask, continuation):
 def test_fused_attention_branch_equals_the_cpu_branch(checkpoint_dirs, monkeypatch):
     """The accelerator branch (scaled_dot_product_attention, row layout) and the CPU branch agree on CPU."""
     from paddle_got.kernels import decode_cpu
-    from paddle_got.modeling import qwen2
+    from paddle_got.modeling import attention
 
     monkeypatch.setattr(decode_cpu, "kernels_apply", lambda activations, stored: False)  # Paddle's attend, as on GPU
     shape = SHAPES[1]  # grouped KV heads
@@ -96,6 +97,6 @@ def test_fused_attention_branch_equals_the_cpu_branch(checkpoint_dirs, monkeypat
     continuation = np.random.default_rng(1).integers(0, 200, (2, 2))
     with paddle.no_grad():
         cpu_branch = cached_logits(model, ids, mask, continuation)
-        monkeypatch.setattr(qwen2, "use_fused_attention", lambda tensor: True)
+        monkeypatch.setattr(attention, "use_fused_attention", lambda tensor: True)
         fused_branch = cached_logits(model, ids, mask, continuation)
     assert reference.relative_error(fused_branch, cpu_branch) <= 1e-5

@@ -1,0 +1,214 @@
+"""The decoder's KV caches, and the one place that decides how a cached attention step runs.
+
+Both caches hold every layer's keys and values feature-major, `[rows, kv_heads, head_dim, capacity]`, and give the
+decoder the same three calls: `prepare` (positions and attention bias for the new tokens), `attend` (one layer:
+rotary, cache write, attention) and `advance`. For a one-token step on CPU `attend` runs our kernel
+(`kernels/decode_cpu`), which reads only each row's filled columns; elsewhere it runs Paddle's ops.
+
+- `KVCache`: a left-padded batch whose rows share one length (prompt prefill, `model(...)` calls with a cache).
+- `RowCache`: continuous batching. Rows come and go, each with its own length and positions (no padding):
+  rows `0..rows-1` are running, a new row takes the next slot, a finished row's slot is refilled by the last row.
+
+Whenever a cache must grow, its capacity grows to GROWTH columns beyond what is needed, so the next GROWTH steps
+neither copy nor slice the buffers.
+"""
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import paddle
+
+from ..config import GOTConfig
+from ..kernels import decode_cpu
+from .attention import (
+    Rotary,
+    additive_mask,
+    append_zero_columns,
+    attend,
+    broadcastable_to_heads,
+    build_attention_bias,
+    position_ids_from_mask,
+    repeat_kv_heads,
+    rotate_query_and_keys,
+)
+
+GROWTH = 256
+
+
+class KVCache:
+    """A left-padded batch's keys and values; `length` columns are filled, the same for every row.
+
+    A layer's first `attend` stores the prompt (its batch and dtype become the buffers') and attends over exactly
+    it; later steps write column `length` and attend over the whole capacity, the free columns hidden by the
+    attention bias (see `key_length`; the CPU kernel reads only the filled ones). `advance` moves `length` once all
+    layers have written.
+    """
+
+    def __init__(self, config: GOTConfig):
+        self.num_layers = config.num_hidden_layers
+        self.keys: List[Optional[paddle.Tensor]] = [None] * self.num_layers
+        self.values: List[Optional[paddle.Tensor]] = [None] * self.num_layers
+        self.capacity = 0
+        self.length = 0
+
+    def reserve(self, total_length: int) -> None:
+        """Make room for `total_length` positions, and GROWTH more."""
+        if total_length <= self.capacity:
+            return
+        extra = total_length + GROWTH - self.capacity
+        if self.length > 0:
+            self.keys = [append_zero_columns(keys, extra) for keys in self.keys]
+            self.values = [append_zero_columns(values, extra) for values in self.values]
+        self.capacity += extra
+
+    def key_length(self, new_tokens: int) -> int:
+        """How many key columns attention sees when `new_tokens` arrive: just them on an empty cache, else all."""
+        return new_tokens if self.length == 0 else self.capacity
+
+    def prepare(self, batch: int, new_tokens: int, attention_mask: Optional[paddle.Tensor],
+                position_ids: Optional[paddle.Tensor], num_heads: int,
+                dtype) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
+        """`(position_ids [B, new_tokens], attention bias)` for `new_tokens` more tokens (see `build_attention_bias`).
+
+        `attention_mask` `[B, length + new_tokens]` marks real tokens (left padding); positions restart at each
+        row's first real token unless `position_ids` is given.
+        """
+        if position_ids is None and attention_mask is not None:
+            position_ids = position_ids_from_mask(attention_mask, new_tokens)
+        elif position_ids is None:
+            position_ids = paddle.arange(self.length, self.length + new_tokens).unsqueeze(0).expand([batch, -1])
+        self.reserve(self.length + new_tokens)
+        bias = build_attention_bias(attention_mask, new_tokens, self.length, self.key_length(new_tokens), num_heads,
+                                    dtype)
+        return position_ids, bias
+
+    def attend(self, layer: int, query: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, rotary: Rotary,
+               attention_bias: Optional[paddle.Tensor]) -> paddle.Tensor:
+        """Layer `layer`: store the new keys/values (`[B, kv_heads, d, new]`, before rotary) and attend.
+
+        Returns `[B, heads, d, new]`.
+        """
+        if self.length > 0 and query.shape[-1] == 1:
+            attended = decode_cpu.decode_attention(query, keys, values, rotary, self.keys[layer], self.values[layer],
+                                                   self.length, attention_bias)
+            if attended is not None:
+                return attended
+        query, keys = rotate_query_and_keys(query, keys, rotary)
+        keys, values = self.update(layer, keys, values)
+        return attend(query, *repeat_kv_heads(keys, values, query.shape[1]), attention_bias)
+
+    def update(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """Store rotated `[B, kv_heads, d, new]` keys/values at `length`; return the `key_length` columns to attend
+        over."""
+        new_tokens = keys.shape[-1]
+        if self.length == 0:
+            self.keys[layer] = append_zero_columns(keys, self.capacity - new_tokens)
+            self.values[layer] = append_zero_columns(values, self.capacity - new_tokens)
+            return keys, values
+        end = self.length + new_tokens
+        self.keys[layer][:, :, :, self.length : end] = keys
+        self.values[layer][:, :, :, self.length : end] = values
+        return self.keys[layer], self.values[layer]
+
+    def advance(self, new_tokens: int) -> None:
+        """Mark `new_tokens` more positions as filled (called once after all layers ran)."""
+        self.length += new_tokens
+
+    def select_rows(self, rows: paddle.Tensor) -> None:
+        """Keep only the batch rows `rows` (int64 `[n]`), e.g. once other sequences have finished."""
+        self.keys = [paddle.index_select(keys, rows) for keys in self.keys]
+        self.values = [paddle.index_select(values, rows) for values in self.values]
+
+
+class RowCache:
+    """Continuous batching's cache: up to `max_rows` sequences, each with its own length.
+
+    Running rows occupy slots `0..rows-1` of `[max_rows, kv_heads, d, capacity]` buffers (allocated with the first
+    row, in its dtype). A decode step gives every running row one token at its own position `lengths[row]`.
+    """
+
+    def __init__(self, config: GOTConfig, max_rows: int):
+        self.num_layers = config.num_hidden_layers
+        self.max_rows = max_rows
+        self.keys: List[Optional[paddle.Tensor]] = [None] * self.num_layers
+        self.values: List[Optional[paddle.Tensor]] = [None] * self.num_layers
+        self.lengths = np.zeros(max_rows, dtype=np.int64)
+        self.rows = 0
+        self.capacity = 0
+        self._positions: Optional[paddle.Tensor] = None
+        self._bias: Optional[paddle.Tensor] = None
+
+    def reserve(self, total_length: int) -> None:
+        """Make room for rows of `total_length` positions, and GROWTH more."""
+        if total_length <= self.capacity:
+            return
+        extra = total_length + GROWTH - self.capacity
+        if self.keys[0] is not None:
+            self.keys = [append_zero_columns(keys, extra) for keys in self.keys]
+            self.values = [append_zero_columns(values, extra) for values in self.values]
+        self.capacity += extra
+
+    def add_row(self, prefilled: KVCache) -> int:
+        """Copy a one-row prefilled `KVCache` into the next free slot; returns the slot (its row index)."""
+        if self.rows == self.max_rows:
+            raise RuntimeError("RowCache is full.")
+        length = prefilled.length
+        self.reserve(length + 1)
+        if self.keys[0] is None:
+            shape = [self.max_rows] + prefilled.keys[0].shape[1:3] + [self.capacity]
+            self.keys = [paddle.zeros(shape, prefilled.keys[0].dtype) for _ in range(self.num_layers)]
+            self.values = [paddle.zeros(shape, prefilled.keys[0].dtype) for _ in range(self.num_layers)]
+        row = self.rows
+        for layer in range(self.num_layers):
+            self.keys[layer][row, :, :, :length] = prefilled.keys[layer][0, :, :, :length]
+            self.values[layer][row, :, :, :length] = prefilled.values[layer][0, :, :, :length]
+        self.lengths[row] = length
+        self.rows += 1
+        return row
+
+    def remove_row(self, row: int) -> Optional[int]:
+        """Free row `row`; the last running row moves into its slot. Returns the row that moved there (its old
+        index), or None when `row` was the last."""
+        last = self.rows - 1
+        self.rows -= 1
+        if row == last:
+            return None
+        length = int(self.lengths[last])
+        for layer in range(self.num_layers):
+            self.keys[layer][row, :, :, :length] = self.keys[layer][last, :, :, :length]
+            self.values[layer][row, :, :, :length] = self.values[layer][last, :, :, :length]
+        self.lengths[row] = length
+        return last
+
+    def prepare(self, batch: int, new_tokens: int, attention_mask, position_ids, num_heads: int,
+                dtype) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
+        """Positions `[rows, 1]` (each row's length) for one new token per running row; no shared bias."""
+        if new_tokens != 1 or batch != self.rows or attention_mask is not None or position_ids is not None:
+            raise ValueError("A RowCache step takes exactly one new token per running row, unpadded.")
+        lengths = self.lengths[: self.rows]
+        self.reserve(int(lengths.max()) + 1)
+        self._positions = paddle.to_tensor(lengths)
+        self._bias = None
+        return self._positions.unsqueeze(1), None
+
+    def attend(self, layer: int, query: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, rotary: Rotary,
+               attention_bias: Optional[paddle.Tensor]) -> paddle.Tensor:
+        """Layer `layer`: write each row's new key/value at its own position and attend over its filled columns."""
+        attended = decode_cpu.decode_attention(query, keys, values, rotary, self.keys[layer], self.values[layer],
+                                               0, None, positions=self._positions)
+        if attended is not None:
+            return attended
+        query, keys = rotate_query_and_keys(query, keys, rotary)
+        for row, position in enumerate(self.lengths[: self.rows].tolist()):
+            self.keys[layer][row, :, :, position] = keys[row, :, :, 0]
+            self.values[layer][row, :, :, position] = values[row, :, :, 0]
+        if self._bias is None:
+            columns = paddle.arange(self.capacity).unsqueeze(0)
+            allowed = (columns <= self._positions.unsqueeze(1)).unsqueeze(1).unsqueeze(1)  # [rows, 1, 1, capacity]
+            self._bias = broadcastable_to_heads(additive_mask(allowed, query.dtype), query.shape[1])
+        cached_keys, cached_values = self.keys[layer][: self.rows], self.values[layer][: self.rows]
+        return attend(query, *repeat_kv_heads(cached_keys, cached_values, query.shape[1]), self._bias)
+
+    def advance(self, new_tokens: int) -> None:
+        """Every running row has one more filled position."""
+        self.lengths[: self.rows] += new_tokens
