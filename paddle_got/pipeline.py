@@ -73,20 +73,43 @@ class InputImage:
     error: Optional[str] = None
 
 
-def _pdf_pages(path: str) -> List[InputImage]:
-    """One input per page of a PDF (rendered on demand); BadInputError if the PDF cannot be opened."""
+def open_pdf(source, name: str):
+    """An open pypdfium2 document from a path or bytes; BadInputError (encrypted, damaged, no pages) naming `name`."""
     import pypdfium2
 
     try:
-        document = pypdfium2.PdfDocument(path)
+        document = pypdfium2.PdfDocument(source)
     except pypdfium2.PdfiumError as err:
         reason = "it is encrypted" if "password" in str(err).lower() else "it is damaged or holds no pages"
-        raise BadInputError(f"{path}: cannot open the PDF: {reason}.") from None
+        raise BadInputError(f"{name}: cannot open the PDF: {reason}.") from None
+    if len(document) == 0:
+        document.close()
+        raise BadInputError(f"{name}: the PDF has no pages.")
+    return document
+
+
+def _pdf_pages(path: str) -> List[InputImage]:
+    """One input per page of a PDF (rendered on demand); BadInputError if the PDF cannot be opened."""
+    document = open_pdf(path, path)
     count = len(document)
     document.close()
-    if count == 0:
-        raise BadInputError(f"{path}: the PDF has no pages.")
     return [InputImage(path, page=index + 1) for index in range(count)]
+
+
+def render_pdf_bytes(data: bytes, name: str, max_pages: int, max_pixels: int) -> List[Image.Image]:
+    """Every page of a PDF held in memory as an RGB image at PDF_RENDER_DPI; BadInputError (naming `name`) for an
+    unreadable PDF, more than `max_pages` pages, or a page of more than `max_pixels` pixels."""
+    document = open_pdf(data, name)
+    try:
+        if len(document) > max_pages:
+            raise BadInputError(f"{name}: the PDF has {len(document)} pages, more than the limit of {max_pages}.")
+        pages = []
+        for page in range(1, len(document) + 1):
+            check_image_size(_pdf_page_size(document, page), f"{name} page {page}", max_pixels)
+            pages.append(document[page - 1].render(scale=PDF_RENDER_DPI / 72).to_pil().convert("RGB"))
+        return pages
+    finally:
+        document.close()
 
 
 def _pdf_page_size(document, page: int) -> Tuple[int, int]:

@@ -78,29 +78,39 @@ def load_image(path: str) -> Image.Image:
     if os.path.getsize(path) == 0:
         raise BadInputError(f"{path}: the file is empty.")
     try:
+        return decode_image(path, path)
+    except PermissionError:
+        raise BadInputError(f"{path}: permission denied.") from None
+
+
+def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode `source` (a path or a binary file object) fully as RGB; BadInputError naming `name` if it cannot be.
+
+    Images of more than `max_pixels` pixels are refused from their header, before decoding.
+    """
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                check_image_size(opened.size, path)
-                image = opened.convert("RGB")
+            with Image.open(source) as opened:
+                check_image_size(opened.size, name, max_pixels)
+                return opened.convert("RGB")
     except BadInputError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise BadInputError(f"{path}: the image is too large to decode safely.") from None
+        raise BadInputError(f"{name}: the image is too large to decode safely.") from None
     except PermissionError:
-        raise BadInputError(f"{path}: permission denied.") from None
+        raise
     except (OSError, SyntaxError, ValueError) as err:
         reason = "truncated" if "truncated" in str(err) else "corrupt or not an image"
-        raise BadInputError(f"{path}: cannot read the image (file is {reason}).") from None
-    return image
+        raise BadInputError(f"{name}: cannot read the image (file is {reason}).") from None
 
 
-def check_image_size(size: Tuple[int, int], name: str) -> None:
-    """BadInputError unless `size` = (width, height) is readable: not degenerate, not a decompression bomb."""
+def check_image_size(size: Tuple[int, int], name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """BadInputError unless `size` = (width, height) is readable: not degenerate, at most `max_pixels` pixels."""
     width, height = size
     if min(width, height) < MIN_IMAGE_SIDE:
         raise BadInputError(f"{name}: the image is {width}x{height} pixels, too small to read.")
-    if width * height > MAX_IMAGE_PIXELS:
+    if width * height > max_pixels:
         raise BadInputError(f"{name}: the image is {width}x{height} pixels, too large to decode safely.")
 
 

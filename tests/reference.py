@@ -290,3 +290,19 @@ def reference_generate(model, batch: dict, max_new_tokens: int, no_repeat_ngram_
         ends = [index for index, token in enumerate(row) if token in eos_token_ids]
         outputs.append(row[: ends[0] + 1] if ends else row)
     return outputs
+
+
+def expected_texts(checkpoint, requests, no_repeat_ngram_size, max_new_tokens):
+    """The reference's greedy texts (decoded, stripped) for each OCRRequest, one request at a time."""
+    from paddle_got.processing import GOTProcessor
+
+    processor = GOTProcessor.from_pretrained(checkpoint.directory)
+    tokenizer = processor.tokenizer
+    texts = []
+    for request in requests:
+        tokens = reference_generate(
+            checkpoint.model, processor([request]), max_new_tokens, no_repeat_ngram_size,
+            tokenizer.eos_token_ids, tokenizer.pad_token_id,
+        )[0]
+        texts.append(tokenizer.decode(tokens).strip())
+    return texts

@@ -47,7 +47,10 @@ def parse_args():
                         help="most tokens generated per input")
     parser.add_argument("--no_repeat_ngram_size", type=int, default=None,
                         help="ban repeated n-grams (None: 20, off for multi-crop and multi-page)")
-    parser.add_argument("--batch_size", type=positive_int, default=1, help="inputs read at once")
+    parser.add_argument("--batch_size", type=positive_int, default=1,
+                        help="inputs read at once (continuous batching: each leaves when done, the next takes over)")
+    parser.add_argument("--repetition_guard", action="store_true",
+                        help="end a text caught in a loop (GOT's failure on dense tables), keeping what came before")
     parser.add_argument("--dtype", default="auto", metavar="{auto,float32,bfloat16,float16}",
                         help="auto: bfloat16/float16 on GPU, float32 on CPU")
     parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
@@ -95,7 +98,7 @@ def main():
     progress = tqdm(total=num_documents, desc="Reading", unit="input", disable=num_documents == 1)
     for result in ocr.iter_recognize(readable, max_new_tokens=args.max_new_tokens,
                                      no_repeat_ngram_size=args.no_repeat_ngram_size, batch_size=args.batch_size,
-                                     stream=stream, **options):
+                                     stream=stream, repetition_guard=args.repetition_guard, **options):
         progress.update()
         results.append(result)
         if result.error is not None:

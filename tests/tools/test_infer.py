@@ -12,7 +12,7 @@ from PIL import Image
 
 import reference
 
-from paddle_got.processing import GOTProcessor, OCRRequest
+from paddle_got.processing import OCRRequest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INFER = os.path.join(REPO, "tools", "infer.py")
@@ -39,20 +39,6 @@ def picture(path, width, height, seed):
         pixels[row : row + 2, width // 8 : width - width // 8] = 20
     Image.fromarray(pixels).save(path)
     return str(path)
-
-
-def expected_texts(checkpoint, requests, no_repeat_ngram_size):
-    """The reference's greedy texts for each request, generated one request at a time."""
-    processor = GOTProcessor.from_pretrained(checkpoint.directory)
-    tokenizer = processor.tokenizer
-    texts = []
-    for request in requests:
-        tokens = reference.reference_generate(
-            checkpoint.model, processor([request]), MAX_NEW_TOKENS, no_repeat_ngram_size,
-            tokenizer.eos_token_ids, tokenizer.pad_token_id,
-        )[0]
-        texts.append(tokenizer.decode(tokens).strip())
-    return texts
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +70,8 @@ def load(path):
 )
 def test_single_input_prints_the_reference_text(args, request_options, ngram, images, ocr_checkpoint):
     result = run_infer("--image_file", images["page"], *args, model=ocr_checkpoint.directory, check_exit=0)
-    (expected,) = expected_texts(ocr_checkpoint, [OCRRequest([load(images["page"])], **request_options)], ngram)
+    request = OCRRequest([load(images["page"])], **request_options)
+    (expected,) = reference.expected_texts(ocr_checkpoint, [request], ngram, MAX_NEW_TOKENS)
     assert expected
     assert result.stdout == expected + "\n"
 
@@ -93,7 +80,7 @@ def test_multi_page_reads_all_inputs_as_one_document(images, ocr_checkpoint):
     result = run_infer("--image_file", images["page"], images["wide"], "--multi_page", "--ocr_type", "format",
                        model=ocr_checkpoint.directory, check_exit=0)
     request = OCRRequest([load(images["page"]), load(images["wide"])], ocr_type="format", multi_page=True)
-    assert result.stdout == expected_texts(ocr_checkpoint, [request], 0)[0] + "\n"
+    assert result.stdout == reference.expected_texts(ocr_checkpoint, [request], 0, MAX_NEW_TOKENS)[0] + "\n"
 
 
 def test_batch_of_mixed_sizes_equals_one_by_one(images, ocr_checkpoint):
@@ -103,7 +90,8 @@ def test_batch_of_mixed_sizes_equals_one_by_one(images, ocr_checkpoint):
                        model=ocr_checkpoint.directory, check_exit=0)
     records = [json.loads(line) for line in result.stdout.splitlines()]
     requests = [OCRRequest([load(path)], multi_crop=True) for path in paths]
-    assert records == [{"image": p, "text": t} for p, t in zip(paths, expected_texts(ocr_checkpoint, requests, 0))]
+    texts = reference.expected_texts(ocr_checkpoint, requests, 0, MAX_NEW_TOKENS)
+    assert records == [{"image": p, "text": t} for p, t in zip(paths, texts)]
 
 
 def test_pdf_pages_are_inputs_and_outputs_are_written(images, ocr_checkpoint, tmp_path):
@@ -266,3 +254,14 @@ def test_help_shows_choices_and_defaults():
     assert "--ocr_type {ocr,format}" in help_text and "(default: ocr)" in help_text
     assert "--max_new_tokens MAX_NEW_TOKENS most tokens generated per input (default: 4096)" in help_text
     assert "--color {red,green,blue}" in help_text
+
+
+def test_repetition_guard_flag_cuts_a_loop_the_plain_run_keeps(ocr_checkpoint, tmp_path):
+    """Without the n-gram ban this tiny model loops: the guard ends the text there, a prefix of the plain one."""
+    path = picture(tmp_path / "loop.png", 200, 200, 10)
+    command = [sys.executable, INFER, "--image_file", path, "--no_repeat_ngram_size", "0", "--max_new_tokens", "200",
+               "--model_name_or_path", ocr_checkpoint.directory]
+    plain, guarded = (subprocess.run(command + extra, capture_output=True, text=True, timeout=300)
+                      for extra in ([], ["--repetition_guard"]))
+    assert plain.returncode == guarded.returncode == 0, guarded.stderr
+    assert plain.stdout.startswith(guarded.stdout.rstrip("\n")) and 0 < len(guarded.stdout) < len(plain.stdout)
