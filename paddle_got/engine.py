@@ -134,14 +134,18 @@ class Scheduler:
     """Which requests run: a bounded first-come queue, at most `max_rows` running, and a cache budget.
 
     The budget counts, for every running request, its prompt plus `max_new_tokens` (what its row may grow to);
-    None means no budget.
+    None means no budget. `fixed_batches` admits only into an empty batch (static batching, for comparison): rows
+    still leave as they finish, but nobody takes their place until the whole batch is done.
     """
 
-    def __init__(self, max_rows: int, max_waiting: int, max_cached_tokens: Optional[int]):
+    def __init__(self, max_rows: int, max_waiting: int, max_cached_tokens: Optional[int],
+                 fixed_batches: bool = False):
+        self.fixed_batches = fixed_batches
         self.max_rows = max_rows
         self.max_waiting = max_waiting
         self.max_cached_tokens = max_cached_tokens
         self.waiting: Deque[RequestHandle] = deque()
+        self.prefilling: List[RequestHandle] = []  # admitted, their prompt not yet run
         self.running: List[RequestHandle] = []  # in RowCache row order
         self.lock = threading.Lock()
 
@@ -166,6 +170,8 @@ class Scheduler:
         """Take, in arrival order, the waiting requests that can start now (cancelled ones leave the queue)."""
         admitted = []
         with self.lock:
+            if self.fixed_batches and self.running:
+                return admitted
             budget_used = sum(self.reserved(h) for h in self.running)
             while self.waiting and len(self.running) + len(admitted) < self.max_rows:
                 handle = self.waiting[0]
@@ -176,12 +182,13 @@ class Scheduler:
                     break
                 admitted.append(self.waiting.popleft())
                 budget_used += self.reserved(handle)
+            self.prefilling.extend(admitted)
         return admitted
 
     def has_work(self) -> bool:
         """Whether anything is running or waiting."""
         with self.lock:
-            return bool(self.running or self.waiting)
+            return bool(self.running or self.waiting or self.prefilling)
 
 
 class ModelRunner:
@@ -217,10 +224,11 @@ class Engine:
     """Continuous batching over one model (see the module docstring). Thread-safe `submit`; `step` runs on one
     thread at a time, the caller's (`run_until_idle`) or the engine's own (`start`)."""
 
-    def __init__(self, model, max_rows: int = 8, max_waiting: int = 256, max_cached_tokens: Optional[int] = None):
+    def __init__(self, model, max_rows: int = 8, max_waiting: int = 256, max_cached_tokens: Optional[int] = None,
+                 fixed_batches: bool = False):
         if max_rows < 1:
             raise GOTError("The engine needs at least one row.")
-        self.scheduler = Scheduler(max_rows, max_waiting, max_cached_tokens)
+        self.scheduler = Scheduler(max_rows, max_waiting, max_cached_tokens, fixed_batches)
         self.runner = ModelRunner(model, max_rows)
         self._wake = threading.Condition()
         self._thread: Optional[threading.Thread] = None
@@ -246,9 +254,12 @@ class Engine:
                     logits = self.runner.prefill(handle.request)
             except Exception as err:  # a bad request fails alone; the engine keeps serving the others
                 logger.warning(f"A request failed in prefill: {err}")
+                with scheduler.lock:
+                    scheduler.prefilling.remove(handle)
                 handle._finish(ERROR, f"The request could not be run: {err}")
                 continue
             with scheduler.lock:
+                scheduler.prefilling.remove(handle)
                 scheduler.running.append(handle)
             if handle.take(handle.choose(logits)):
                 self._retire([len(scheduler.running) - 1])
@@ -322,6 +333,7 @@ class Engine:
             self.step()
 
     def stats(self) -> dict:
-        """`running`, `waiting` counts (for metrics)."""
+        """`running` (prefilling included) and `waiting` counts (for metrics)."""
         with self.scheduler.lock:
-            return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting)}
+            running = len(self.scheduler.running) + len(self.scheduler.prefilling)
+            return {"running": running, "waiting": len(self.scheduler.waiting)}

@@ -168,3 +168,17 @@ def test_repetition_guard_ends_a_loop_the_reference_keeps_repeating(model, ocr_c
                for p in range(1, 65))
     assert not any(all(unguarded[i] == unguarded[i - p] for i in range(kept - 1, kept - 1 + max(2 * p, 48)))
                    for p in range(1, 65))  # and it is cut where it starts, not later
+
+
+def test_fixed_batches_wait_for_the_whole_batch(model, requests, ocr_checkpoint):
+    """The static-batching baseline: a freed row stays empty until the batch is done; results are the same."""
+    engine = Engine(model, max_rows=2, fixed_batches=True)
+    batch = (requests[3], requests[2], requests[5])  # 3 tokens, then longer ones
+    handles = [engine.submit(r) for r in batch]
+    engine.step()
+    while not handles[0].finished:
+        engine.step()
+    assert len(engine.scheduler.running) == 1 and len(engine.scheduler.waiting) == 1
+    engine.run_until_idle()
+    for handle, request in zip(handles, batch):
+        assert handle.tokens == expected_tokens(ocr_checkpoint, request)

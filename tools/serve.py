@@ -31,6 +31,9 @@ def parse_args():
     parser.add_argument("--api_key", help=f"require this bearer token (default: ${API_KEY_VARIABLE})")
     parser.add_argument("--max_rows", type=positive_int, default=8, help="requests generated at once")
     parser.add_argument("--max_waiting", type=positive_int, default=64, help="requests queued before 503s")
+    parser.add_argument("--scheduling", default="continuous", choices=("continuous", "fixed"),
+                        help="continuous: a finished row is refilled at once; fixed: batches start together and the "
+                        "next waits for the whole batch (for comparison)")
     parser.add_argument("--max_cached_tokens", type=positive_int, default=None,
                         help="cache budget: prompt + max_tokens summed over running requests")
     parser.add_argument("--max_body_bytes", type=positive_int, default=defaults.max_body_bytes,
@@ -67,7 +70,8 @@ def main():
     limits = ServingLimits(args.max_body_bytes, args.max_image_pixels, args.max_pdf_pages, args.request_timeout,
                            args.allowed_local_dir, args.allow_remote_images)
     ocr = GOT.from_pretrained(args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads, source=source)
-    service = OCRService(ocr, limits, args.max_rows, args.max_waiting, args.max_cached_tokens)
+    service = OCRService(ocr, limits, args.max_rows, args.max_waiting, args.max_cached_tokens,
+                         fixed_batches=args.scheduling == "fixed")
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model_name_or_path))
     app = create_app(service, name, args.api_key or os.environ.get(API_KEY_VARIABLE))
     print(f"Serving {name} on http://{args.host}:{args.port} (OpenAI API under /v1)", file=sys.stderr, flush=True)

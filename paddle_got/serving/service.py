@@ -91,11 +91,11 @@ class OCRService:
     """A loaded GOT and the engine that serves it (started on a background thread)."""
 
     def __init__(self, ocr: GOT, limits: ServingLimits, max_rows: int = 8, max_waiting: int = 64,
-                 max_cached_tokens: Optional[int] = None):
+                 max_cached_tokens: Optional[int] = None, fixed_batches: bool = False):
         self.ocr = ocr
         self.limits = limits
         self.engine = Engine(ocr.model, max_rows=max_rows, max_waiting=max_waiting,
-                             max_cached_tokens=max_cached_tokens)
+                             max_cached_tokens=max_cached_tokens, fixed_batches=fixed_batches)
         self.lock = threading.Lock()
         self.counters = {"requests": 0, "failed_requests": 0, "prompt_tokens": 0, "generated_tokens": 0}
 

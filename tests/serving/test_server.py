@@ -327,3 +327,29 @@ def test_request_over_the_time_limit_is_504(ocr_checkpoint, pictures, endless_pi
                           timeout=60).status_code == 200
     finally:
         slow.stop()
+
+
+def test_readme_serving_examples_run_as_written(ocr_checkpoint):
+    """The README's curl and openai examples, pointed at a server with the default limits."""
+    server = Server(ocr_checkpoint.directory)
+    try:
+        check_readme_examples(server)
+    finally:
+        server.stop()
+
+
+def check_readme_examples(server):
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme[readme.index("## Serving") : readme.index("\n## ", readme.index("## Serving") + 5)]
+    curl = next(line for line in section.splitlines() if line.startswith("curl "))
+    printed = subprocess.run(curl.replace("http://127.0.0.1:8000", server.url).split(), capture_output=True,
+                             text=True, timeout=300, cwd=REPO)
+    results = json.loads(printed.stdout)["results"]  # the demo PDF's two pages
+    assert [r["page"] for r in results] == [1, 2] and all(isinstance(r["text"], str) for r in results)
+    snippet = re.search(r"```python\n(.*?)\n```", section, flags=re.S).group(1)
+    snippet = snippet.replace("http://127.0.0.1:8000", server.url).replace('"GOT-OCR2_0"', repr(MODEL))
+    snippet = snippet.replace("max_tokens=4096", f"max_tokens={MAX_TOKENS}")
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip()
