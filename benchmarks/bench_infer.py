@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-ENCODER_TFLOP = 0.93  # one 1024x1024 tile through the ViTDet encoder (got_spec.md / the issue)
+ENCODER_TFLOP = 0.93  # one 1024x1024 tile through the ViTDet encoder (counted from the shapes of docs/design.md §1)
 # Bytes behind the batch-1 decode bounds of the released configuration. The issue counts every weight (2.24 GB); a
 # step really reads the decoder's layers, final norm and tied embedding (as the output head), and the KV cache.
 ALL_WEIGHTS_GB = 560_528_640 * 4 / 1e9

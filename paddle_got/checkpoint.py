@@ -1,6 +1,6 @@
 """Checkpoint I/O: find weight files, detect the layout, map names, transpose Linear weights, report clearly.
 
-Layouts (got_spec.md section 6), detected from the parameter names:
+Layouts (docs/design.md §6), detected from the parameter names:
 - `paddle`: ours and PaddleMIX's (`qwen2.*`, `lm_head.weight`), Paddle Linear layout `[in, out]`;
 - `got`: the original PyTorch GOT release (`model.*`, `model.vision_tower_high.*`, `lm_head.weight`);
 - `hf`: Hugging Face `got_ocr2` (`vision_tower.*`, `multi_modal_projector.*`, `language_model.*`).

@@ -1,6 +1,6 @@
 """GOTConfig: the architecture of a GOT model, read from any of the three config.json layouts.
 
-The defaults are the released GOT-OCR2.0 values (got_spec.md section 1). Layouts understood by `from_dict`:
+The defaults are the released GOT-OCR2.0 values (docs/design.md §1). Layouts understood by `from_dict`:
 - ours / PaddleMIX / the original PyTorch GOT: flat Qwen2 fields plus `im_patch_token` and an optional
   `vision_config` (Hugging Face field names); without it the released ViT-B/1024 encoder applies;
 - Hugging Face `got_ocr2`: `text_config`, `vision_config` and `image_token_index`.

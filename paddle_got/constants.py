@@ -1,4 +1,4 @@
-"""The one home of GOT-OCR2.0's fixed strings and numbers (got_spec.md sections 2-4).
+"""The one home of GOT-OCR2.0's fixed strings and numbers (docs/design.md §2-4).
 
 Token *ids* never live here: they come from the tokenizer or the model config, so that a tiny test
 vocabulary behaves exactly like the released one.
@@ -21,10 +21,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Label value ignored by the loss (as in PyTorch / Hugging Face).
 IGNORE_INDEX = -100
 
-# The other GOT specials, in vocabulary order after `<|extra_204|>` (got_spec.md section 2).
+# The other GOT specials, in vocabulary order after `<|extra_204|>` (docs/design.md §2).
 GOT_SPECIAL_TOKENS = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", IMG_START, IMG_END, IMG_PAD)
 
-# The conversation template of the official demo and of training (got_spec.md section 3). The user turn holds
+# The conversation template of the official demo and of training (docs/design.md §3). The user turn holds
 # IMAGE_PLACEHOLDER where the `<img> <imgpad>*n </img>` block goes.
 SYSTEM_MESSAGE = "You should follow the instructions carefully and explain your answers in detail."
 IMAGE_PLACEHOLDER = "<image>"
@@ -47,6 +47,6 @@ BOX_SCALE = 1000
 MIN_CROPS = 1
 MAX_CROPS = 6
 
-# Generation defaults of the reference (got_spec.md section 5).
+# Generation defaults of the reference (docs/design.md §5).
 MAX_NEW_TOKENS = 4096
 NO_REPEAT_NGRAM_SIZE = 20

@@ -1,4 +1,4 @@
-"""OCR metrics of the GOT paper (got_spec.md section 8) and PaddleOCR's recognition metrics, per sample.
+"""OCR metrics of the GOT paper (docs/design.md §8) and PaddleOCR's recognition metrics, per sample.
 
 - `edit_distance`: character Levenshtein distance / max(len(prediction), len(reference)) (rapidfuzz);
 - `precision`, `recall`, `f1`: over the SETS of tokens; precision = shared / prediction tokens, recall = shared /

@@ -1,4 +1,4 @@
-"""GOTProcessor: images and OCR requests -> prompt ids and pixel tiles (got_spec.md sections 3 and 4).
+"""GOTProcessor: images and OCR requests -> prompt ids and pixel tiles (docs/design.md §3-4).
 
 Images are resized with PIL bicubic to the model's square input (aspect ratio not kept), divided by 255 and
 normalised with the CLIP mean/std; multi-crop cuts the image into a grid of tiles plus a global view; multi-page
@@ -280,7 +280,7 @@ class PromptConfig:
 
 
 def build_query(request: OCRRequest, default_query: Optional[str] = None) -> str:
-    """The QUERY text of the request's mode (docs/design.md, prompts), or the request's own `query`.
+    """The QUERY text of the request's mode (docs/design.md §3), or the request's own `query`.
 
     `default_query` (a fine-tuned model's own prompt) replaces the plain single-image query.
     """

@@ -1,4 +1,4 @@
-"""The `transformers==4.51.3` reference: tiny random GotOcr2 models, saved in the layouts of got_spec.md section 6.
+"""The `transformers==4.51.3` reference: tiny random GotOcr2 models, saved in the layouts of docs/design.md §6.
 
 The original-GOT renaming below is written from the spec, independently of `paddle_got.checkpoint`, so that a
 wrong mapping in the library cannot agree with itself.

@@ -1,4 +1,4 @@
-"""GOTConfig from each config.json layout, and the released architecture's sizes (got_spec.md section 1)."""
+"""GOTConfig from each config.json layout, and the released architecture's sizes (docs/design.md §1)."""
 
 import math
 
@@ -18,7 +18,7 @@ def test_released_defaults():
 
 
 def test_released_parameter_counts():
-    """The parameter counts of got_spec.md, built lazily (nothing allocated)."""
+    """The parameter counts of docs/design.md §1, built lazily (nothing allocated)."""
     with paddle.LazyGuard():
         model = GOTQwenForCausalLM(GOTConfig())
     counts = {"vision": 0, "rest": 0}

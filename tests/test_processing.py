@@ -1,4 +1,4 @@
-"""GOTProcessor against got_spec.md sections 3-4, rebuilt by hand here: prompt ids, pixels, grids, boxes."""
+"""GOTProcessor against docs/design.md §3-4, rebuilt by hand here: prompt ids, pixels, grids, boxes."""
 
 import numpy as np
 import pytest

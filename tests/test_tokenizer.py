@@ -1,4 +1,4 @@
-"""GOTTokenizer: special-token ids as got_spec.md section 2 places them, splitting, decoding, both file kinds."""
+"""GOTTokenizer: special-token ids as docs/design.md §2 places them, splitting, decoding, both file kinds."""
 
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""Training data: meta file + JSON/JSONL annotations -> tokenised, masked samples (got_spec.md section 7).
+"""Training data: meta file + JSON/JSONL annotations -> tokenised, masked samples (docs/design.md §7).
 
 A meta file maps dataset names to `{"images": <dir>, "annotations": <json or jsonl>}` (optionally `"multi_crop":
 true`); each annotation is `{"image": <file or list of files>, "conversations": [{"from": "human", "value":

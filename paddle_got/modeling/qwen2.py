@@ -1,4 +1,4 @@
-"""The Qwen2 decoder of GOT: RMSNorm, RoPE, attention with a KV cache, SwiGLU MLP (docs/design.md, decoder).
+"""The Qwen2 decoder of GOT: RMSNorm, RoPE, attention with a KV cache, SwiGLU MLP (docs/design.md §1).
 
 Parameter names match paddlenlp / PaddleMIX (`embed_tokens`, `layers.N.self_attn.q_proj`, `layers.N.mlp.gate_proj`,
 `input_layernorm`, `post_attention_layernorm`, `norm`).

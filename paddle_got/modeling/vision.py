@@ -1,4 +1,4 @@
-"""The GOT vision encoder: SAM/ViTDet-B (`vision_tower_high`) with `net_2`/`net_3` (got_spec.md section 1).
+"""The GOT vision encoder: SAM/ViTDet-B (`vision_tower_high`) with `net_2`/`net_3` (docs/design.md §1).
 
 Parameter names follow the original GOT checkpoint (`patch_embed.proj`, `blocks.N.attn.qkv`, `neck.0..3`,
 `net_2`, `net_3`) so that its weights and PaddleMIX's load by name. Feature maps inside the blocks are kept

@@ -49,7 +49,7 @@ class DataArguments:
 
 @dataclass
 class GOTTrainingArguments(TrainingArguments):
-    """paddlenlp's TrainingArguments with GOT's reference hyper-parameters as defaults (got_spec.md section 7)."""
+    """paddlenlp's TrainingArguments with GOT's reference hyper-parameters as defaults (docs/design.md §7)."""
 
     output_dir: str = field(default="output/got_stage2", metadata={"help": "checkpoints and the final model"})
     learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
