@@ -5,6 +5,7 @@ GPU machines: install paddlepaddle-gpu 3.x first (README), then `pip install -e 
 """
 
 import os
+import re
 
 from setuptools import find_packages, setup
 
@@ -18,9 +19,15 @@ def read_requirements(name):
         return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
 
 
+def read_version():
+    """`__version__` of paddle_got/__init__.py, the one place the version is written."""
+    with open(os.path.join(HERE, "paddle_got", "__init__.py"), encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), flags=re.M).group(1)
+
+
 setup(
     name="paddle_got",
-    version="0.1.0",
+    version=read_version(),
     description="GOT-OCR2.0 inference and post-training on PaddlePaddle",
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -144,7 +144,8 @@ def run_workload(url: str, workload, rows: int) -> dict:
 
 
 def short_request_probe(url: str, rows: int, seed: int) -> dict:
-    """A short request alone, then the same while `rows - 1` long requests are generating."""
+    """A short request alone, then the same once `rows - 1` long requests are accepted and generating (with fixed
+    batches some of them may wait for the first to finish)."""
     import httpx
 
     alone = send(url, image_url(seed), SHORT_TOKENS)["latency"]
@@ -152,11 +153,13 @@ def short_request_probe(url: str, rows: int, seed: int) -> dict:
     started = concurrent.futures.ThreadPoolExecutor(rows - 1)
     futures = [started.submit(send, url, image, LONG_TOKENS) for image in long_images]
     deadline = time.time() + 3600
-    while time.time() < deadline:  # wait until every long request is generating
+    while time.time() < deadline:  # every long request accepted, and generation under way
         metrics = httpx.get(url + "/metrics").text
-        running = int(next(line.split()[-1] for line in metrics.splitlines()
-                           if line.startswith("paddle_got_running_rows ")))
-        if running == rows - 1:
+        gauges = {name: int(value) for name, value in (line.split() for line in metrics.splitlines()
+                                                      if line.startswith(("paddle_got_running_rows ",
+                                                                          "paddle_got_queue_depth ")))}
+        running, waiting = gauges["paddle_got_running_rows"], gauges["paddle_got_queue_depth"]
+        if running >= 1 and running + waiting == rows - 1:
             break
         time.sleep(0.2)
     during = send(url, image_url(seed), SHORT_TOKENS)["latency"]

@@ -20,7 +20,7 @@ from safetensors.paddle import save_file
 from tqdm import tqdm
 
 from .config import GOTConfig
-from .constants import PROMPT_CONFIG_FILE
+from .constants import DTYPES, PROMPT_CONFIG_FILE
 from .errors import CheckpointError, reason
 from .logger import logger
 from .outputs import make_readable_as_umask_allows
@@ -197,13 +197,12 @@ def _tensors_equal(first: paddle.Tensor, second: paddle.Tensor) -> bool:
     return first.shape == second.shape and bool((first == second).all())
 
 
-SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def load_pretrained(model_class: type, path: str, dtype: str = "float32"):
     """Build `model_class` from a local directory in any layout; returns the model in eval mode and `dtype`."""
-    if dtype not in SUPPORTED_DTYPES:
-        raise CheckpointError(f"Unsupported dtype {dtype!r}: choose one of {', '.join(SUPPORTED_DTYPES)}.")
+    if dtype not in DTYPES:
+        raise CheckpointError(f"Unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
     config = GOTConfig.from_pretrained(path)
     source = WeightSource(path)
     layout = detect_layout(source.names())

@@ -50,3 +50,6 @@ MAX_CROPS = 6
 # Generation defaults of the reference (docs/design.md §5).
 MAX_NEW_TOKENS = 4096
 NO_REPEAT_NGRAM_SIZE = 20
+
+# The dtypes a model can be loaded and run in (bfloat16/float16 need a GPU for matmuls).
+DTYPES = ("float32", "bfloat16", "float16")

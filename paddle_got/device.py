@@ -5,6 +5,7 @@ from typing import Optional
 
 import paddle
 
+from .constants import DTYPES
 from .errors import GOTError
 
 
@@ -50,7 +51,7 @@ def resolve_dtype(requested: str = "auto") -> str:
         if capability is None:
             return "float32"
         return "bfloat16" if capability[0] >= 8 else "float16"
-    if requested not in ("float32", "bfloat16", "float16"):
+    if requested not in DTYPES:
         raise GOTError(f"Unknown dtype {requested!r}: choose auto, float32, bfloat16 or float16.")
     if requested != "float32" and capability is None:
         raise GOTError(f"{requested} needs a GPU: Paddle's CPU kernels have no {requested} matmul; use float32.")

@@ -6,8 +6,9 @@ Tokenizer files are copied along. Nothing is written to --dst unless the convers
 holds files is refused unless --overwrite.
 """
 
-from paddle_got.checkpoint import SUPPORTED_DTYPES, convert_checkpoint
+from paddle_got.checkpoint import convert_checkpoint
 from paddle_got.cli import ArgumentParser, run_cli
+from paddle_got.constants import DTYPES
 from paddle_got.device import set_cpu_threads
 from paddle_got.logger import logger
 
@@ -16,7 +17,7 @@ def parse_args():
     parser = ArgumentParser(__doc__)
     parser.add_argument("--src", required=True, help="checkpoint directory in any supported layout")
     parser.add_argument("--dst", required=True, help="output directory (our layout)")
-    parser.add_argument("--dtype", default="float32", choices=SUPPORTED_DTYPES, help="dtype of the saved weights")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights")
     parser.add_argument("--overwrite", action="store_true", help="write into a --dst that already holds files")
     return parser.parse_args()
 

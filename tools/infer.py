@@ -15,7 +15,7 @@ import sys
 from tqdm import tqdm
 
 from paddle_got.cli import EXIT_BAD_INPUT, ArgumentParser, positive_int, run_cli
-from paddle_got.constants import COLORS, MAX_CROPS, MAX_NEW_TOKENS, OCR_TYPES
+from paddle_got.constants import COLORS, DTYPES, MAX_CROPS, MAX_NEW_TOKENS, OCR_TYPES
 from paddle_got.outputs import check_output, json_line, write_results
 from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source
 from paddle_got.pipeline import (
@@ -51,7 +51,7 @@ def parse_args():
                         help="inputs read at once (continuous batching: each leaves when done, the next takes over)")
     parser.add_argument("--repetition_guard", action="store_true",
                         help="end a text caught in a loop (GOT's failure on dense tables), keeping what came before")
-    parser.add_argument("--dtype", default="auto", metavar="{auto,float32,bfloat16,float16}",
+    parser.add_argument("--dtype", default="auto", metavar="{" + ",".join(("auto",) + DTYPES) + "}",
                         help="auto: bfloat16/float16 on GPU, float32 on CPU")
     parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
     parser.add_argument("--output", help="also write results: a .jsonl file, a directory (one .txt/.md each) or a file")

@@ -12,6 +12,7 @@ import os
 import sys
 
 from paddle_got.cli import ArgumentParser, positive_int, run_cli
+from paddle_got.constants import DTYPES
 from paddle_got.errors import GOTError
 from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source
 from paddle_got.serving.service import ServingLimits
@@ -46,7 +47,7 @@ def parse_args():
                         help="seconds a request may take")
     parser.add_argument("--allowed_local_dir", help="image_url may name files under this directory")
     parser.add_argument("--allow_remote_images", action="store_true", help="image_url may be an http(s) URL")
-    parser.add_argument("--dtype", default="auto", metavar="{auto,float32,bfloat16,float16}",
+    parser.add_argument("--dtype", default="auto", metavar="{" + ",".join(("auto",) + DTYPES) + "}",
                         help="auto: bfloat16/float16 on GPU, float32 on CPU")
     parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
     return parser.parse_args()
