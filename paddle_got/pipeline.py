@@ -25,6 +25,7 @@ from .processing import (
     BadInputError,
     GOTProcessor,
     OCRRequest,
+    MAX_IMAGE_PIXELS,
     check_box_inside,
     check_image_size,
     load_image,
@@ -103,11 +104,7 @@ def render_pdf_bytes(data: bytes, name: str, max_pages: int, max_pixels: int) ->
     try:
         if len(document) > max_pages:
             raise BadInputError(f"{name}: the PDF has {len(document)} pages, more than the limit of {max_pages}.")
-        pages = []
-        for page in range(1, len(document) + 1):
-            check_image_size(_pdf_page_size(document, page), f"{name} page {page}", max_pixels)
-            pages.append(document[page - 1].render(scale=PDF_RENDER_DPI / 72).to_pil().convert("RGB"))
-        return pages
+        return [_render_page(document, page, name, max_pixels) for page in range(1, len(document) + 1)]
     finally:
         document.close()
 
@@ -119,14 +116,18 @@ def _pdf_page_size(document, page: int) -> Tuple[int, int]:
     return int(width * scale), int(height * scale)
 
 
+def _render_page(document, page: int, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Page `page` (1-based) of an open document as an RGB image at PDF_RENDER_DPI, refused (BadInputError) when
+    it would exceed `max_pixels`."""
+    check_image_size(_pdf_page_size(document, page), f"{name} page {page}", max_pixels)
+    return document[page - 1].render(scale=PDF_RENDER_DPI / 72).to_pil().convert("RGB")
+
+
 def _render_pdf_page(path: str, page: int) -> Image.Image:
     """Page `page` (1-based) of a PDF as an RGB image at PDF_RENDER_DPI."""
-    import pypdfium2
-
-    document = pypdfium2.PdfDocument(path)
+    document = open_pdf(path, path)
     try:
-        check_image_size(_pdf_page_size(document, page), f"{path} page {page}")
-        return document[page - 1].render(scale=PDF_RENDER_DPI / 72).to_pil().convert("RGB")
+        return _render_page(document, page, path)
     finally:
         document.close()
 
@@ -137,9 +138,7 @@ def input_size(inp: "InputImage") -> Optional[Tuple[int, int]]:
         return inp.image.size
     try:
         if inp.page is not None:
-            import pypdfium2
-
-            document = pypdfium2.PdfDocument(inp.name)
+            document = open_pdf(inp.name, inp.name)
             try:
                 return _pdf_page_size(document, inp.page)
             finally:

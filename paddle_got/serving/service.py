@@ -225,10 +225,9 @@ class RunningJob:
         self.streamer = streamer
 
     def complete(self) -> OCRResult:
-        """Fill and return the result of the finished handle (the stream gets its last text first)."""
+        """Fill and return the result of the finished handle; a stream's last piece is
+        `result.text[streamer.written:]`, for the caller to send."""
         self.service.ocr.finish_result(self.result, self.handle)
-        if self.streamer is not None and self.result.error is None:
-            self.streamer.finish(self.result.text)
         self.service.record(self)
         return self.result
 
