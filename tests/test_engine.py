@@ -134,7 +134,8 @@ def test_cache_budget_holds_requests_back_until_there_is_room(model, requests, o
 
 
 def test_a_failing_request_does_not_stop_the_others(model, requests, ocr_checkpoint):
-    broken = GenerationRequest(requests[0].prompt_ids, None, 5, requests[0].end_token_ids)  # image slots, no image
+    two_tiles = np.concatenate([requests[0].pixel_values] * 2)  # the prompt has slots for one tile
+    broken = GenerationRequest(requests[0].prompt_ids, two_tiles, 5, requests[0].end_token_ids)
     engine = Engine(model, max_rows=2)
     bad, good = engine.submit(broken), engine.submit(requests[2])
     engine.run_until_idle()

@@ -45,18 +45,20 @@ class GOTQwenModel(Qwen2Model):
         """Token embeddings `[B, L, hidden]` with the `<imgpad>` slots replaced by `image_features` in order.
 
         `image_features` is `[T, tokens_per_tile, hidden]`; the number of features must equal the number of slots.
+        Without image features (decode steps, text-only prompts) `<imgpad>` is an ordinary token, as in both
+        references: a model may generate it.
         """
         inputs_embeds = self.embed_tokens(input_ids)
+        if image_features is None:
+            return inputs_embeds
         slots = input_ids == self.config.im_patch_token
         num_slots = int(slots.astype("int64").sum())
-        num_features = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        num_features = image_features.shape[0] * image_features.shape[1]
         if num_slots != num_features:
             raise ValueError(
                 f"The prompt has {num_slots} image slots but the images give {num_features} features "
                 f"({self.config.image_tokens_per_tile} per tile)."
             )
-        if num_slots == 0:
-            return inputs_embeds
         features = image_features.reshape([-1, inputs_embeds.shape[-1]]).astype(inputs_embeds.dtype)
         return paddle.masked_scatter(inputs_embeds, slots.unsqueeze(-1).expand_as(inputs_embeds), features)
 
