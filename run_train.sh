@@ -6,6 +6,7 @@
 #   sh run_train.sh --learning_rate 1e-5 --max_steps 100      # any argument goes through to tools/train.py
 #   GPUS=2 CONFIG=configs/tiny_cpu.yaml sh run_train.sh --meta_path data/synth_tiny/meta.json
 #                                                             # no GPU: 2 CPU processes over gloo
+#   NNODES=2 MASTER=10.0.0.1:8090 sh run_train.sh             # on each of 2 machines (NODE_RANK=0/1 optional)
 set -e
 cd "$(dirname "$0")"
 CONFIG=${CONFIG:-configs/stage2.yaml}
@@ -28,13 +29,20 @@ PY
 )
 LOG_DIR=${LOG_DIR:-$OUTPUT_DIR/logs}
 
+NNODES=${NNODES:-1}
+NODE_ARGS=""
+if [ "$NNODES" -gt 1 ]; then
+    [ -n "${MASTER:-}" ] || { echo "run_train.sh: NNODES=$NNODES needs MASTER=host:port (the first machine)" >&2; exit 2; }
+    NODE_ARGS="--nnodes $NNODES --master $MASTER ${NODE_RANK:+--rank $NODE_RANK}"
+fi
+
 if [ "$VISIBLE_GPUS" -gt 0 ]; then
     DEVICES=$(seq -s, 0 $((GPUS - 1)))
-    set -- --devices "$DEVICES" --log_dir "$LOG_DIR" tools/train.py --config "$CONFIG" "$@"
+    set -- $NODE_ARGS --devices "$DEVICES" --log_dir "$LOG_DIR" tools/train.py --config "$CONFIG" "$@"
 else
-    set -- --nproc_per_node "$GPUS" --log_dir "$LOG_DIR" tools/train.py --config "$CONFIG" "$@"
+    set -- $NODE_ARGS --nproc_per_node "$GPUS" --log_dir "$LOG_DIR" tools/train.py --config "$CONFIG" "$@"
 fi
-echo "run_train.sh: $GPUS process(es), config $CONFIG, logs in $LOG_DIR" >&2
+echo "run_train.sh: $GPUS process(es) on each of $NNODES machine(s), config $CONFIG, logs in $LOG_DIR" >&2
 
 # The launcher shows rank 0's log as it runs; its own settings dump, Paddle's glog INFO lines and, on failure, its
 # repeat of a worker's log tail are left out (everything stays in $LOG_DIR). Then one line per rank that failed.

@@ -63,3 +63,14 @@ def plain_paddlenlp_logs() -> None:
     paddlenlp_logger.set_level("INFO")
     for handler in paddlenlp_logger.logger.handlers:
         handler.setFormatter(logging.Formatter("[paddlenlp] %(levelname)s %(message)s"))
+
+
+def share(text: str) -> float:
+    """A fraction between 0 and 1 (argparse type), e.g. an error budget."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return value

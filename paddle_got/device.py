@@ -1,7 +1,7 @@
 """Where and how the model runs: CPU threads (Paddle defaults to one on CPU) and the dtype for the device."""
 
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import paddle
 
@@ -21,9 +21,10 @@ _cpu_threads = 1
 
 
 def set_cpu_threads(num_threads: Optional[int] = None) -> int:
-    """Let Paddle's CPU kernels use `num_threads` (default: all available cores); returns the count set."""
+    """Let Paddle's CPU kernels use `num_threads` (default: this process's share of the cores, all of them unless
+    the launcher started several processes here); returns the count set."""
     global _cpu_threads
-    num_threads = num_threads or available_cores()
+    num_threads = num_threads or cores_per_process()
     paddle.base.core.set_num_threads(num_threads)
     _cpu_threads = num_threads
     return num_threads
@@ -32,6 +33,25 @@ def set_cpu_threads(num_threads: Optional[int] = None) -> int:
 def cpu_threads() -> int:
     """The CPU thread count last given to `set_cpu_threads` (1 until then, Paddle's own default)."""
     return _cpu_threads
+
+
+def join_launch(world: int) -> Optional[Callable[[], None]]:
+    """In a process started by `paddle.distributed.launch` with `world` > 1 ranks: put it on its own GPU (when
+    there are GPUs), join the ranks' process group (NCCL on GPU, gloo on CPU) and return a barrier over them;
+    None for a single process."""
+    if world <= 1:
+        return None
+    import paddle.distributed as dist
+
+    if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        paddle.set_device(f"gpu:{dist.ParallelEnv().device_id}")
+    dist.init_parallel_env()
+    return dist.barrier
+
+
+def cores_per_process() -> int:
+    """This process's fair share of the cores when the launcher starts several on one machine."""
+    return max(1, available_cores() // int(os.environ.get("PADDLE_LOCAL_SIZE", 1)))
 
 
 def gpu_compute_capability():

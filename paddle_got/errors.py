@@ -5,6 +5,10 @@ class GOTError(Exception):
     """Base class of every user-facing paddle_got error."""
 
 
+class BadInputError(GOTError):
+    """An input file, box, colour or option combination that cannot be read as asked."""
+
+
 class CheckpointError(GOTError):
     """A checkpoint directory cannot be read, recognised or matched to the model."""
 

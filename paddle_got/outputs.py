@@ -3,7 +3,7 @@
 import json
 import os
 import tempfile
-from typing import List
+from typing import List, Optional
 
 from .errors import GOTError
 
@@ -77,11 +77,11 @@ def check_output(path: str, num_documents: int) -> None:
         raise GOTError(f"--output {path} cannot be written: no permission to write in {folder}.")
 
 
-def text_file_name(result, ocr_type: str) -> str:
-    """`<stem>.txt` (plain OCR) or `<stem>.md` (formatted), with `_page<N>` for a PDF page."""
-    stem = os.path.splitext(os.path.basename(result.image))[0] or "image"
-    if result.page is not None:
-        stem += f"_page{result.page}"
+def text_file_name(image: str, page: Optional[int], ocr_type: str) -> str:
+    """`<stem>.txt` (plain OCR) or `<stem>.md` (formatted) for input `image`, with `_page<N>` for a PDF page."""
+    stem = os.path.splitext(os.path.basename(image))[0] or "image"
+    if page is not None:
+        stem += f"_page{page}"
     return stem + (".md" if ocr_type == "format" else ".txt")
 
 
@@ -95,4 +95,4 @@ def write_results(results: List, path: str, ocr_type: str) -> None:
         write_atomic(path, "".join(r.text + "\n" for r in done))
     else:
         for result in done:
-            write_atomic(os.path.join(path, text_file_name(result, ocr_type)), result.text + "\n")
+            write_atomic(os.path.join(path, text_file_name(result.image, result.page, ocr_type)), result.text + "\n")

@@ -8,35 +8,19 @@ Inputs are image files, directories of images, PDFs (one input per page) or PIL 
 result with `error` set; the others are still read.
 """
 
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from PIL import Image
 
 from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
 from .device import resolve_dtype, set_cpu_threads
-from .errors import GOTError
+from .errors import BadInputError, GOTError
 from .engine import ERROR, Engine, GenerationRequest, RequestHandle
 from .hub import DEFAULT_MODEL, resolve_model_path
+from .inputs import ImageInput, InputImage, expand_inputs, load_input
 from .logger import logger
 from .modeling.got import GOTQwenForCausalLM
-from .processing import (
-    BadInputError,
-    GOTProcessor,
-    OCRRequest,
-    MAX_IMAGE_PIXELS,
-    check_box_inside,
-    check_image_size,
-    load_image,
-    validate_options,
-)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-PDF_RENDER_DPI = 200
-
-ImageInput = Union[str, Image.Image, "InputImage"]
-
+from .processing import GOTProcessor, OCRRequest, validate_options
 
 @dataclass
 class OCRResult:
@@ -62,143 +46,6 @@ class OCRResult:
         else:
             record["error"] = self.error
         return record
-
-
-@dataclass
-class InputImage:
-    """One image to read: a file, a page of a PDF, or an in-memory image; `error` says why it cannot be."""
-
-    name: str
-    page: Optional[int] = None
-    image: Optional[Image.Image] = None
-    error: Optional[str] = None
-
-
-def open_pdf(source, name: str):
-    """An open pypdfium2 document from a path or bytes; BadInputError (encrypted, damaged, no pages) naming `name`."""
-    import pypdfium2
-
-    try:
-        document = pypdfium2.PdfDocument(source)
-    except pypdfium2.PdfiumError as err:
-        reason = "it is encrypted" if "password" in str(err).lower() else "it is damaged or holds no pages"
-        raise BadInputError(f"{name}: cannot open the PDF: {reason}.") from None
-    if len(document) == 0:
-        document.close()
-        raise BadInputError(f"{name}: the PDF has no pages.")
-    return document
-
-
-def _pdf_pages(path: str) -> List[InputImage]:
-    """One input per page of a PDF (rendered on demand); BadInputError if the PDF cannot be opened."""
-    document = open_pdf(path, path)
-    count = len(document)
-    document.close()
-    return [InputImage(path, page=index + 1) for index in range(count)]
-
-
-def render_pdf_bytes(data: bytes, name: str, max_pages: int, max_pixels: int) -> List[Image.Image]:
-    """Every page of a PDF held in memory as an RGB image at PDF_RENDER_DPI; BadInputError (naming `name`) for an
-    unreadable PDF, more than `max_pages` pages, or a page of more than `max_pixels` pixels."""
-    document = open_pdf(data, name)
-    try:
-        if len(document) > max_pages:
-            raise BadInputError(f"{name}: the PDF has {len(document)} pages, more than the limit of {max_pages}.")
-        return [_render_page(document, page, name, max_pixels) for page in range(1, len(document) + 1)]
-    finally:
-        document.close()
-
-
-def _pdf_page_size(document, page: int) -> Tuple[int, int]:
-    """(width, height) in pixels of page `page` (1-based) of an open pypdfium2 document, rendered at PDF_RENDER_DPI."""
-    width, height = document[page - 1].get_size()
-    scale = PDF_RENDER_DPI / 72
-    return int(width * scale), int(height * scale)
-
-
-def _render_page(document, page: int, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Page `page` (1-based) of an open document as an RGB image at PDF_RENDER_DPI, refused (BadInputError) when
-    it would exceed `max_pixels`."""
-    check_image_size(_pdf_page_size(document, page), f"{name} page {page}", max_pixels)
-    return document[page - 1].render(scale=PDF_RENDER_DPI / 72).to_pil().convert("RGB")
-
-
-def _render_pdf_page(path: str, page: int) -> Image.Image:
-    """Page `page` (1-based) of a PDF as an RGB image at PDF_RENDER_DPI."""
-    document = open_pdf(path, path)
-    try:
-        return _render_page(document, page, path)
-    finally:
-        document.close()
-
-
-def input_size(inp: "InputImage") -> Optional[Tuple[int, int]]:
-    """(width, height) of an input from its header alone (no decoding), or None when it cannot be read."""
-    if inp.image is not None:
-        return inp.image.size
-    try:
-        if inp.page is not None:
-            document = open_pdf(inp.name, inp.name)
-            try:
-                return _pdf_page_size(document, inp.page)
-            finally:
-                document.close()
-        with Image.open(inp.name) as opened:
-            return opened.size
-    except Exception:  # any decoder failure: decoding the input later reports it in its own words
-        return None
-
-
-def mark_box_misfits(inputs: List["InputImage"], box: Tuple[float, float, float, float]) -> None:
-    """Record an error on every input that the pixel `box` does not fit, judged from the headers alone."""
-    for inp in inputs:
-        size = input_size(inp) if inp.error is None else None
-        if size is not None:
-            try:
-                check_box_inside(box, *size)
-            except BadInputError as err:
-                inp.error = f"{inp.name}: {err}"
-
-
-def expand_inputs(images: Union[ImageInput, Sequence[ImageInput]]) -> List[InputImage]:
-    """Files, directories (their images, sorted), PDFs (their pages), PIL images, as a flat list of InputImage.
-
-    Inputs that cannot be read carry an `error` instead of failing the whole list.
-    """
-    if isinstance(images, (str, Image.Image, InputImage)):
-        images = [images]
-    inputs: List[InputImage] = []
-    for index, item in enumerate(images):
-        if isinstance(item, InputImage):
-            inputs.append(item)
-        elif isinstance(item, Image.Image):
-            inputs.append(InputImage(f"<image {index}>", image=item.convert("RGB")))
-        elif os.path.isdir(item):
-            names = sorted(n for n in os.listdir(item) if n.lower().endswith(IMAGE_EXTENSIONS + (".pdf",)))
-            if not names:
-                inputs.append(InputImage(item, error=f"{item}: the directory holds no images."))
-            inputs.extend(inp for name in names for inp in expand_inputs(os.path.join(item, name)))
-        elif item.lower().endswith(".pdf") and os.path.isfile(item):
-            try:
-                inputs.extend(_pdf_pages(item))
-            except BadInputError as err:
-                inputs.append(InputImage(item, error=str(err)))
-        elif not os.path.exists(item):
-            inputs.append(InputImage(item, error=f"{item}: no such file."))
-        else:
-            inputs.append(InputImage(item))
-    return inputs
-
-
-def _load(inp: InputImage) -> InputImage:
-    """Decode the input's image (errors recorded on the input, not raised)."""
-    if inp.image is not None or inp.error is not None:
-        return inp
-    try:
-        inp.image = _render_pdf_page(inp.name, inp.page) if inp.page else load_image(inp.name)
-    except BadInputError as err:
-        inp.error = str(err)
-    return inp
 
 
 class TextStreamer:
@@ -297,7 +144,7 @@ class GOT:
         """Yield one OCRResult per input in input order (one in all with `multi_page`).
 
         `batch_size` inputs are read at once on the continuous-batching engine: each leaves as soon as it is done and
-        the next input takes its row. `no_repeat_ngram_size` defaults to 20, or 0 (off) for multi-crop and
+        the next input takes its row; one whose generation fails is tried once more on its own. `no_repeat_ngram_size` defaults to 20, or 0 (off) for multi-crop and
         multi-page, as the reference does. `stream(text)` receives the text as it is generated; it needs a single
         document. `query` replaces the mode's query text (a model fine-tuned with its own prompt is read with that
         prompt). `repetition_guard` ends a text caught in a loop early, keeping what came before the loop.
@@ -323,7 +170,7 @@ class GOT:
                     exhausted = True
                     break
                 index, document = item
-                result, request = self.prepare_document([_load(inp) for inp in document], options, max_new_tokens,
+                result, request = self.prepare_document([load_input(inp) for inp in document], options, max_new_tokens,
                                                         no_repeat_ngram_size, repetition_guard)
                 if request is None:
                     done[index] = result
@@ -339,6 +186,8 @@ class GOT:
             engine.step()
             for index in [index for index, (_, handle, _) in in_flight.items() if handle.finished]:
                 result, handle, streamer = in_flight.pop(index)
+                if handle.finish_reason == ERROR and streamer is None:
+                    handle = self.retry_alone(result, handle)
                 self.finish_result(result, handle)
                 if streamer is not None and result.error is None:
                     streamer.finish(result.text)
@@ -372,6 +221,12 @@ class GOT:
         request = GenerationRequest(prepared.input_ids, prepared.pixel_values, max_new_tokens,
                                     self.processor.tokenizer.eos_token_ids, no_repeat_ngram_size, repetition_guard)
         return result, request
+
+    def retry_alone(self, result: OCRResult, handle: RequestHandle) -> RequestHandle:
+        """Generate a request that failed in the batch once more on its own (a failure may be transient: memory
+        taken by the other rows, a worker error); the new handle, finished."""
+        logger.warning(f"{result.image}: {handle.error} Reading it again on its own.")
+        return Engine(self.model, max_rows=1, max_waiting=1).generate([handle.request])[0]
 
     def finish_result(self, result: OCRResult, handle: RequestHandle) -> None:
         """Fill `result` from a finished request: the decoded, stripped text (or the error), how it ended, and how

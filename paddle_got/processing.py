@@ -8,7 +8,6 @@ squashes each page into one tile. Batches are left-padded with the tokenizer's p
 import json
 import os
 import re
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence, Tuple
@@ -38,18 +37,9 @@ from .constants import (
     SYSTEM_TURN,
     USER_TURN,
 )
-from .errors import GOTError, reason
+from .errors import BadInputError, GOTError, reason
 from .logger import logger
 from .tokenizer import GOTTokenizer
-
-# Larger images are refused rather than decoded (PIL's own decompression-bomb threshold).
-MAX_IMAGE_PIXELS = 89_478_485
-MIN_IMAGE_SIDE = 2
-
-
-class BadInputError(GOTError):
-    """An input file, box, colour or option combination that cannot be read as asked."""
-
 
 @dataclass
 class OCRRequest:
@@ -67,51 +57,6 @@ class OCRRequest:
     max_crops: int = MAX_CROPS
     multi_page: bool = False
     query: Optional[str] = None
-
-
-def load_image(path: str) -> Image.Image:
-    """Open an image file fully decoded as RGB; BadInputError with the reason if it cannot be."""
-    if not os.path.exists(path):
-        raise BadInputError(f"{path}: no such file.")
-    if os.path.isdir(path):
-        raise BadInputError(f"{path}: is a directory, not an image.")
-    if os.path.getsize(path) == 0:
-        raise BadInputError(f"{path}: the file is empty.")
-    try:
-        return decode_image(path, path)
-    except PermissionError:
-        raise BadInputError(f"{path}: permission denied.") from None
-
-
-def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode `source` (a path or a binary file object) fully as RGB; BadInputError naming `name` if it cannot be.
-
-    Images of more than `max_pixels` pixels are refused from their header, before decoding.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:
-                check_image_size(opened.size, name, max_pixels)
-                return opened.convert("RGB")
-    except BadInputError:
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise BadInputError(f"{name}: the image is too large to decode safely.") from None
-    except PermissionError:
-        raise
-    except (OSError, SyntaxError, ValueError) as err:
-        reason = "truncated" if "truncated" in str(err) else "corrupt or not an image"
-        raise BadInputError(f"{name}: cannot read the image (file is {reason}).") from None
-
-
-def check_image_size(size: Tuple[int, int], name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-    """BadInputError unless `size` = (width, height) is readable: not degenerate, at most `max_pixels` pixels."""
-    width, height = size
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise BadInputError(f"{name}: the image is {width}x{height} pixels, too small to read.")
-    if width * height > max_pixels:
-        raise BadInputError(f"{name}: the image is {width}x{height} pixels, too large to decode safely.")
 
 
 def normalize_tile(image: Image.Image, size: int) -> np.ndarray:

@@ -1,11 +1,17 @@
-"""The GOT API: PIL inputs, per-input errors instead of exceptions, streaming, what reading imports."""
+"""The GOT API: PIL inputs, per-input errors instead of exceptions, a failed batch read again alone, streaming,
+what reading imports."""
 
 import subprocess
 import sys
 
+import numpy as np
 from PIL import Image
 
+import reference
+
 from paddle_got import GOT
+from paddle_got.engine import ModelRunner
+from paddle_got.processing import OCRRequest
 
 
 def test_recognize_takes_pil_images_and_reports_bad_inputs(ocr_checkpoint, tmp_path):
@@ -15,6 +21,25 @@ def test_recognize_takes_pil_images_and_reports_bad_inputs(ocr_checkpoint, tmp_p
     assert [r.image for r in results] == ["<image 0>", str(tmp_path / "missing.png")]
     assert results[0].error is None and isinstance(results[0].text, str)
     assert results[1].text is None and results[1].error.endswith("missing.png: no such file.")
+
+
+def test_inputs_whose_batch_failed_are_read_again_alone(ocr_checkpoint, monkeypatch):
+    images = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+              for seed in range(3)]
+    expected = reference.expected_texts(ocr_checkpoint, [OCRRequest([image]) for image in images], 20, 10)
+    ocr = GOT.from_pretrained(ocr_checkpoint.directory)
+    decode, rows_seen = ModelRunner.decode, []
+
+    def decode_failing_at_the_third_step(runner, tokens):
+        rows_seen.append(len(tokens))
+        if len(rows_seen) == 3:
+            raise MemoryError("out of memory")
+        return decode(runner, tokens)
+
+    monkeypatch.setattr(ModelRunner, "decode", decode_failing_at_the_third_step)
+    results = ocr.recognize(images, max_new_tokens=10, batch_size=3)
+    assert rows_seen[:3] == [3, 3, 3] and rows_seen[3:] == [1] * 9 * 3  # then each input alone: 9 decode steps
+    assert [r.error for r in results] == [None] * 3 and [r.text for r in results] == expected
 
 
 def test_stream_callback_receives_exactly_the_final_text(ocr_checkpoint):

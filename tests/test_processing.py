@@ -4,16 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paddle_got.errors import GOTError
-from paddle_got.processing import (
-    BadInputError,
-    GOTProcessor,
-    OCRRequest,
-    PromptConfig,
-    choose_grid,
-    load_image,
-    parse_box,
-)
+from paddle_got.errors import BadInputError, GOTError
+from paddle_got.processing import GOTProcessor, OCRRequest, PromptConfig, choose_grid, parse_box
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
@@ -148,13 +140,6 @@ def test_malformed_box(text):
 def test_impossible_requests_are_refused(processor, options, message):
     with pytest.raises(BadInputError, match=message):
         processor.prepare(OCRRequest([gradient_image(300, 700)], **options))
-
-
-def test_load_image_converts_to_rgb(tmp_path):
-    path = tmp_path / "gray.png"
-    Image.new("L", (20, 10), color=128).save(path)
-    image = load_image(str(path))
-    assert image.mode == "RGB" and image.size == (20, 10) and image.getpixel((0, 0)) == (128, 128, 128)
 
 
 def test_custom_query_replaces_the_mode_query(processor):

@@ -4,27 +4,32 @@
     python tools/infer.py --image_file scans/ --batch_size 4 --output results.jsonl
     python tools/infer.py --image_file slide.png --color red
     python tools/infer.py --image_file report.pdf --multi_page --ocr_type format
+    python tools/infer.py --image_file archive/ --recursive --output results.jsonl --resume
+    python -m paddle.distributed.launch --nproc_per_node 2 tools/infer.py --image_file list.txt --output results.jsonl
 
 One input: stdout holds exactly the recognised text and a newline. Several inputs: one JSON object per line,
 {"image": ..., "text": ...} (PDF pages add "page"), in input order. Logs and progress go to stderr. A bad input is
 reported on stderr in one line and skipped; the exit code is then 2.
+
+With --output x.jsonl or a directory, each result is kept as soon as it is made, and --resume continues a run that
+was stopped (even killed) from where it was. Under paddle.distributed.launch each process reads its share of the
+inputs; rank 0 writes the results in input order when all are done, x.jsonl.errors.jsonl (the inputs that failed)
+and x.jsonl.report.json (counts and speeds).
 """
 
 import sys
 
 from tqdm import tqdm
 
-from paddle_got.cli import EXIT_BAD_INPUT, ArgumentParser, positive_int, run_cli
+from paddle_got.cli import EXIT_BAD_INPUT, ArgumentParser, positive_int, run_cli, share
 from paddle_got.constants import COLORS, DTYPES, MAX_CROPS, MAX_NEW_TOKENS, OCR_TYPES
-from paddle_got.outputs import check_output, json_line, write_results
+from paddle_got.device import join_launch
+from paddle_got.errors import GOTError
 from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source
-from paddle_got.pipeline import (
-    GOT,
-    check_read_options,
-    check_stream,
-    expand_inputs,
-    mark_box_misfits,
-)
+from paddle_got.inputs import expand_inputs, mark_box_misfits
+from paddle_got.outputs import check_output, json_line, output_kind, write_results
+from paddle_got.pipeline import GOT, check_read_options, check_stream, default_ngram_size
+from paddle_got.runs import RunStore, Shard, document_key, read_run, summary_line
 from paddle_got.processing import parse_box
 
 
@@ -35,7 +40,9 @@ def parse_args():
     parser.add_argument("--model_source", metavar="{" + ",".join(MODEL_SOURCES) + "}",
                         help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)")
     parser.add_argument("--image_file", nargs="+", required=True,
-                        help="image files, directories of images, or PDFs (one input per page)")
+                        help="image files, directories of images, PDFs (one input per page), or manifests (*.txt: "
+                        "one path per line, # comments)")
+    parser.add_argument("--recursive", action="store_true", help="also read the folders inside the directories")
     parser.add_argument("--ocr_type", default="ocr", metavar="{" + ",".join(OCR_TYPES) + "}",
                         help="plain text (ocr) or formatted text: Markdown, LaTeX, tables (format)")
     parser.add_argument("--box", help="read only this region: [x1,y1,x2,y2] in pixels of the image")
@@ -55,6 +62,12 @@ def parse_args():
                         help="auto: bfloat16/float16 on GPU, float32 on CPU")
     parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
     parser.add_argument("--output", help="also write results: a .jsonl file, a directory (one .txt/.md each) or a file")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the results --output already holds and read only the rest")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --resume: read everything again if the earlier run used other options")
+    parser.add_argument("--max_error_rate", type=share, default=None,
+                        help="stop once more than this share of the inputs failed, e.g. 0.01 (None: never stop)")
     parser.add_argument("--stream", action="store_true", help="print the text as it is generated (one input)")
     parser.add_argument("--query", help="replace the mode's query text, e.g. \"OCR:\" (the image block and chat "
                         "template stay); a model fine-tuned here reads with its training query by default")
@@ -68,46 +81,72 @@ def main():
     options = dict(ocr_type=args.ocr_type, box=box, color=args.color, multi_crop=args.multi_crop,
                    max_crops=args.max_crops, multi_page=args.multi_page, query=args.query)
     check_read_options(**options, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    inputs = expand_inputs(args.image_file)
+    shard = Shard.from_launcher()
+    kept_run = args.output is not None and output_kind(args.output) != "file"
+    if (shard.world > 1 or args.resume) and not kept_run:
+        raise GOTError("A resumable or sharded run keeps its results in --output x.jsonl or a directory.")
+    if args.overwrite and not args.resume:
+        raise GOTError("--overwrite applies to --resume (a run without --resume always starts again).")
+    inputs = expand_inputs(args.image_file, recursive=args.recursive)
     if box is not None:
         mark_box_misfits(inputs, box)
-    failures = 0
-    for inp in inputs:
-        if inp.error is not None:
+    bad = [inp for inp in inputs if inp.error is not None]
+    if len(bad) == len(inputs) or not kept_run:
+        for inp in bad:
             print(f"error: {inp.error}", file=sys.stderr)
-            failures += 1
-    if failures == len(inputs):
-        sys.exit(EXIT_BAD_INPUT)
-    readable = [inp for inp in inputs if inp.error is None]
-    num_documents = 1 if args.multi_page else len(readable)
+        if len(bad) == len(inputs):
+            sys.exit(EXIT_BAD_INPUT)
+    readable = inputs if kept_run else [inp for inp in inputs if inp.error is None]
+    documents = [readable] if args.multi_page else [[inp] for inp in readable]
     several_outputs = not args.multi_page and len(inputs) > 1
     if args.stream:
-        check_stream(num_documents)
+        check_stream(len(documents))
     if args.output:
-        check_output(args.output, 1 if args.multi_page else len(inputs))
+        check_output(args.output, len(documents))
+    no_repeat_ngram_size = args.no_repeat_ngram_size
+    if no_repeat_ngram_size is None:
+        no_repeat_ngram_size = default_ngram_size(args.multi_crop, args.multi_page)
+    read_options = dict(options, max_new_tokens=args.max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
+                        batch_size=args.batch_size, repetition_guard=args.repetition_guard)
+    store = None
+    if kept_run:
+        settings = {name: value for name, value in read_options.items() if name != "batch_size"}
+        settings.update(model=args.model_name_or_path, dtype=args.dtype, box=list(box) if box is not None else None)
+        store = RunStore(args.output, {document_key(doc[0].name, doc[0].page): (doc[0].name, doc[0].page)
+                                       for doc in documents}, args.ocr_type, settings, shard, args.resume,
+                         args.overwrite)
+        store.check_resume()
+    barrier = join_launch(shard.world)
 
     ocr = GOT.from_pretrained(args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads,
                               source=args.model_source)
-    stream = None
+
     if args.stream:
         def stream(text):
             sys.stdout.write(text)
             sys.stdout.flush()
+        read_options["stream"] = stream
 
-    results = []
-    progress = tqdm(total=num_documents, desc="Reading", unit="input", disable=num_documents == 1)
-    for result in ocr.iter_recognize(readable, max_new_tokens=args.max_new_tokens,
-                                     no_repeat_ngram_size=args.no_repeat_ngram_size, batch_size=args.batch_size,
-                                     stream=stream, repetition_guard=args.repetition_guard, **options):
+    def show(result):
+        if result.error is None:
+            print(json_line(result) if several_outputs else ("" if args.stream else result.text), flush=True)
+
+    if store is not None:
+        report, total = read_run(ocr, documents, store, read_options, args.max_error_rate, barrier, show)
+        print(summary_line(total["total"] if total is not None else report), file=sys.stderr)
+        if total is not None and total["total"]["failed"]:  # other ranks exit 0: the launcher stops all on an error
+            sys.exit(EXIT_BAD_INPUT)
+        return
+
+    results, failures = [], len(bad)
+    progress = tqdm(total=len(documents), desc="Reading", unit="input", disable=len(documents) == 1)
+    for result in ocr.iter_recognize([inp for doc in documents for inp in doc], **read_options):
         progress.update()
         results.append(result)
         if result.error is not None:
             progress.write(f"error: {result.error}", file=sys.stderr)
             failures += 1
-        elif several_outputs:
-            print(json_line(result), flush=True)
-        else:
-            print("" if args.stream else result.text, flush=True)
+        show(result)
     progress.close()
     if args.output:
         write_results(results, args.output, args.ocr_type)

@@ -17,9 +17,10 @@ import paddle
 from PIL import Image
 
 from ..constants import IGNORE_INDEX, IM_END, IMAGE_PLACEHOLDER, MAX_CROPS, MIN_CROPS, USER_TURN
-from ..errors import GOTError
+from ..errors import BadInputError, GOTError
+from ..inputs import load_image
 from ..logger import logger
-from ..processing import BadInputError, GOTProcessor, OCRRequest, build_prompt, choose_grid, load_image
+from ..processing import GOTProcessor, OCRRequest, build_prompt, choose_grid
 
 LISTED_FILES = 5
 

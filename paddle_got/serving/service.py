@@ -18,17 +18,10 @@ from PIL import Image
 
 from ..constants import MAX_CROPS, MAX_NEW_TOKENS
 from ..engine import Engine, RequestHandle
-from ..errors import GOTError
-from ..pipeline import (
-    GOT,
-    InputImage,
-    OCRResult,
-    TextStreamer,
-    check_read_options,
-    default_ngram_size,
-    render_pdf_bytes,
-)
-from ..processing import MAX_IMAGE_PIXELS, BadInputError, check_box_inside, decode_image
+from ..errors import BadInputError, GOTError
+from ..inputs import MAX_IMAGE_PIXELS, InputImage, decode_image, render_pdf_bytes
+from ..pipeline import GOT, OCRResult, TextStreamer, check_read_options, default_ngram_size
+from ..processing import check_box_inside
 
 PDF_MAGIC = b"%PDF"
 

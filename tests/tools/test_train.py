@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -90,6 +91,20 @@ def test_two_cpu_processes_equal_one_with_the_same_global_batch(synth_data, tmp_
     assert sorted(f for f in os.listdir(tmp_path / "two" / "logs") if f.startswith("workerlog")) == [
         "workerlog.0", "workerlog.1"]
     assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
+
+    # Two "machines" on localhost: one launcher each (NNODES, MASTER), one process each, the same output directory.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        master = f"127.0.0.1:{probe.getsockname()[1]}"
+    nodes = [subprocess.Popen(
+        ["sh", os.path.join(REPO, "run_train.sh"), "--model_name_or_path", "configs/tiny_got", "--meta_path",
+         synth_data, "--output_dir", str(tmp_path / "nodes"), "--per_device_train_batch_size", "1", *rate],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**environment, "GPUS": "1", "NNODES": "2", "MASTER": master, "LOG_DIR": str(tmp_path / f"logs{node}")})
+        for node in range(2)]
+    for node in nodes:
+        assert node.wait(timeout=600) == 0, node.stderr.read()[-3000:]
+    assert_same_weights(tmp_path / "one", tmp_path / "nodes", atol=1e-5)
 
 
 def corrupt_copy(synth_data, tmp_path, edit):

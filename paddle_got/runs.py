@@ -1,0 +1,361 @@
+"""Long runs over many inputs: results kept as they are made, resumable after any kill, shared out over the ranks of
+`paddle.distributed.launch`, with a list of failures and a run report (docs/design.md §11).
+
+For `--output out.jsonl` (R = rank, W = number of ranks):
+
+    out.jsonl                           the results in input order once the run is complete; a one-process run
+                                        appends each result to it as it is made
+    out.jsonl.parts/part-R-of-W.jsonl   rank R's results (and failures) as they are made, in a sharded run
+    out.jsonl.parts/settings.json       the options that change the text, checked by --resume
+    out.jsonl.parts/done-R-of-W.json    rank R's report, written when its share is finished
+    out.jsonl.errors.jsonl              the inputs that failed, with their reason
+    out.jsonl.report.json               counts and speeds, per rank and in total
+
+For an output directory each text file is written (temporary name, then rename) as it is made and the records go to
+`<dir>.parts/part-R-of-W.jsonl`. Every record is one JSON line, flushed and synced before the next input is read; a
+line torn by a kill is dropped when the run resumes. Rank R reads the documents whose index is R modulo W, so every
+document has one owner whatever the moment each rank starts, and a resumed run may use another number of ranks.
+"""
+
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+from tqdm import tqdm
+
+from .errors import GOTError
+from .outputs import output_kind, text_file_name, write_atomic
+
+PARTS_SUFFIX = ".parts"
+ERRORS_SUFFIX = ".errors.jsonl"
+REPORT_SUFFIX = ".report.json"
+SETTINGS_FILE = "settings.json"
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a launch: `rank` of `world` processes (0 of 1 when not launched)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_launcher(cls) -> "Shard":
+        """The rank and world size `paddle.distributed.launch` gives each process through its environment."""
+        return cls(int(os.environ.get("PADDLE_TRAINER_ID", 0)), int(os.environ.get("PADDLE_TRAINERS_NUM", 1)))
+
+    def owns(self, index: int) -> bool:
+        """Whether document `index` (0-based, in input order) is this rank's to read."""
+        return index % self.world == self.rank
+
+    @property
+    def name(self) -> str:
+        """`R-of-W`, as in the part file names."""
+        return f"{self.rank:05d}-of-{self.world:05d}"
+
+
+def document_key(image: str, page: Optional[int]) -> str:
+    """What identifies a document's result across runs: its input path, and its page for a PDF page."""
+    return image if page is None else f"{image}#page={page}"
+
+
+def record_key(record: dict) -> str:
+    """`document_key` of a result record."""
+    return document_key(record["image"], record.get("page"))
+
+
+def read_records(path: str) -> List[dict]:
+    """The complete JSON lines of `path` (a last line torn by a kill, or any line that does not parse, is left out);
+    [] when the file does not exist."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def drop_torn_tail(path: str) -> None:
+    """Cut `path` back to its last complete line, so that appending starts on a fresh line."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            f.truncate(keep)
+
+
+def remove_path(path: str) -> None:
+    """Remove a file or a directory tree, if it is there."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def unique_file_names(documents: Dict[str, Tuple[str, Optional[int]]], ocr_type: str) -> Dict[str, str]:
+    """`document_key -> file name` in an output directory: `text_file_name` of each document or, when two documents
+    would share a name (the same stem in different folders), its path below the folders' common parent."""
+    names = {key: text_file_name(image, page, ocr_type) for key, (image, page) in documents.items()}
+    if len(set(names.values())) == len(names):
+        return names
+    folders = {key: os.path.dirname(os.path.abspath(image)) for key, (image, _) in documents.items()}
+    common = os.path.commonpath(list(folders.values()))
+    return {key: os.path.normpath(os.path.join(os.path.relpath(folders[key], common), name))
+            for key, name in names.items()}
+
+
+class RunStore:
+    """Where a run's results go, what an earlier run already read, and the assembly of the final files.
+
+    `documents` maps the key of every document of the run (all ranks', in input order) to its `(image, page)`.
+    Call `prepare()`, wait for every rank, `open()` (rank 0 then `write_settings()`), `add(result)` for every
+    finished document, and `finish(report)` at the end: rank 0 then waits for the others and writes the final files.
+    """
+
+    def __init__(self, output: str, documents: Dict[str, Tuple[str, Optional[int]]], ocr_type: str, settings: dict,
+                 shard: Shard,
+                 resume: bool = False, overwrite: bool = False):
+        self.output = output.rstrip("/") or output
+        self.kind = output_kind(output)
+        if self.kind == "file":
+            raise GOTError("A run that can be resumed or sharded writes a .jsonl file or a directory, not one file.")
+        self.documents, self.ocr_type, self.settings, self.shard = documents, ocr_type, settings, shard
+        self.resume, self.overwrite = resume, overwrite
+        self.parts = self.output + PARTS_SUFFIX
+        self.file_names = unique_file_names(documents, ocr_type) if self.kind == "directory" else {}
+        if self.kind == "jsonl" and shard.world == 1:
+            self.part = self.output
+        else:
+            self.part = os.path.join(self.parts, f"part-{shard.name}.jsonl")
+        self._stream = None
+        self._seen_offsets: Dict[str, int] = {}
+
+    # Before reading -----------------------------------------------------------------------------------------------
+
+    def earlier_settings(self) -> Optional[dict]:
+        """The settings an earlier run over this output was made with (None when there is none)."""
+        for path in (os.path.join(self.parts, SETTINGS_FILE), self.output + REPORT_SUFFIX):
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    return json.load(f).get("settings", None) if path.endswith(REPORT_SUFFIX) else json.load(f)
+        return None
+
+    def check_resume(self) -> bool:
+        """Whether this run continues an earlier one: True for --resume over a matching earlier run; GOTError when
+        the earlier run used options that change the text, unless --overwrite (then the run starts again)."""
+        if not self.resume:
+            return False
+        earlier = self.earlier_settings()
+        if earlier is None or earlier == self.settings:
+            return True
+        if self.overwrite:
+            return False
+        changed = ", ".join(f"{name} {earlier.get(name)!r} -> {value!r}" for name, value in self.settings.items()
+                            if earlier.get(name) != value)
+        raise GOTError(f"{self.output} was read with other options ({changed}): rerun with the same options, or add "
+                       "--overwrite to read everything again.")
+
+    def prepare(self) -> bool:
+        """Before every rank has started (then a barrier): decide whether this run continues an earlier one (see
+        `check_resume`); rank 0 clears the earlier run's files on a fresh start and the ranks' done markers always.
+        Returns whether the run continues."""
+        continuing = self.check_resume()
+        if self.shard.rank == 0:
+            stale = glob.glob(os.path.join(self.parts, "done-*.json"))
+            if not continuing:
+                stale = [self.parts, self.output + ERRORS_SUFFIX, self.output + REPORT_SUFFIX]
+                stale += [self.output] if self.kind == "jsonl" else []
+            for path in stale:
+                remove_path(path)
+        return continuing
+
+    def open(self, continuing: bool) -> set:
+        """After the barrier: open this rank's part for appending (a torn last line dropped) and return the keys of
+        the documents an earlier run already read (empty on a fresh start). Rank 0 then calls `write_settings`."""
+        os.makedirs(self.parts, exist_ok=True)
+        if self.kind == "directory":
+            os.makedirs(self.output, exist_ok=True)
+        drop_torn_tail(self.part)
+        self._stream = open(self.part, "a", encoding="utf-8")
+        return self.kept_keys() if continuing else set()
+
+    def write_settings(self) -> None:
+        """Rank 0: record the options that change the text (after every rank has started)."""
+        write_atomic(os.path.join(self.parts, SETTINGS_FILE), json.dumps(self.settings, indent=1) + "\n")
+
+    def kept_keys(self) -> set:
+        """Keys of the documents an earlier run read without error: their record in a .jsonl output, their text
+        file in a directory."""
+        if self.kind == "directory":
+            return {key for key, name in self.file_names.items() if os.path.exists(os.path.join(self.output, name))}
+        return {record_key(r) for r in self._all_records() if "error" not in r} & set(self.documents)
+
+    # While reading ------------------------------------------------------------------------------------------------
+
+    def add(self, result) -> None:
+        """Keep one finished document: its text file (directory output), then its record, flushed and synced."""
+        record = result.to_dict()
+        if result.error is None and self.kind == "directory":
+            name = self.file_names[document_key(result.image, result.page)]
+            write_atomic(os.path.join(self.output, name), result.text + "\n")
+            record = {"image": result.image, "page": result.page, "file": name}
+        self._stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+
+    def others_progress(self) -> int:
+        """Records the other ranks added since the last call (for rank 0's progress bar)."""
+        added = 0
+        for path in glob.glob(os.path.join(self.parts, f"part-*-of-{self.shard.world:05d}.jsonl")):
+            if path == self.part:
+                continue
+            size = os.path.getsize(path)
+            if size > self._seen_offsets.get(path, 0):
+                with open(path, "rb") as f:
+                    f.seek(self._seen_offsets.get(path, 0))
+                    chunk = f.read(size - self._seen_offsets.get(path, 0))
+                whole = chunk.rfind(b"\n") + 1
+                added += chunk[:whole].count(b"\n")
+                self._seen_offsets[path] = self._seen_offsets.get(path, 0) + whole
+        return added
+
+    # At the end ---------------------------------------------------------------------------------------------------
+
+    def finish(self, report: dict, on_wait=None) -> Optional[dict]:
+        """Close this rank's part and leave its report. Rank 0 then waits until every rank has left one (calling
+        `on_wait()` every few seconds), writes the final files and returns the whole run's report; other ranks
+        return None."""
+        self._stream.close()
+        write_atomic(os.path.join(self.parts, f"done-{self.shard.name}.json"), json.dumps(report) + "\n")
+        if self.shard.rank != 0:
+            return None
+        markers = [os.path.join(self.parts, f"done-{Shard(rank, self.shard.world).name}.json")
+                   for rank in range(self.shard.world)]
+        while not all(os.path.exists(marker) for marker in markers):
+            if on_wait is not None:
+                on_wait()
+            time.sleep(POLL_SECONDS)
+        ranks = []
+        for marker in markers:
+            with open(marker, encoding="utf-8") as f:
+                ranks.append(json.load(f))
+        return self._assemble(ranks)
+
+    def _all_records(self) -> Iterable[dict]:
+        sources = [self.output] if self.kind == "jsonl" else []
+        sources += sorted(glob.glob(os.path.join(self.parts, "part-*.jsonl")))
+        for path in dict.fromkeys(sources):
+            yield from read_records(path)
+
+    def _assemble(self, ranks: List[dict]) -> dict:
+        latest: Dict[str, dict] = {}
+        for record in self._all_records():
+            key = record_key(record)
+            if "error" not in record or "error" in latest.get(key, {"error": True}):
+                latest[key] = record
+        kept = self.kept_keys() if self.kind == "directory" else set()
+        missing = [key for key in self.documents if key not in latest and key not in kept]
+        if missing:
+            raise GOTError(f"{len(missing)} inputs have no result after every rank finished (the first: {missing[0]}): "
+                           f"is {self.parts} on storage that every machine of the run shares?")
+        ordered = [latest[key] for key in self.documents if key in latest]
+        errors = [record for record in ordered if "error" in record]
+        if self.kind == "jsonl":
+            write_atomic(self.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered
+                                              if "error" not in r))
+        write_atomic(self.output + ERRORS_SUFFIX, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in errors))
+        report = total_report(ranks, self.settings)
+        write_atomic(self.output + REPORT_SUFFIX, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        shutil.rmtree(self.parts)
+        return report
+
+
+COUNTS = ("inputs", "pages", "done", "skipped", "failed", "new_tokens")
+
+
+def rank_report(shard: Shard, counts: Dict[str, int], wall_s: float) -> dict:
+    """One rank's report: its counts (see COUNTS), wall time, and pages/s and tokens/s of what it read."""
+    report = {"rank": shard.rank, **{name: counts.get(name, 0) for name in COUNTS}, "wall_s": round(wall_s, 3)}
+    report["pages_per_s"] = round(report["pages"] / wall_s, 3) if wall_s > 0 else 0.0
+    report["tokens_per_s"] = round(report["new_tokens"] / wall_s, 3) if wall_s > 0 else 0.0
+    return report
+
+
+def total_report(ranks: List[dict], settings: dict) -> dict:
+    """Every rank's report, and their sum (wall time: the longest rank's; speeds over it)."""
+    total = {name: sum(r[name] for r in ranks) for name in COUNTS}
+    wall = max(r["wall_s"] for r in ranks)
+    total.update(wall_s=wall, pages_per_s=round(total["pages"] / wall, 3) if wall > 0 else 0.0,
+                 tokens_per_s=round(total["new_tokens"] / wall, 3) if wall > 0 else 0.0)
+    return {"total": total, "ranks": ranks, "settings": settings}
+
+
+def summary_line(counts: dict) -> str:
+    """A report's counts (the run's `total`, or one rank's report) in one sentence, the last line a run writes."""
+    return (f"Read {counts['done']} of {counts['inputs']} inputs ({counts['pages']} pages) in {counts['wall_s']:.1f} s, "
+            f"{counts['pages_per_s']:.2f} pages/s, {counts['tokens_per_s']:.1f} tokens/s; {counts['skipped']} kept from "
+            f"an earlier run, {counts['failed']} failed.")
+
+
+def read_run(ocr, documents: List[list], store: RunStore, read_options: dict, max_error_rate: Optional[float] = None,
+             barrier: Optional[Callable[[], None]] = None,
+             on_result: Optional[Callable[[object], None]] = None) -> Tuple[dict, Optional[dict]]:
+    """Read this rank's share of `documents` (lists of InputImage, in input order; their keys are `store`'s) that an
+    earlier run has not read, keeping each result in `store` as it is made and passing it to `on_result`.
+
+    `barrier()` waits for every rank (sharded runs). GOTError once more than `max_error_rate` of this rank's
+    documents failed (what was read is kept). Returns `(this rank's report, the whole run's report)`; the second is
+    None except on rank 0.
+    """
+    started = time.perf_counter()
+    shard = store.shard
+    continuing = store.prepare()
+    if barrier is not None:
+        barrier()
+    kept = store.open(continuing)
+    if shard.rank == 0:
+        store.write_settings()
+    keys = list(store.documents)
+    owned = [(key, document) for index, (key, document) in enumerate(zip(keys, documents)) if shard.owns(index)]
+    todo = [document for key, document in owned if key not in kept]
+    counts = dict.fromkeys(COUNTS, 0)
+    counts.update(inputs=len(owned), skipped=len(owned) - len(todo))
+    allowed_failures = None if max_error_rate is None else max_error_rate * len(owned)
+    progress = tqdm(total=len(keys), initial=len(kept), desc="Reading", unit="input", disable=shard.rank != 0,
+                    file=sys.stderr)
+    images = [inp for document in todo for inp in document]
+    results = ocr.iter_recognize(images, **read_options) if images else ()
+    for position, result in enumerate(results):  # one result per document of `todo`, in order
+        store.add(result)
+        counts["new_tokens"] += result.new_tokens
+        if result.error is None:
+            counts["done"] += 1
+            counts["pages"] += len(todo[position])
+        else:
+            counts["failed"] += 1
+            progress.write(f"error: {result.error}", file=sys.stderr)
+        if on_result is not None:
+            on_result(result)
+        progress.update(1 + (store.others_progress() if shard.world > 1 else 0))
+        if allowed_failures is not None and counts["failed"] > allowed_failures:
+            progress.close()
+            raise GOTError(f"Stopping: {counts['failed']} of {len(owned)} inputs failed, more than --max_error_rate "
+                           f"{max_error_rate:g} allows; the results so far are kept (rerun with --resume to go on).")
+    report = rank_report(shard, counts, time.perf_counter() - started)
+    total = store.finish(report, on_wait=lambda: progress.update(store.others_progress()))
+    progress.close()
+    return report, total

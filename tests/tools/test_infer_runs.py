@@ -1,0 +1,189 @@
+"""Long runs of tools/infer.py: results kept as made, resumed after SIGKILL, sharded over paddle.distributed.launch
+processes and over 2 "nodes" on localhost, manifests, recursion, failures and the error budget. The texts are the
+transformers reference's greedy texts."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import reference
+
+from paddle_got.processing import OCRRequest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INFER = os.path.join(REPO, "tools", "infer.py")
+MAX_NEW_TOKENS = 12
+NUM_PAGES = 12
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GLOG_minloglevel": "2"}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, ocr_checkpoint):
+    """A tree of 12 pictures (4 of them in sub/ and sub/deeper/), one broken file, and the reference's texts."""
+    root = tmp_path_factory.mktemp("archive")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    paths = []
+    for index in range(NUM_PAGES):
+        folder = root / ("sub" if index in (8, 9) else "sub/deeper" if index in (10, 11) else "")
+        pixels = np.random.default_rng(index).integers(0, 256, (60 + index, 90, 3), dtype=np.uint8)
+        path = folder / f"page{index:02d}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    (root / "broken.png").write_bytes(b"not a picture")
+    requests = [OCRRequest([Image.open(path).convert("RGB")]) for path in paths]
+    texts = reference.expected_texts(ocr_checkpoint, requests, 20, MAX_NEW_TOKENS)
+    return {"root": str(root), "texts": dict(zip(paths, texts)), "broken": str(root / "broken.png")}
+
+
+def infer_command(checkpoint, *args):
+    return [sys.executable, INFER, "--model_name_or_path", checkpoint.directory, "--max_new_tokens",
+            str(MAX_NEW_TOKENS), *args]
+
+
+def launch_command(command, log_dir, nproc=2, nodes=()):
+    """`command` (a tools/infer.py command line) under paddle.distributed.launch with `nproc` processes."""
+    return [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING", *nodes, "--nproc_per_node",
+            str(nproc), "--log_dir", str(log_dir), *command[1:]]
+
+
+def run(command, check_exit=0):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=ENV)
+    assert result.returncode == check_exit, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def results(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def assert_reference_texts(path, archive):
+    """Every picture exactly once, in input order (sorted paths), with the reference's text."""
+    records = results(path)
+    assert [r["image"] for r in records] == sorted(archive["texts"])
+    assert {r["image"]: r["text"] for r in records} == archive["texts"]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_read_a_recursive_tree_as_one_does(ocr_checkpoint, archive, tmp_path):
+    output = tmp_path / "out.jsonl"
+    command = infer_command(ocr_checkpoint, "--image_file", archive["root"], "--recursive", "--output", str(output))
+    result = run(launch_command(command, tmp_path / "logs"), check_exit=2)
+    assert_reference_texts(output, archive)
+    errors = results(str(output) + ".errors.jsonl")
+    assert errors == [{"image": archive["broken"], "error": f"{archive['broken']}: cannot read the image (file is "
+                                                           "corrupt or not an image)."}]
+    report = json.load(open(str(output) + ".report.json"))
+    assert report["total"]["inputs"] == NUM_PAGES + 1 and report["total"]["done"] == NUM_PAGES
+    assert report["total"]["failed"] == 1 and report["total"]["skipped"] == 0
+    assert [r["inputs"] for r in report["ranks"]] == [7, 6]  # index modulo 2 of 13 documents
+    assert sum(r["new_tokens"] for r in report["ranks"]) == report["total"]["new_tokens"] > 0
+    assert not os.path.exists(str(output) + ".parts")
+    worker0 = open(tmp_path / "logs" / "workerlog.0", encoding="utf-8").read()
+    assert "Read 12 of 13 inputs (12 pages)" in worker0 and "1 failed." in worker0
+    assert "Traceback" not in worker0 + result.stderr
+
+
+def test_killed_run_resumes_with_another_process_count(ocr_checkpoint, archive, tmp_path):
+    output = tmp_path / "out.jsonl"
+    command = infer_command(ocr_checkpoint, "--image_file", archive["root"], "--recursive", "--output", str(output))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO, env=ENV)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not output.exists() or output.read_text().count('"text"') < 4):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    kept = output.read_text().count('"text"')
+    assert 4 <= kept < NUM_PAGES
+    with open(output, "a", encoding="utf-8") as f:
+        f.write('{"image": "' + archive["root"] + '/page0')  # what a kill in the middle of a line leaves
+    resumed = run(launch_command(command + ["--resume"], tmp_path / "logs"), check_exit=2)
+    assert_reference_texts(output, archive)
+    report = json.load(open(str(output) + ".report.json"))
+    assert report["total"]["skipped"] == kept and report["total"]["done"] == NUM_PAGES - kept
+    assert "Traceback" not in resumed.stderr
+
+    started = time.perf_counter()
+    again = run(command + ["--resume"], check_exit=2)  # a finished run: nothing is read again
+    assert time.perf_counter() - started < 30
+    assert_reference_texts(output, archive)
+    assert f"Read 0 of {NUM_PAGES + 1} inputs (0 pages)" in again.stderr
+    assert f"{NUM_PAGES} kept from an earlier run, 1 failed." in again.stderr.splitlines()[-1]
+
+
+def test_resume_refuses_other_options_unless_overwrite(ocr_checkpoint, archive, tmp_path):
+    output = tmp_path / "out.jsonl"
+    pages = [os.path.join(archive["root"], f"page0{index}.png") for index in range(3)]
+    run(infer_command(ocr_checkpoint, "--image_file", *pages, "--output", str(output)))
+    refused = run(infer_command(ocr_checkpoint, "--image_file", *pages, "--output", str(output), "--resume",
+                                "--ocr_type", "format"), check_exit=2)
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {output} was read with other options (ocr_type 'ocr' -> 'format'): rerun with the same options, "
+        "or add --overwrite to read everything again."]
+    assert_first = results(output)
+    assert [r["text"] for r in assert_first] == [archive["texts"][page] for page in pages]
+    run(infer_command(ocr_checkpoint, "--image_file", *pages, "--output", str(output), "--resume", "--ocr_type",
+                      "format", "--overwrite"))
+    report = json.load(open(str(output) + ".report.json"))
+    assert report["settings"]["ocr_type"] == "format" and report["total"]["done"] == 3
+
+
+def test_manifest_directory_output_and_error_budget(ocr_checkpoint, archive, tmp_path):
+    manifest = tmp_path / "pages.txt"
+    listed = [f"page0{index}.png" for index in range(4)]
+    manifest.write_text("# a manifest of the archive\n" + "\n".join(
+        [os.path.join(archive["root"], name) for name in listed] + ["nowhere.png", archive["broken"]]) + "\n")
+    out_dir = tmp_path / "texts"
+    run(infer_command(ocr_checkpoint, "--image_file", str(manifest), "--output", str(out_dir)), check_exit=2)
+    assert sorted(os.listdir(out_dir)) == [name.replace(".png", ".txt") for name in listed]
+    for name in listed:
+        assert (out_dir / name.replace(".png", ".txt")).read_text() == archive["texts"][
+            os.path.join(archive["root"], name)] + "\n"
+    errors = results(str(out_dir) + ".errors.jsonl")
+    assert [e["error"] for e in errors] == [f"{tmp_path}/nowhere.png: no such file.",
+                                            f"{archive['broken']}: cannot read the image (file is corrupt or not an "
+                                            "image)."]
+
+    (out_dir / "page01.txt").unlink()
+    resumed = run(infer_command(ocr_checkpoint, "--image_file", str(manifest), "--output", str(out_dir), "--resume"),
+                  check_exit=2)
+    assert resumed.stderr.strip().splitlines()[-1].startswith("Read 1 of 6 inputs (1 pages)")
+    assert (out_dir / "page01.txt").read_text() == archive["texts"][os.path.join(archive["root"], "page01.png")] + "\n"
+
+    stopped = run(infer_command(ocr_checkpoint, "--image_file", str(manifest), "--output", str(tmp_path / "b.jsonl"),
+                                "--max_error_rate", "0.2"), check_exit=2)
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "error: Stopping: 2 of 6 inputs failed, more than --max_error_rate 0.2 allows; the results so far are kept "
+        "(rerun with --resume to go on).")
+    assert [r["text"] for r in results(tmp_path / "b.jsonl") if "text" in r] == [
+        archive["texts"][os.path.join(archive["root"], name)] for name in listed]
+
+
+def test_two_nodes_on_localhost(ocr_checkpoint, archive, tmp_path):
+    output = tmp_path / "out.jsonl"
+    command = infer_command(ocr_checkpoint, "--image_file", archive["root"], "--recursive", "--output", str(output))
+    master = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen(launch_command(command, tmp_path / f"node{node}", nproc=1,
+                                             nodes=("--nnodes", "2", "--master", master)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=ENV)
+             for node in range(2)]
+    codes = sorted(node.wait(timeout=600) for node in nodes)
+    assert codes == [0, 2]  # rank 0 reports the broken file; the other rank's node ends cleanly
+    assert_reference_texts(output, archive)
+    report = json.load(open(str(output) + ".report.json"))
+    assert len(report["ranks"]) == 2 and report["total"]["done"] == NUM_PAGES
