@@ -8,7 +8,7 @@ continuous`, and sends both the same workload: `--requests` streaming chat compl
 clients, each with its own 1024x1024 image and a `max_tokens` drawn from the spread (random weights rarely make an
 end token, so a request mostly runs to its limit). Prints requests/s, tokens/s, p50/p95 latency and time to first
 token per mode, then the probe for a short request (16 tokens) sent alone and sent while `--rows - 1` long requests
-(512 tokens) run. Logs go to stderr, the tables to stdout.
+(512 tokens) are generating. Logs go to stderr, the tables to stdout.
 """
 
 import argparse
@@ -23,7 +23,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -108,8 +110,9 @@ def image_url(seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def send(url: str, image: str, max_tokens: int) -> dict:
-    """One streaming chat completion; its latency, time to first token and completion tokens."""
+def send(url: str, image: str, max_tokens: int, first_token: Optional[threading.Event] = None) -> dict:
+    """One streaming chat completion; its latency, time to first token and completion tokens (`first_token`, if
+    given, is set when the first text arrives)."""
     import httpx
 
     body = {"model": MODEL, "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
@@ -126,6 +129,8 @@ def send(url: str, image: str, max_tokens: int) -> dict:
                 tokens = chunk["usage"]["completion_tokens"]
             elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - start
+                if first_token is not None:
+                    first_token.set()
     return {"latency": time.perf_counter() - start, "ttft": first if first is not None else float("nan"),
             "tokens": tokens}
 
@@ -144,24 +149,18 @@ def run_workload(url: str, workload, rows: int) -> dict:
 
 
 def short_request_probe(url: str, rows: int, seed: int) -> dict:
-    """A short request alone, then the same once `rows - 1` long requests are accepted and generating (with fixed
-    batches some of them may wait for the first to finish)."""
-    import httpx
-
+    """A short request alone, then the same once `rows - 1` long requests are generating: each has streamed its
+    first text (with fixed batches the short one then waits for their batch to end)."""
     alone = send(url, image_url(seed), SHORT_TOKENS)["latency"]
     long_images = [image_url(seed + 1 + index) for index in range(rows - 1)]
+    generating = [threading.Event() for _ in long_images]
     started = concurrent.futures.ThreadPoolExecutor(rows - 1)
-    futures = [started.submit(send, url, image, LONG_TOKENS) for image in long_images]
-    deadline = time.time() + 3600
-    while time.time() < deadline:  # every long request accepted, and generation under way
-        metrics = httpx.get(url + "/metrics").text
-        gauges = {name: int(value) for name, value in (line.split() for line in metrics.splitlines()
-                                                      if line.startswith(("paddle_got_running_rows ",
-                                                                          "paddle_got_queue_depth ")))}
-        running, waiting = gauges["paddle_got_running_rows"], gauges["paddle_got_queue_depth"]
-        if running >= 1 and running + waiting == rows - 1:
-            break
-        time.sleep(0.2)
+    futures = [started.submit(send, url, image, LONG_TOKENS, event) for image, event in zip(long_images, generating)]
+    for event, future in zip(generating, futures):
+        while not event.wait(1.0):
+            if future.done():
+                future.result()
+                raise SystemExit("a long request of the probe ended before it streamed any text")
     during = send(url, image_url(seed), SHORT_TOKENS)["latency"]
     for future in futures:
         future.result()
