@@ -8,6 +8,7 @@ from typing import List, Optional
 from .errors import GOTError
 
 JSONL_SUFFIXES = (".jsonl", ".json")
+RENDERINGS = ("md", "html")  # what an output directory gets for formatted text
 
 
 def current_umask() -> int:
@@ -77,22 +78,48 @@ def check_output(path: str, num_documents: int) -> None:
         raise GOTError(f"--output {path} cannot be written: no permission to write in {folder}.")
 
 
-def text_file_name(image: str, page: Optional[int], ocr_type: str) -> str:
-    """`<stem>.txt` (plain OCR) or `<stem>.md` (formatted) for input `image`, with `_page<N>` for a PDF page."""
+def file_suffix(ocr_type: str, render: Optional[str] = None) -> str:
+    """The suffix of a result's file in an output directory: `.html` with render="html", else `.md` for formatted
+    text (rendered to Markdown) and `.txt` for plain text."""
+    if render == "html":
+        return ".html"
+    return ".md" if ocr_type == "format" else ".txt"
+
+
+def text_file_name(image: str, page: Optional[int], suffix: str) -> str:
+    """`<stem><suffix>` for input `image`, with `_page<N>` for a PDF page."""
     stem = os.path.splitext(os.path.basename(image))[0] or "image"
     if page is not None:
         stem += f"_page{page}"
-    return stem + (".md" if ocr_type == "format" else ".txt")
+    return stem + suffix
 
 
-def write_results(results: List, path: str, ocr_type: str) -> None:
-    """Write the successful results to `path` in the form its name asks for (see `output_kind`)."""
+def file_text(result, suffix: str, ocr_type: str) -> str:
+    """What a result's file holds: an HTML page with the input image beside the rendered text (`.html`), Markdown
+    rendered from formatted text (`.md`), else the text as read; ends with a newline."""
+    if suffix == ".html":
+        from .render import result_html
+
+        return result_html(result.text, result.image, result.page)
+    if suffix == ".md" and ocr_type == "format":
+        from .render import to_markdown
+
+        return to_markdown(result.text) + "\n"
+    return result.text + "\n"
+
+
+def write_results(results: List, path: str, ocr_type: str, render: Optional[str] = None) -> None:
+    """Write the successful results to `path` in the form its name asks for (see `output_kind`): JSON lines, one
+    file (rendered as its suffix says) or a directory of files (see `file_suffix`)."""
     done = [r for r in results if r.error is None]
     kind = output_kind(path)
     if kind == "jsonl":
         write_atomic(path, "".join(json_line(r) + "\n" for r in done))
     elif kind == "file":
-        write_atomic(path, "".join(r.text + "\n" for r in done))
+        suffix = os.path.splitext(path)[1].lower()
+        write_atomic(path, "".join(file_text(r, suffix, ocr_type) for r in done))
     else:
+        suffix = file_suffix(ocr_type, render)
         for result in done:
-            write_atomic(os.path.join(path, text_file_name(result.image, result.page, ocr_type)), result.text + "\n")
+            write_atomic(os.path.join(path, text_file_name(result.image, result.page, suffix)),
+                         file_text(result, suffix, ocr_type))

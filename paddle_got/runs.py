@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from tqdm import tqdm
 
 from .errors import GOTError
-from .outputs import output_kind, text_file_name, write_atomic
+from .outputs import file_suffix, file_text, output_kind, text_file_name, write_atomic
 
 PARTS_SUFFIX = ".parts"
 ERRORS_SUFFIX = ".errors.jsonl"
@@ -106,10 +106,10 @@ def remove_path(path: str) -> None:
         os.remove(path)
 
 
-def unique_file_names(documents: Dict[str, Tuple[str, Optional[int]]], ocr_type: str) -> Dict[str, str]:
+def unique_file_names(documents: Dict[str, Tuple[str, Optional[int]]], suffix: str) -> Dict[str, str]:
     """`document_key -> file name` in an output directory: `text_file_name` of each document or, when two documents
     would share a name (the same stem in different folders), its path below the folders' common parent."""
-    names = {key: text_file_name(image, page, ocr_type) for key, (image, page) in documents.items()}
+    names = {key: text_file_name(image, page, suffix) for key, (image, page) in documents.items()}
     if len(set(names.values())) == len(names):
         return names
     folders = {key: os.path.dirname(os.path.abspath(image)) for key, (image, _) in documents.items()}
@@ -121,14 +121,14 @@ def unique_file_names(documents: Dict[str, Tuple[str, Optional[int]]], ocr_type:
 class RunStore:
     """Where a run's results go, what an earlier run already read, and the assembly of the final files.
 
-    `documents` maps the key of every document of the run (all ranks', in input order) to its `(image, page)`.
+    `documents` maps the key of every document of the run (all ranks', in input order) to its `(image, page)`;
+    `render` ("html") makes an output directory's files HTML pages (see `outputs.file_suffix`).
     Call `prepare()`, wait for every rank, `open()` (rank 0 then `write_settings()`), `add(result)` for every
     finished document, and `finish(report)` at the end: rank 0 then waits for the others and writes the final files.
     """
 
     def __init__(self, output: str, documents: Dict[str, Tuple[str, Optional[int]]], ocr_type: str, settings: dict,
-                 shard: Shard,
-                 resume: bool = False, overwrite: bool = False):
+                 shard: Shard, resume: bool = False, overwrite: bool = False, render: Optional[str] = None):
         self.output = output.rstrip("/") or output
         self.kind = output_kind(output)
         if self.kind == "file":
@@ -136,7 +136,8 @@ class RunStore:
         self.documents, self.ocr_type, self.settings, self.shard = documents, ocr_type, settings, shard
         self.resume, self.overwrite = resume, overwrite
         self.parts = self.output + PARTS_SUFFIX
-        self.file_names = unique_file_names(documents, ocr_type) if self.kind == "directory" else {}
+        self.suffix = file_suffix(ocr_type, render)
+        self.file_names = unique_file_names(documents, self.suffix) if self.kind == "directory" else {}
         if self.kind == "jsonl" and shard.world == 1:
             self.part = self.output
         else:
@@ -211,7 +212,7 @@ class RunStore:
         record = result.to_dict()
         if result.error is None and self.kind == "directory":
             name = self.file_names[document_key(result.image, result.page)]
-            write_atomic(os.path.join(self.output, name), result.text + "\n")
+            write_atomic(os.path.join(self.output, name), file_text(result, self.suffix, self.ocr_type))
             record = {"image": result.image, "page": result.page, "file": name}
         self._stream.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._stream.flush()

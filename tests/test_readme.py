@@ -57,6 +57,29 @@ def test_readme_inference_commands_run_as_written(tmp_path, ocr_checkpoint):
     assert (workspace / "results.jsonl").read_text().count("\n") == 7  # 5 images + the 2 pages of the PDF
 
 
+def test_readme_rendering_commands_run_as_written(tmp_path, ocr_checkpoint):
+    """The rendering section's commands, with scans/ standing for demo_images/ and results.jsonl read from it."""
+    section = readme_section("README.md", "## Rendering")
+    commands = [line.split("  #")[0] for line in section.splitlines() if line.startswith("python tools/")]
+    assert len(commands) == 4
+    workspace = inference_workspace(tmp_path)
+    os.symlink(os.path.join(REPO, "demo_images"), workspace / "scans")
+    model = ["--model_name_or_path", ocr_checkpoint.directory, "--max_new_tokens", "8"]
+    subprocess.run([sys.executable, "tools/infer.py", "--ocr_type", "format", "--image_file", "demo_images/table.png",
+                    "demo_images/slide.png", "--output", "results.jsonl", *model], cwd=workspace, check=True,
+                   capture_output=True)
+    for command in commands:
+        arguments = shlex.split(command)[1:] + (model if "infer.py" in command else [])
+        result = subprocess.run([sys.executable, *arguments], cwd=workspace, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, (command, result.stderr)
+    assert (workspace / "table.html").read_text().count('<img src="data:image/png;base64,') == 1
+    assert sorted(os.listdir(workspace / "pages")) == sorted(
+        [os.path.splitext(name)[0] + ".html" for name in os.listdir(os.path.join(REPO, "demo_images"))
+         if not name.endswith(".pdf")] + ["two_pages_page1.html", "two_pages_page2.html"])
+    assert sorted(os.listdir(workspace / "md")) == ["slide.md", "table.md"]
+
+
 def test_readme_python_api_runs_as_written(tmp_path, ocr_checkpoint):
     section = readme_section("README.md", "## Inference")
     snippet = re.search(r"```python\n(.*?)\n```", section, flags=re.S).group(1)

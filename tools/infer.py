@@ -1,6 +1,7 @@
 """Read images and PDFs with GOT-OCR2.0.
 
     python tools/infer.py --ocr_type format --image_file page.png
+    python tools/infer.py --ocr_type format --image_file page.png --output page.html
     python tools/infer.py --image_file scans/ --batch_size 4 --output results.jsonl
     python tools/infer.py --image_file slide.png --color red
     python tools/infer.py --image_file report.pdf --multi_page --ocr_type format
@@ -27,7 +28,7 @@ from paddle_got.device import join_launch
 from paddle_got.errors import GOTError
 from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source
 from paddle_got.inputs import expand_inputs, mark_box_misfits
-from paddle_got.outputs import check_output, json_line, output_kind, write_results
+from paddle_got.outputs import RENDERINGS, check_output, json_line, output_kind, write_results
 from paddle_got.pipeline import GOT, check_read_options, check_stream, default_ngram_size
 from paddle_got.runs import RunStore, Shard, document_key, read_run, summary_line
 from paddle_got.processing import parse_box
@@ -62,6 +63,9 @@ def parse_args():
                         help="auto: bfloat16/float16 on GPU, float32 on CPU")
     parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
     parser.add_argument("--output", help="also write results: a .jsonl file, a directory (one .txt/.md each) or a file")
+    parser.add_argument("--render", choices=RENDERINGS, default="md",
+                        help="what an output directory gets for formatted text: Markdown files, or HTML pages with "
+                        "the image beside the rendered text (a single --output file follows its suffix: .md, .html)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the results --output already holds and read only the rest")
     parser.add_argument("--overwrite", action="store_true",
@@ -114,7 +118,7 @@ def main():
         settings.update(model=args.model_name_or_path, dtype=args.dtype, box=list(box) if box is not None else None)
         store = RunStore(args.output, {document_key(doc[0].name, doc[0].page): (doc[0].name, doc[0].page)
                                        for doc in documents}, args.ocr_type, settings, shard, args.resume,
-                         args.overwrite)
+                         args.overwrite, args.render)
         store.check_resume()
     barrier = join_launch(shard.world)
 
@@ -149,7 +153,7 @@ def main():
         show(result)
     progress.close()
     if args.output:
-        write_results(results, args.output, args.ocr_type)
+        write_results(results, args.output, args.ocr_type, args.render)
     if failures:
         sys.exit(EXIT_BAD_INPUT)
 

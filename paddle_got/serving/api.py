@@ -25,12 +25,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import GOTError
 from ..logger import logger
 from ..processing import parse_box
+from ..render import to_html, to_markdown
 from .service import OCRJob, OCRService, RequestError, RunningJob
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 411: "invalid_request_error", 413: "request_too_large",
                503: "server_overloaded", 504: "timeout"}
 BOOLEAN_FIELDS = ("multi_crop", "multi_page", "repetition_guard", "stream")
+RESPONSE_FORMATS = ("text", "markdown", "html")
 
 
 def error_response(status: int, message: str, param: Optional[str] = None) -> JSONResponse:
@@ -80,6 +82,26 @@ def parse_options(fields: Dict[str, Any]) -> Dict[str, Any]:
         except GOTError as err:  # parse_box's sentence says what is wrong
             raise RequestError(str(err), param="box") from err
     return options
+
+
+def parse_response_format(value) -> str:
+    """`text` (GOT's own output), `markdown` or `html` from OpenAI's `response_format` ({"type": ...} or a string)."""
+    kind = value.get("type") if isinstance(value, dict) else value
+    if kind is None:
+        return "text"
+    if kind not in RESPONSE_FORMATS:
+        raise RequestError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {kind!r}.",
+                           param="response_format")
+    return kind
+
+
+def rendered(text: str, response_format: str, image=None) -> str:
+    """The answer in the asked form: the text as read, Markdown, or a self-contained HTML page beside `image`."""
+    if response_format == "markdown":
+        return to_markdown(text)
+    if response_format == "html":
+        return to_html(text, image)
+    return text
 
 
 def parse_bool(value, name: str) -> bool:
@@ -251,6 +273,10 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
             raise RequestError("The request body must be a JSON object.")
         check_model(body)
         stream = parse_bool(body["stream"], "stream") if body.get("stream") is not None else False
+        response_format = parse_response_format(body.get("response_format"))
+        if stream and response_format != "text":
+            raise RequestError(f"A {response_format} answer is rendered from the whole text: ask for it without "
+                               "stream.", param="response_format")
         urls, text = user_parts(body)
         options = parse_options(body)
         if text is not None:
@@ -272,7 +298,8 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
             if result.error is not None:
                 raise RequestError(result.error, 500)
             return {"id": job_id, "object": "chat.completion", "created": created, "model": model_name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                    "choices": [{"index": 0, "message": {"role": "assistant",
+                                                         "content": rendered(result.text, response_format, images[0])},
                                  "finish_reason": result.finish_reason}],
                     "usage": usage(job)}
 
@@ -333,7 +360,8 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
         if upload is None or isinstance(upload, str):
             raise RequestError("The form needs a 'file' field holding an image or a PDF.", param="file")
         data, name = await upload.read(), upload.filename or "the upload"
-        options = parse_options({key: value for key, value in form.items() if key != "file"})
+        options = parse_options({key: value for key, value in form.items() if key not in ("file", "response_format")})
+        response_format = parse_response_format(form.get("response_format"))
         pages = await asyncio.to_thread(service.pages_from_upload, data, name)
         if options.get("multi_page"):
             documents: List[List] = [pages]
@@ -352,6 +380,8 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
                 page = None if options.get("multi_page") or len(pages) == 1 else index + 1
                 entry = {"page": page, "finish_reason": result.finish_reason, "usage": usage(job)}
                 entry.update({"error": result.error} if result.error is not None else {"text": result.text})
+                if result.error is None and response_format != "text":
+                    entry[response_format] = rendered(result.text, response_format, documents[index][0])
                 results.append(entry)
         except asyncio.CancelledError:
             return Response(status_code=499)

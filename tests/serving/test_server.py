@@ -5,6 +5,7 @@ request is a 4xx in OpenAI's error shape, limits, authentication and cancellatio
 import base64
 import concurrent.futures
 import io
+import html
 import json
 import os
 import re
@@ -168,6 +169,29 @@ def test_streaming_equals_not_streaming(client, pictures):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_markdown_and_html_answers_are_the_rendered_reference_text(server, pictures, ocr_checkpoint, tmp_path):
+    from paddle_got.render import to_markdown
+
+    (expected,) = reference.expected_texts(ocr_checkpoint, [OCRRequest([pictures[0]], ocr_type="format")], 20,
+                                           MAX_TOKENS)
+    answers = {}
+    for kind in ("markdown", "html"):
+        body = {**chat_body([pictures[0]], ocr_type="format"), "response_format": {"type": kind}}
+        response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        answers[kind] = response.json()["choices"][0]["message"]["content"]
+    assert answers["markdown"] == to_markdown(expected)
+    page = answers["html"]
+    assert page.startswith("<!DOCTYPE html>") and '<img src="data:image/png;base64,' in page
+    assert "<script" not in page and html.escape(expected.split()[0]) in page
+    pdf = tmp_path / "doc.pdf"
+    pictures[0].save(pdf, save_all=True, append_images=[pictures[1]])
+    response = httpx.post(server.url + "/v1/ocr", files={"file": ("doc.pdf", pdf.read_bytes(), "application/pdf")},
+                          data={"max_tokens": str(MAX_TOKENS), "ocr_type": "format", "response_format": "markdown"},
+                          timeout=120)
+    assert [r["markdown"] == to_markdown(r["text"]) for r in response.json()["results"]] == [True, True]
+
+
 def test_concurrent_requests_equal_sequential_ones(server, pictures):
     bodies = [chat_body([image], ocr_type=kind, max_tokens=tokens) for image in pictures
               for kind, tokens in (("ocr", 6), ("format", 30))]
@@ -241,12 +265,16 @@ def bad_requests(pictures):
         "local path": ({**good, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 400, "Local image paths are off"),
         "zero max_tokens": ({**good, "max_tokens": 0}, 400, "max_tokens must be a whole number of at least 1."),
+        "json response_format": ({**good, "response_format": {"type": "json_object"}}, 400,
+                                 "response_format must be one of text, markdown, html, got 'json_object'."),
+        "stream as html": ({**good, "stream": True, "response_format": {"type": "html"}}, 400,
+                           "A html answer is rendered from the whole text: ask for it without stream."),
     }
 
 
 BAD_CASES = ["malformed JSON", "no image", "bad base64", "not an image", "unknown mode", "malformed box",
              "box outside", "inverted box", "image too large", "body too large", "several images", "unknown model",
-             "remote image", "local path", "zero max_tokens"]
+             "remote image", "local path", "zero max_tokens", "json response_format", "stream as html"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
