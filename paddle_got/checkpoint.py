@@ -253,6 +253,7 @@ def load_pretrained(model_class: type, path: str, dtype: str = "float32"):
     model.eval()
     model.tokenizer_files = tokenizer_files(path)
     stored = "/".join(sorted(stored_dtypes))
+    model.stored_dtype = stored
     held = stored if stored == dtype else f"stored as {stored}, loaded as {dtype}"
     logger.info(f"Loaded {path} ({layout} layout, {source.fmt}, {len(parameters)} tensors, {held}).")
     return model

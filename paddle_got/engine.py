@@ -197,7 +197,7 @@ class ModelRunner:
     def __init__(self, model, max_rows: int):
         self.model = model
         self.cache = RowCache(model.config, max_rows)
-        self.dtype = model.qwen2.embed_tokens.weight.dtype
+        self.dtype = model.qwen2.compute_dtype
 
     def prefill(self, request: GenerationRequest) -> np.ndarray:
         """Encode the request's images once, run its prompt alone, give it the next row; its next-token logits."""

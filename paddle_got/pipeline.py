@@ -13,11 +13,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 
 from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
-from .device import resolve_dtype, set_cpu_threads
+from .device import gpu_compute_capability, resolve_dtype, set_cpu_threads
 from .errors import BadInputError, GOTError
 from .engine import ERROR, Engine, GenerationRequest, RequestHandle
 from .hub import DEFAULT_MODEL, resolve_model_path
 from .inputs import ImageInput, InputImage, expand_inputs, load_input
+from .kernels import decode_cpu
 from .logger import logger
 from .modeling.got import GOTQwenForCausalLM
 from .processing import GOTProcessor, OCRRequest, validate_options
@@ -110,10 +111,14 @@ class GOT:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, dtype: str = "auto",
-                        num_threads: Optional[int] = None, source: Optional[str] = None) -> "GOT":
+                        num_threads: Optional[int] = None, source: Optional[str] = None,
+                        bfloat16_decode_weights: Optional[bool] = None) -> "GOT":
         """Load a checkpoint directory (any layout) or hub id; `dtype` auto picks bf16/fp16 on GPU, fp32 on CPU.
 
         `source` is where a hub id is fetched from: huggingface (default), modelscope or aistudio (paddle_got.hub).
+        On CPU a checkpoint stored in bfloat16 (the release is) keeps its decoder weights in bfloat16 for our decode
+        kernels, which widen them exactly (half the reads per token); `bfloat16_decode_weights` False keeps them in
+        float32, True forces it (rounding a float32 checkpoint).
         """
         dtype = resolve_dtype(dtype)
         if dtype == "float32":
@@ -123,6 +128,15 @@ class GOT:
         model = GOTQwenForCausalLM.from_pretrained(path, dtype=dtype)
         if model.config.im_patch_token != processor.tokenizer.token_id(IMG_PAD):
             raise GOTError(f"The tokenizer and config.json of {path} disagree on the <imgpad> token id.")
+        if bfloat16_decode_weights is None:
+            bfloat16_decode_weights = (dtype == "float32" and gpu_compute_capability() is None
+                                       and getattr(model, "stored_dtype", None) == "bfloat16"
+                                       and decode_cpu.load_library() is not None)
+        if bfloat16_decode_weights:
+            if dtype != "float32" or gpu_compute_capability() is not None:
+                raise GOTError("bfloat16 decode weights are for float32 inference on CPU.")
+            model.keep_decoder_weights_in_bfloat16()
+            logger.info("Decoding with the decoder's weights in bfloat16 (widened exactly by the CPU kernels).")
         return cls(model, processor)
 
     def iter_recognize(

@@ -53,7 +53,7 @@ def requests(ocr_checkpoint):
 def kernels(request, monkeypatch):
     """Our CPU decode kernels, or Paddle's ops (as on a GPU or a CPU without AVX2)."""
     if request.param == "paddle":
-        monkeypatch.setattr(decode_cpu, "kernels_apply", lambda activations, stored: False)
+        monkeypatch.setattr(decode_cpu, "kernels_apply", lambda *arguments: False)
     return request.param
 
 

@@ -1,10 +1,12 @@
 """The GOT API: PIL inputs, per-input errors instead of exceptions, a failed batch read again alone, streaming,
 what reading imports."""
 
+import os
 import subprocess
 import sys
 
 import numpy as np
+import paddle
 from PIL import Image
 
 import reference
@@ -40,6 +42,30 @@ def test_inputs_whose_batch_failed_are_read_again_alone(ocr_checkpoint, monkeypa
     results = ocr.recognize(images, max_new_tokens=10, batch_size=3)
     assert rows_seen[:3] == [3, 3, 3] and rows_seen[3:] == [1] * 9 * 3  # then each input alone: 9 decode steps
     assert [r.error for r in results] == [None] * 3 and [r.text for r in results] == expected
+
+
+def test_a_bfloat16_checkpoint_decodes_on_bfloat16_weights_with_the_reference_text(tmp_path):
+    """The release is stored in bfloat16: on CPU its decoder weights stay bfloat16 (half the reads per token), and
+    the texts still equal the reference's, run in float32 on the same values."""
+    import types
+
+    import torch
+
+    directory = str(tmp_path / "bf16")
+    os.makedirs(directory)
+    num_ranks = reference.write_tiktoken(directory) - reference.NUM_SPECIAL_TOKENS
+    shape = reference.tokenizer_shape(reference.SHAPES[0], num_ranks)
+    model = reference.build_ocr_reference(shape, num_ranks, seed=17)
+    reference.save_got(model.to(torch.bfloat16), shape, directory)
+    checkpoint = types.SimpleNamespace(directory=directory, model=model.to(torch.float32), shape=shape)
+    images = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+              for seed in range(2)]
+    expected = reference.expected_texts(checkpoint, [OCRRequest([image]) for image in images], 20, 12)
+    ocr = GOT.from_pretrained(directory)
+    assert ocr.model.qwen2.layers[0].mlp.down_proj.weight.dtype == paddle.bfloat16
+    assert [r.text for r in ocr.recognize(images, max_new_tokens=12, batch_size=2)] == expected
+    kept = GOT.from_pretrained(directory, bfloat16_decode_weights=False)
+    assert kept.model.qwen2.layers[0].mlp.down_proj.weight.dtype == paddle.float32
 
 
 def test_stream_callback_receives_exactly_the_final_text(ocr_checkpoint):

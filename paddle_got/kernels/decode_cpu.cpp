@@ -5,7 +5,9 @@
 // one-row product on one core (~22 GB/s here) and an eight-row product at ~6-15 GB/s; these loops keep every core
 // streaming (~32 and ~22 GB/s).
 //   out[rows, out_features] = x[rows, in_features] @ W (+ bias)
-//   W is [in_features, out_features] (a Paddle Linear weight) or [out_features, in_features] (an embedding table).
+//   W is [in_features, out_features] (a Paddle Linear weight) or [out_features, in_features] (an embedding table),
+//   float32 or bfloat16 (skinny_matmul_bf16: widened to float32 in registers, which is exact, so only the
+//   summation order differs from a float32 product; half the bytes read).
 //
 // decode_attention: one layer's attention for one new token per sequence: rotary on the new query and key, the key
 // and value written into the feature-major KV cache, and attention over its filled columns only.
@@ -18,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -42,6 +45,23 @@ Range share(int64_t count, int64_t granule) {
     return range;
 }
 
+using bfloat16 = uint16_t;  // the upper half of a float32's bits
+
+// Eight weights from memory as float32.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const bfloat16* p) {
+    const __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+}
+
+inline float to_float(float value) { return value; }
+inline float to_float(bfloat16 value) {
+    const uint32_t bits = static_cast<uint32_t>(value) << 16;
+    float result;
+    std::memcpy(&result, &bits, sizeof(result));
+    return result;
+}
+
 float horizontal_sum(__m256 vector) {
     const __m128 pairs = _mm_add_ps(_mm256_castps256_ps128(vector), _mm256_extractf128_ps(vector, 1));
     const __m128 halves = _mm_add_ps(pairs, _mm_movehl_ps(pairs, pairs));
@@ -50,33 +70,37 @@ float horizontal_sum(__m256 vector) {
 
 // One row: partial[0:out_features] = x[begin:end] @ W[begin:end, 0:out_features], W's rows `row_stride` floats
 // apart, reading four weight rows per sweep (for a product, each thread streams its own contiguous slab of W).
-void one_row_slab(const float* x, const float* weight, int64_t row_stride, int64_t out_features, Range depth,
+template <typename W>
+void one_row_slab(const float* x, const W* weight, int64_t row_stride, int64_t out_features, Range depth,
                   float* partial) {
     std::fill(partial, partial + out_features, 0.0f);
     int64_t k = depth.begin;
     for (; k + 4 <= depth.end; k += 4) {
-        const float* row0 = weight + k * row_stride;
-        const float* row1 = row0 + row_stride;
-        const float* row2 = row1 + row_stride;
-        const float* row3 = row2 + row_stride;
+        const W* row0 = weight + k * row_stride;
+        const W* row1 = row0 + row_stride;
+        const W* row2 = row1 + row_stride;
+        const W* row3 = row2 + row_stride;
         const __m256 x0 = _mm256_broadcast_ss(x + k), x1 = _mm256_broadcast_ss(x + k + 1);
         const __m256 x2 = _mm256_broadcast_ss(x + k + 2), x3 = _mm256_broadcast_ss(x + k + 3);
         int64_t j = 0;
         for (; j + kFloatsPerVector <= out_features; j += kFloatsPerVector) {
             __m256 sum = _mm256_loadu_ps(partial + j);
-            sum = _mm256_fmadd_ps(x0, _mm256_loadu_ps(row0 + j), sum);
-            sum = _mm256_fmadd_ps(x1, _mm256_loadu_ps(row1 + j), sum);
-            sum = _mm256_fmadd_ps(x2, _mm256_loadu_ps(row2 + j), sum);
-            sum = _mm256_fmadd_ps(x3, _mm256_loadu_ps(row3 + j), sum);
+            sum = _mm256_fmadd_ps(x0, load8(row0 + j), sum);
+            sum = _mm256_fmadd_ps(x1, load8(row1 + j), sum);
+            sum = _mm256_fmadd_ps(x2, load8(row2 + j), sum);
+            sum = _mm256_fmadd_ps(x3, load8(row3 + j), sum);
             _mm256_storeu_ps(partial + j, sum);
         }
-        for (; j < out_features; ++j) partial[j] += x[k] * row0[j] + x[k + 1] * row1[j] + x[k + 2] * row2[j] + x[k + 3] * row3[j];
+        for (; j < out_features; ++j)
+            partial[j] += x[k] * to_float(row0[j]) + x[k + 1] * to_float(row1[j]) + x[k + 2] * to_float(row2[j]) +
+                          x[k + 3] * to_float(row3[j]);
     }
     for (; k < depth.end; ++k)
-        for (int64_t j = 0; j < out_features; ++j) partial[j] += x[k] * weight[k * row_stride + j];
+        for (int64_t j = 0; j < out_features; ++j) partial[j] += x[k] * to_float(weight[k * row_stride + j]);
 }
 
-void one_row_in_by_out(const float* x, int64_t in_features, const float* weight, int64_t out_features,
+template <typename W>
+void one_row_in_by_out(const float* x, int64_t in_features, const W* weight, int64_t out_features,
                        const float* bias, float* out, int num_threads) {
     thread_local std::vector<float> partials;
     partials.resize(static_cast<size_t>(out_features) * num_threads);
@@ -97,8 +121,8 @@ void one_row_in_by_out(const float* x, int64_t in_features, const float* weight,
 
 // ROWS x rows, one 16-column panel, weight rows [depth.begin, depth.end): accumulators stay in registers; `out`
 // holds the running sum between passes. The panel `prefetch_offset` columns ahead is fetched meanwhile.
-template <int ROWS>
-void panel_pass(const float* x, int64_t in_features, const float* weight, int64_t out_features, Range depth,
+template <int ROWS, typename W>
+void panel_pass(const float* x, int64_t in_features, const W* weight, int64_t out_features, Range depth,
                 bool first_pass, int64_t prefetch_offset, float* out) {
     __m256 sum[ROWS][kPanelVectors];
 #pragma GCC unroll 4
@@ -106,11 +130,11 @@ void panel_pass(const float* x, int64_t in_features, const float* weight, int64_
 #pragma GCC unroll 2
         for (int v = 0; v < kPanelVectors; ++v) sum[r][v] = _mm256_setzero_ps();
     for (int64_t k = depth.begin; k < depth.end; ++k) {
-        const float* row = weight + k * out_features;
+        const W* row = weight + k * out_features;
         _mm_prefetch(reinterpret_cast<const char*>(row + prefetch_offset), _MM_HINT_T0);
         __m256 w[kPanelVectors];
 #pragma GCC unroll 2
-        for (int v = 0; v < kPanelVectors; ++v) w[v] = _mm256_loadu_ps(row + v * kFloatsPerVector);
+        for (int v = 0; v < kPanelVectors; ++v) w[v] = load8(row + v * kFloatsPerVector);
 #pragma GCC unroll 4
         for (int r = 0; r < ROWS; ++r) {
             const __m256 xr = _mm256_broadcast_ss(x + r * in_features + k);
@@ -127,23 +151,25 @@ void panel_pass(const float* x, int64_t in_features, const float* weight, int64_
         }
 }
 
-void panel_pass_rows(int64_t rows, const float* x, int64_t in_features, const float* weight, int64_t out_features,
+template <typename W>
+void panel_pass_rows(int64_t rows, const float* x, int64_t in_features, const W* weight, int64_t out_features,
                      Range depth, bool first_pass, int64_t prefetch_offset, float* out) {
     for (int64_t r = 0; r < rows; r += kRowsPerBlock) {
         const float* x_block = x + r * in_features;
         float* out_block = out + r * out_features;
         switch (std::min(kRowsPerBlock, rows - r)) {
-            case 4: panel_pass<4>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block); break;
-            case 3: panel_pass<3>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block); break;
-            case 2: panel_pass<2>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block); break;
-            default: panel_pass<1>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block);
+            case 4: panel_pass<4, W>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block); break;
+            case 3: panel_pass<3, W>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block); break;
+            case 2: panel_pass<2, W>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block); break;
+            default: panel_pass<1, W>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block);
         }
     }
 }
 
 // Several rows, W [in, out]: each thread owns a run of 16-column panels and sweeps them one depth block at a time,
 // so the x rows reuse each weight line from L1 and the weight stream moves along whole rows.
-void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const float* weight, int64_t out_features,
+template <typename W>
+void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
                     const float* bias, float* out, int num_threads) {
     const int64_t panel_columns = out_features / kPanelWidth * kPanelWidth;
 #pragma omp parallel num_threads(num_threads)
@@ -161,7 +187,8 @@ void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const flo
         for (int64_t j = columns.end; j < owned_end; ++j)
             for (int64_t r = 0; r < rows; ++r) {
                 float total = 0.0f;
-                for (int64_t k = 0; k < in_features; ++k) total += x[r * in_features + k] * weight[k * out_features + j];
+                for (int64_t k = 0; k < in_features; ++k)
+                    total += x[r * in_features + k] * to_float(weight[k * out_features + j]);
                 out[r * out_features + j] = total;
             }
         if (bias)
@@ -172,8 +199,8 @@ void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const flo
 
 // ROWS x rows against OUTPUTS weight rows of W [out, in] (rows `weight_stride` floats apart): dot products,
 // accumulated in registers.
-template <int ROWS, int OUTPUTS>
-void dot_block(const float* x, int64_t in_features, const float* weight, int64_t weight_stride, const float* bias,
+template <int ROWS, int OUTPUTS, typename W>
+void dot_block(const float* x, int64_t in_features, const W* weight, int64_t weight_stride, const float* bias,
                int64_t out_features, float* out) {
     __m256 sum[ROWS][OUTPUTS];
 #pragma GCC unroll 4
@@ -184,7 +211,7 @@ void dot_block(const float* x, int64_t in_features, const float* weight, int64_t
     for (int64_t k = 0; k < vector_depth; k += kFloatsPerVector) {
         __m256 w[OUTPUTS];
 #pragma GCC unroll 4
-        for (int o = 0; o < OUTPUTS; ++o) w[o] = _mm256_loadu_ps(weight + o * weight_stride + k);
+        for (int o = 0; o < OUTPUTS; ++o) w[o] = load8(weight + o * weight_stride + k);
 #pragma GCC unroll 4
         for (int r = 0; r < ROWS; ++r) {
             const __m256 xr = _mm256_loadu_ps(x + r * in_features + k);
@@ -195,29 +222,31 @@ void dot_block(const float* x, int64_t in_features, const float* weight, int64_t
     for (int r = 0; r < ROWS; ++r)
         for (int o = 0; o < OUTPUTS; ++o) {
             float total = horizontal_sum(sum[r][o]) + (bias ? bias[o] : 0.0f);
-            for (int64_t k = vector_depth; k < in_features; ++k) total += x[r * in_features + k] * weight[o * weight_stride + k];
+            for (int64_t k = vector_depth; k < in_features; ++k)
+                total += x[r * in_features + k] * to_float(weight[o * weight_stride + k]);
             out[r * out_features + o] = total;
         }
 }
 
-template <int OUTPUTS>
-void dot_block_rows(int64_t rows, const float* x, int64_t in_features, const float* weight, const float* bias,
+template <int OUTPUTS, typename W>
+void dot_block_rows(int64_t rows, const float* x, int64_t in_features, const W* weight, const float* bias,
                     int64_t out_features, float* out) {
     for (int64_t r = 0; r < rows; r += kRowsPerBlock) {
         const float* x_block = x + r * in_features;
         float* out_block = out + r * out_features;
         switch (std::min(kRowsPerBlock, rows - r)) {
-            case 4: dot_block<4, OUTPUTS>(x_block, in_features, weight, in_features, bias, out_features, out_block); break;
-            case 3: dot_block<3, OUTPUTS>(x_block, in_features, weight, in_features, bias, out_features, out_block); break;
-            case 2: dot_block<2, OUTPUTS>(x_block, in_features, weight, in_features, bias, out_features, out_block); break;
-            default: dot_block<1, OUTPUTS>(x_block, in_features, weight, in_features, bias, out_features, out_block);
+            case 4: dot_block<4, OUTPUTS, W>(x_block, in_features, weight, in_features, bias, out_features, out_block); break;
+            case 3: dot_block<3, OUTPUTS, W>(x_block, in_features, weight, in_features, bias, out_features, out_block); break;
+            case 2: dot_block<2, OUTPUTS, W>(x_block, in_features, weight, in_features, bias, out_features, out_block); break;
+            default: dot_block<1, OUTPUTS, W>(x_block, in_features, weight, in_features, bias, out_features, out_block);
         }
     }
 }
 
 // W [out, in]: each thread owns a contiguous run of weight rows; one x row reads four weight rows at a time,
 // several x rows three at a time (4 x 3 accumulators: ~21 GB/s at eight rows here, against ~17 with 4 x 2).
-void rows_out_by_in(const float* x, int64_t rows, int64_t in_features, const float* weight, int64_t out_features,
+template <typename W>
+void rows_out_by_in(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
                     const float* bias, float* out, int num_threads) {
     const int64_t step = rows == 1 ? 4 : 3;
 #pragma omp parallel num_threads(num_threads)
@@ -225,13 +254,13 @@ void rows_out_by_in(const float* x, int64_t rows, int64_t in_features, const flo
         const Range outputs = share(out_features, step);
         int64_t o = outputs.begin;
         for (; o + step <= outputs.end; o += step) {
-            const float* block_weight = weight + o * in_features;
+            const W* block_weight = weight + o * in_features;
             const float* block_bias = bias ? bias + o : nullptr;
-            if (rows == 1) dot_block<1, 4>(x, in_features, block_weight, in_features, block_bias, out_features, out + o);
-            else dot_block_rows<3>(rows, x, in_features, block_weight, block_bias, out_features, out + o);
+            if (rows == 1) dot_block<1, 4, W>(x, in_features, block_weight, in_features, block_bias, out_features, out + o);
+            else dot_block_rows<3, W>(rows, x, in_features, block_weight, block_bias, out_features, out + o);
         }
         for (; o < outputs.end; ++o)
-            dot_block_rows<1>(rows, x, in_features, weight + o * in_features, bias ? bias + o : nullptr, out_features, out + o);
+            dot_block_rows<1, W>(rows, x, in_features, weight + o * in_features, bias ? bias + o : nullptr, out_features, out + o);
     }
 }
 
@@ -321,6 +350,20 @@ void rotate(const float* x, const float* cos, const float* sin, int64_t head_dim
     }
 }
 
+// out[rows, out_features] = x[rows, in_features] @ W + bias (bias may be null). x, bias and out are contiguous
+// float32; W is float32 (skinny_matmul) or bfloat16 (skinny_matmul_bf16).
+// weight_is_out_by_in = 0: W is [in_features, out_features]; 1: W is [out_features, in_features].
+template <typename W>
+void product(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
+             int weight_is_out_by_in, const float* bias, float* out, int num_threads) {
+    if (weight_is_out_by_in)
+        rows_out_by_in(x, rows, in_features, weight, out_features, bias, out, num_threads);
+    else if (rows == 1)
+        one_row_in_by_out(x, in_features, weight, out_features, bias, out, num_threads);
+    else
+        rows_in_by_out(x, rows, in_features, weight, out_features, bias, out, num_threads);
+}
+
 }  // namespace
 
 extern "C" {
@@ -371,16 +414,16 @@ void rms_norm(const float* x, int64_t rows, int64_t features, const float* weigh
     }
 }
 
-// out[rows, out_features] = x[rows, in_features] @ W + bias (bias may be null). All arrays are contiguous float32.
-// weight_is_out_by_in = 0: W is [in_features, out_features]; 1: W is [out_features, in_features].
+// out[rows, out_features] = x[rows, in_features] @ W + bias (bias may be null), each contiguous (see product).
 void skinny_matmul(const float* x, int64_t rows, int64_t in_features, const float* weight, int64_t out_features,
                    int weight_is_out_by_in, const float* bias, float* out, int num_threads) {
-    if (weight_is_out_by_in)
-        rows_out_by_in(x, rows, in_features, weight, out_features, bias, out, num_threads);
-    else if (rows == 1)
-        one_row_in_by_out(x, in_features, weight, out_features, bias, out, num_threads);
-    else
-        rows_in_by_out(x, rows, in_features, weight, out_features, bias, out, num_threads);
+    product(x, rows, in_features, weight, out_features, weight_is_out_by_in, bias, out, num_threads);
+}
+
+// The same with W in bfloat16 (`weight` points at its 16-bit values).
+void skinny_matmul_bf16(const float* x, int64_t rows, int64_t in_features, const uint16_t* weight,
+                        int64_t out_features, int weight_is_out_by_in, const float* bias, float* out, int num_threads) {
+    product(x, rows, in_features, weight, out_features, weight_is_out_by_in, bias, out, num_threads);
 }
 
 }

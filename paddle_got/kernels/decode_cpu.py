@@ -3,7 +3,8 @@
 While generating, every linear layer multiplies 1-8 rows (one per sequence) by a weight read once from memory, and
 attention reads each cached key and value once, so a step's speed is its read rate. MKL runs one row on a single
 core and eight rows slower still, and Paddle's attention would read the cache's free capacity too; our kernels
-stream on every core and read only filled columns. They apply in float32 inference on CPU and are compiled on first
+stream on every core and read only filled columns. They apply in float32 inference on CPU (weights in float32, or in
+bfloat16 for half the reads: see `GOTQwenForCausalLM.keep_decoder_weights_in_bfloat16`) and are compiled on first
 use (AVX2 + FMA, Linux x86-64, any C++ compiler) into the cache directory, then loaded with ctypes. Without a
 compiler, on another CPU, or with `PADDLE_GOT_NATIVE=0`, Paddle's kernels run instead (the same results up to
 float32 summation order).
@@ -91,25 +92,29 @@ def load_library() -> Optional[ctypes.CDLL]:
         logger.info("This CPU lacks AVX2/FMA: decoding on CPU uses Paddle's kernels.")
         return None
     pointer, count = ctypes.c_void_p, ctypes.c_int64
-    library.skinny_matmul.argtypes = [
-        pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int,
-    ]
+    for product in (library.skinny_matmul, library.skinny_matmul_bf16):
+        product.argtypes = [pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int]
     library.decode_attention.argtypes = [ctypes.POINTER(DecodeAttentionArgs), ctypes.c_int]
     library.rms_norm.argtypes = [pointer, count, count, pointer, ctypes.c_float, pointer]
-    for function in (library.skinny_matmul, library.decode_attention, library.rms_norm):
+    for function in (library.skinny_matmul, library.skinny_matmul_bf16, library.decode_attention, library.rms_norm):
         function.restype = None
     return library
 
 
-def kernels_apply(activations: paddle.Tensor, stored: paddle.Tensor) -> bool:
-    """True when our kernels can take `activations` with `stored` (a weight or cache): float32 CPU inference."""
+def kernels_apply(activations: paddle.Tensor, stored: paddle.Tensor, weight_dtypes=(paddle.float32,)) -> bool:
+    """True when our kernels can take float32 `activations` with `stored` (a weight, in one of `weight_dtypes`, or a
+    cache) in CPU inference."""
     return (
         not paddle.is_grad_enabled()
-        and activations.dtype == stored.dtype == paddle.float32
+        and activations.dtype == paddle.float32
+        and stored.dtype in weight_dtypes
         and activations.place.is_cpu_place()
         and stored.is_contiguous()
         and load_library() is not None
     )
+
+
+PRODUCT_WEIGHT_DTYPES = (paddle.float32, paddle.bfloat16)
 
 
 def few_rows(rows: paddle.Tensor) -> bool:
@@ -117,13 +122,22 @@ def few_rows(rows: paddle.Tensor) -> bool:
     return math.prod(rows.shape[:-1]) <= MAX_ROWS
 
 
+def weight_in(weight: paddle.Tensor, dtype) -> paddle.Tensor:
+    """`weight` in the activations' `dtype`: bfloat16 decoder weights (kept to halve a decode step's reads) are
+    widened for Paddle's kernels, which multiply matching dtypes only; any other weight is returned as it is."""
+    return weight if weight.dtype == dtype else weight.astype(dtype)
+
+
 def skinny_matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor],
                   weight_is_out_by_in: bool) -> paddle.Tensor:
-    """Our kernel's `rows @ weight + bias` (the caller checked `few_rows` and `kernels_apply`)."""
+    """Our kernel's `rows @ weight + bias`, `weight` float32 or bfloat16 (the caller checked `few_rows` and
+    `kernels_apply`); float32 `[..., out]`."""
     out_features = weight.shape[0] if weight_is_out_by_in else weight.shape[1]
     rows = rows.contiguous()
     output = _C_ops.empty([*rows.shape[:-1], out_features], rows.dtype, CPU)
-    load_library().skinny_matmul(
+    library = load_library()
+    product = library.skinny_matmul_bf16 if weight.dtype == paddle.bfloat16 else library.skinny_matmul
+    product(
         rows.data_ptr(), math.prod(rows.shape[:-1]), rows.shape[-1], weight.data_ptr(), out_features,
         int(weight_is_out_by_in), None if bias is None else bias.data_ptr(), output.data_ptr(), device.cpu_threads(),
     )
@@ -136,18 +150,20 @@ def matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Ten
 
     `weight` is `[in, out]`, or `[out, in]` (an embedding table) with `weight_is_out_by_in`.
     """
-    if few_rows(rows) and kernels_apply(rows, weight):
+    if few_rows(rows) and kernels_apply(rows, weight, PRODUCT_WEIGHT_DTYPES):
         return skinny_matmul(rows, weight, bias, weight_is_out_by_in)
-    product = paddle.matmul(rows, weight, transpose_y=weight_is_out_by_in)
+    product = paddle.matmul(rows, weight_in(weight, rows.dtype), transpose_y=weight_is_out_by_in)
     return product if bias is None else product + bias
 
 
 def linear(layer: nn.Layer, rows: paddle.Tensor) -> paddle.Tensor:
     """`layer(rows)`, through our kernel when `layer` is a plain `nn.Linear` and the kernel applies (a wrapped one,
-    e.g. LoRA, and everything else run the layer's own forward)."""
-    if type(layer) is nn.Linear and few_rows(rows) and kernels_apply(rows, layer.weight):
+    e.g. LoRA, and everything else run the layer's own forward; a bfloat16 weight is widened for Paddle's)."""
+    if type(layer) is not nn.Linear:
+        return layer(rows)
+    if few_rows(rows) and kernels_apply(rows, layer.weight, PRODUCT_WEIGHT_DTYPES):
         return skinny_matmul(rows, layer.weight, layer.bias, weight_is_out_by_in=False)
-    return layer(rows)
+    return nn.functional.linear(rows, weight_in(layer.weight, rows.dtype), layer.bias)
 
 
 class DecodeAttentionArgs(ctypes.Structure):

@@ -8,12 +8,15 @@ A wrapped projection (e.g. LoRA adapters during training) runs its own forward a
 import paddle
 import paddle.nn as nn
 
+from ..kernels import decode_cpu
+
 
 def linear_to_feature_major(linear: nn.Layer, hidden_states: paddle.Tensor) -> paddle.Tensor:
     """`linear(hidden_states)` for `[N, L, in]`, returned feature-major: `[N, out, L]`."""
     if type(linear) is not nn.Linear:
         return linear(hidden_states).transpose([0, 2, 1])
-    projected = paddle.matmul(linear.weight, hidden_states, transpose_x=True, transpose_y=True)
+    weight = decode_cpu.weight_in(linear.weight, hidden_states.dtype)
+    projected = paddle.matmul(weight, hidden_states, transpose_x=True, transpose_y=True)
     return projected if linear.bias is None else projected + linear.bias.unsqueeze(-1)
 
 
@@ -21,5 +24,5 @@ def linear_from_feature_major(linear: nn.Layer, features: paddle.Tensor) -> padd
     """`linear` applied to feature-major `[N, in, L]`; returns `[N, L, out]`."""
     if type(linear) is not nn.Linear:
         return linear(features.transpose([0, 2, 1]))
-    output = paddle.matmul(features, linear.weight, transpose_x=True)
+    output = paddle.matmul(features, decode_cpu.weight_in(linear.weight, features.dtype), transpose_x=True)
     return output if linear.bias is None else output + linear.bias

@@ -4,7 +4,7 @@ Names follow PaddleMIX (`qwen2.vision_tower_high`, `qwen2.mm_projector_vary`, `q
 its checkpoints load unchanged; `paddle_got.checkpoint` maps the PyTorch and Hugging Face layouts onto them.
 """
 
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 import paddle
 import paddle.nn as nn
@@ -37,6 +37,12 @@ class GOTQwenModel(Qwen2Model):
         self.vision_tower_high = GOTVisionEncoder(config.vision_config, output_dim=config.hidden_size)
         self.mm_projector_vary = nn.Linear(config.hidden_size, config.hidden_size)
 
+    @property
+    def compute_dtype(self):
+        """The dtype activations are computed in: the final norm's, which always follows the model's dtype (the
+        decoder's products may keep bfloat16 weights on CPU, see `keep_decoder_weights_in_bfloat16`)."""
+        return self.norm.weight.dtype
+
     def encode_images(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
         """Tiles `[T, 3, S, S]` -> projected features `[T, tokens_per_tile, hidden]`."""
         return self.mm_projector_vary(self.vision_tower_high(pixel_values))
@@ -48,7 +54,7 @@ class GOTQwenModel(Qwen2Model):
         Without image features (decode steps, text-only prompts) `<imgpad>` is an ordinary token, as in both
         references: a model may generate it.
         """
-        inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = self.embed_tokens(input_ids).astype(self.compute_dtype)
         if image_features is None:
             return inputs_embeds
         slots = input_ids == self.config.im_patch_token
@@ -87,6 +93,27 @@ class GOTQwenForCausalLM(nn.Layer):
 
         save_pretrained(self, directory)
 
+    def decoder_product_layers(self) -> List[nn.Layer]:
+        """The layers whose products a decode step runs: every decoder layer's projections, an untied output head,
+        and the embedding (the tied output head); their weights are what the step reads from memory."""
+        layers = [layer for layer in self.qwen2.layers.sublayers() if type(layer) is nn.Linear]
+        return layers + ([self.lm_head] if self.lm_head is not None else []) + [self.qwen2.embed_tokens]
+
+    def keep_decoder_weights_in_bfloat16(self) -> None:
+        """Store the decoder's product weights in bfloat16 for float32 CPU inference (biases stay float32).
+
+        Our decode kernels widen them in registers, which is exact: a step reads half the bytes and only the
+        summation order changes. Paddle's kernels get them widened per call (`decode_cpu.weight_in`). A checkpoint
+        released in bfloat16 loses nothing; any other is rounded to bfloat16.
+        """
+        for layer in self.decoder_product_layers():
+            bias = getattr(layer, "bias", None)
+            bias_values = None if bias is None else bias.numpy()
+            layer.to(dtype="bfloat16")
+            if bias_values is not None:
+                layer.bias = self.create_parameter(list(bias_values.shape), dtype="float32", is_bias=True,
+                                                   default_initializer=nn.initializer.Assign(bias_values))
+
     def compute_logits(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         """`[B, L, hidden]` -> float32 logits `[B, L, vocab]` (tied to the embedding unless an lm_head exists)."""
         if self.lm_head is not None:
@@ -113,7 +140,7 @@ class GOTQwenForCausalLM(nn.Layer):
         filled in place. `last_logits_only` computes logits for the last position only (`[B, 1, vocab]`).
         """
         if pixel_values is not None:
-            image_features = self.qwen2.encode_images(pixel_values.astype(self.qwen2.embed_tokens.weight.dtype))
+            image_features = self.qwen2.encode_images(pixel_values.astype(self.qwen2.compute_dtype))
         inputs_embeds = self.qwen2.embed(input_ids, image_features)
         hidden_states = self.qwen2.decode(inputs_embeds, attention_mask, position_ids, past_key_values)
         if last_logits_only:

@@ -214,6 +214,23 @@ def test_rms_norm_equals_float64_numpy(rows):
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
+def cached_logits(model, full_ids, full_mask, prompt_length, growth=None):
+    """Last-position logits `[B, steps, vocab]`: a prefill of the first `prompt_length` ids, then one token at a
+    time, without gradients (`growth`: the cache's spare columns per reallocation)."""
+    cache = KVCache(model.config)
+    if growth is not None:
+        cache.GROWTH = growth
+    stepped = []
+    with paddle.no_grad():
+        for end in range(prompt_length, full_ids.shape[1] + 1):
+            start = 0 if end == prompt_length else end - 1
+            output = model(paddle.to_tensor(full_ids[:, start:end]),
+                           attention_mask=paddle.to_tensor(full_mask[:, :end]), past_key_values=cache,
+                           last_logits_only=True)
+            stepped.append(output.logits.numpy()[:, 0])
+    return np.stack(stepped, axis=1)
+
+
 @pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
 def test_cached_decoding_through_the_kernels_matches_the_reference(shape, reference_models, tmp_path,
                                                                    counting_library):
@@ -227,17 +244,8 @@ def test_cached_decoding_through_the_kernels_matches_the_reference(shape, refere
     full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
     expected, _ = reference.reference_forward(torch_model, full_ids, full_mask)
 
-    cache = KVCache(model.config)
-    cache.GROWTH = 3  # free columns at the end of the cache during most steps
-    stepped = []
-    with paddle.no_grad():
-        for end in range(ids.shape[1], full_ids.shape[1] + 1):
-            start = 0 if end == ids.shape[1] else end - 1
-            output = model(paddle.to_tensor(full_ids[:, start:end]),
-                           attention_mask=paddle.to_tensor(full_mask[:, :end]), past_key_values=cache,
-                           last_logits_only=True)
-            stepped.append(output.logits.numpy()[:, 0])
-    assert reference.relative_error(np.stack(stepped, axis=1), expected[:, ids.shape[1] - 1 :]) <= 1e-5
+    stepped = cached_logits(model, full_ids, full_mask, ids.shape[1], growth=3)  # free columns in most steps
+    assert reference.relative_error(stepped, expected[:, ids.shape[1] - 1 :]) <= 1e-5
     assert counting_library.calls["decode_attention"] == shape.text_layers * continuation.shape[1]
     # the prefill's head reads one row per sequence; each step adds the 7 linear layers per layer and the head
     assert counting_library.calls["skinny_matmul"] == 1 + (7 * shape.text_layers + 1) * continuation.shape[1]
@@ -287,3 +295,54 @@ def test_the_library_builds_into_the_cache_directory(monkeypatch, tmp_path, logg
     with paddle.no_grad():
         ours = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(weight)).numpy()
     np.testing.assert_allclose(ours, x.astype("float64") @ weight, rtol=1e-5, atol=1e-4)
+
+
+def bfloat16_values(array):
+    """`array` rounded to the nearest bfloat16 values (still float32)."""
+    return paddle.to_tensor(array).astype("bfloat16").astype("float32").numpy()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003)])
+@pytest.mark.parametrize("weight_is_out_by_in", [False, True], ids=["in_by_out", "out_by_in"])
+def test_bfloat16_weight_matmul_equals_float64_numpy(rows, in_features, out_features, weight_is_out_by_in, threads,
+                                                     counting_library):
+    """A bfloat16 weight widened in registers: the float64 product of its exact values."""
+    x = random((rows, 1, in_features), 0)
+    weight = bfloat16_values(random((in_features, out_features), 1))
+    bias = random((out_features,), 2)
+    stored = np.ascontiguousarray(weight.T) if weight_is_out_by_in else weight
+    with paddle.no_grad():
+        ours = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(stored).astype("bfloat16"),
+                                 paddle.to_tensor(bias), weight_is_out_by_in=weight_is_out_by_in)
+    expected = x.astype("float64") @ weight.astype("float64") + bias
+    assert ours.dtype == paddle.float32
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5, atol=1e-5 * np.sqrt(in_features))
+    assert counting_library.calls["skinny_matmul_bf16"] == 1 and counting_library.calls["skinny_matmul"] == 0
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
+def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, counting_library):
+    """The reference with bfloat16-valued weights, run in float32, against ours holding the decoder's product
+    weights in bfloat16: prefill (Paddle's kernels on widened weights) and cached steps (ours on bfloat16)."""
+    import torch
+
+    torch_model = reference.build_reference(shape, seed=3)
+    with torch.no_grad():
+        for parameter in torch_model.parameters():
+            parameter.copy_(parameter.to(torch.bfloat16).to(torch.float32))
+    model = GOTQwenForCausalLM.from_pretrained(reference.save_got(torch_model, shape, str(tmp_path / "got")))
+    model.keep_decoder_weights_in_bfloat16()
+    assert {layer.weight.dtype for layer in model.decoder_product_layers()} == {paddle.bfloat16}
+    assert model.qwen2.layers[0].self_attn.q_proj.bias.dtype == paddle.float32
+    assert model.qwen2.layers[0].input_layernorm.weight.dtype == paddle.float32
+    ids, mask = reference.left_pad([reference.prompt_ids(0, shape, 7, 0, seed=4), reference.prompt_ids(0, shape, 3, 0)])
+    continuation = np.random.default_rng(2).integers(0, 200, (2, 4))
+    full_ids = np.concatenate([ids, continuation], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
+    expected, _ = reference.reference_forward(torch_model, full_ids, full_mask)
+
+    stepped = cached_logits(model, full_ids, full_mask, ids.shape[1])
+    assert reference.relative_error(stepped, expected[:, ids.shape[1] - 1 :]) <= 1e-4
+    assert counting_library.calls["skinny_matmul_bf16"] == 1 + (7 * shape.text_layers + 1) * continuation.shape[1]
+    assert counting_library.calls["skinny_matmul"] == 0

@@ -90,7 +90,7 @@ def test_fused_attention_branch_equals_the_cpu_branch(checkpoint_dirs, monkeypat
     from paddle_got.kernels import decode_cpu
     from paddle_got.modeling import attention
 
-    monkeypatch.setattr(decode_cpu, "kernels_apply", lambda activations, stored: False)  # Paddle's attend, as on GPU
+    monkeypatch.setattr(decode_cpu, "kernels_apply", lambda *arguments: False)  # Paddle's attend, as on GPU
     shape = SHAPES[1]  # grouped KV heads
     model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(shape, "hf"))
     ids, mask = reference.left_pad([reference.prompt_ids(0, shape, 5, 0, seed=3), reference.prompt_ids(0, shape, 2, 0)])
