@@ -2,11 +2,14 @@
 
     python benchmarks/bench_infer.py [--threads 2] [--new_tokens 256] [--batches 1 4 8]
 
-Builds the full released GOT configuration with random weights, saves it once, and loads the same weights into
-ours (Paddle) and into transformers (torch, CPU, float32), each in its own process so that peak memory is its own.
-Both get the same 1024x1024 image and prompt, and the same thread count. Prints, per framework: vision encoder time,
+Builds the full released GOT configuration with random bfloat16-valued weights, saves it once in float32 and once
+in bfloat16 (as released), and runs four sides, each in its own process so that peak memory is its own: ours on
+float32 weights, ours on the bfloat16 checkpoint (decoder weights kept in bfloat16, widened by our kernels; the
+encoder in float32), and transformers (torch, CPU) in float32 and in bfloat16. Prints the CPU's features and the
+kernel path. All get the same 1024x1024 image and prompt, and the same thread count. Prints, per side: vision
+encoder time,
 prefill time, decode tokens/s at batch 1, 4 and 8 (the better of two runs of 32 steps after a warm-up run, EOS
-ignored), end-to-end time for --new_tokens new tokens, peak memory; then ours/theirs ratios, and each stage against
+ignored), end-to-end time for --new_tokens new tokens, peak memory; then the ratios, and each stage against
 this machine's ceilings (float32 GEMM GFLOP/s and memory read bandwidth, measured at the start and at the end of the
 run, the better figure kept).
 """
@@ -23,9 +26,8 @@ import time
 import numpy as np
 
 ENCODER_TFLOP = 0.93  # one 1024x1024 tile through the ViTDet encoder (counted from the shapes of docs/design.md §1)
-# Bytes behind the batch-1 decode bounds of the released configuration. The issue counts every weight (2.24 GB); a
-# step really reads the decoder's layers, final norm and tied embedding (as the output head), and the KV cache.
-ALL_WEIGHTS_GB = 560_528_640 * 4 / 1e9
+# Bytes behind the batch-1 decode bound of the released configuration: a step reads the decoder's layers, final
+# norm and tied embedding (as the output head) in float32 (half of it with bfloat16 weights), and the KV cache.
 DECODER_WEIGHTS_GB = (155_504_640 + 308_404_224 + 1024) * 4 / 1e9
 KV_CACHE_GB_PER_TOKEN = 2 * 24 * 16 * 64 * 4 / 1e9  # keys and values, 24 layers, 16 KV heads of 64
 DECODE_STEPS = 32
@@ -34,9 +36,10 @@ TEXT_TOKENS = 24
 
 def measure_ceilings(threads: int) -> dict:
     """float32 GEMM GFLOP/s (the better of torch and paddle) and memory-copy GB/s on this machine."""
-    import paddle_got  # noqa: F401  (MKL set-up before paddle loads)
     import paddle
     import torch
+
+    import paddle_got  # noqa: F401  (MKL set-up before paddle loads)
 
     paddle.base.core.set_num_threads(threads)
     torch.set_num_threads(threads)
@@ -114,9 +117,10 @@ def decode_tokens_per_second(prefill, step, batch: int) -> float:
     return batch * DECODE_STEPS / min(run(), run())
 
 
-def run_ours(directory: str, args) -> dict:
-    import paddle_got  # noqa: F401
+def run_ours(directory: str, args, bfloat16: bool) -> dict:
     import paddle
+
+    import paddle_got  # noqa: F401
     from paddle_got import GOTQwenForCausalLM
     from paddle_got.device import set_cpu_threads
     from paddle_got.engine import Engine, GenerationRequest
@@ -124,6 +128,8 @@ def run_ours(directory: str, args) -> dict:
 
     set_cpu_threads(args.threads)
     model = GOTQwenForCausalLM.from_pretrained(directory)
+    if bfloat16:
+        model.keep_decoder_weights_in_bfloat16()
     config = model.config
     ids, pixel_array = read_inputs(directory)
     pixels = paddle.to_tensor(pixel_array)
@@ -152,15 +158,16 @@ def run_ours(directory: str, args) -> dict:
     return results
 
 
-def run_theirs(directory: str, args) -> dict:
+def run_reference(directory: str, args, bfloat16: bool) -> dict:
     import torch
     from transformers import DynamicCache, GotOcr2ForConditionalGeneration
 
     torch.set_num_threads(args.threads)
-    model = GotOcr2ForConditionalGeneration.from_pretrained(directory, torch_dtype=torch.float32).eval()
+    dtype = torch.bfloat16 if bfloat16 else torch.float32
+    model = GotOcr2ForConditionalGeneration.from_pretrained(directory, torch_dtype=dtype).eval()
     config = model.config
     ids, pixel_array = read_inputs(directory)
-    pixels = torch.from_numpy(pixel_array)
+    pixels = torch.from_numpy(pixel_array).to(dtype)
     language_model = model.language_model
     results = {}
     with torch.no_grad():
@@ -194,7 +201,8 @@ def run_theirs(directory: str, args) -> dict:
 
 
 def build_checkpoint(directory: str) -> None:
-    """The released configuration with random weights, saved in the Hugging Face layout."""
+    """The released configuration with random bfloat16-valued weights, in the Hugging Face layout: float32 in
+    `directory`/float32, bfloat16 (as released) in `directory`/bfloat16."""
     import torch
     from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
 
@@ -204,14 +212,34 @@ def build_checkpoint(directory: str) -> None:
         for name, parameter in model.named_parameters():
             is_scale = name.endswith("weight") and parameter.ndim == 1
             noise = 0.02 * torch.randn_like(parameter)
-            parameter.copy_(1.0 + noise if is_scale else noise)
-    model.save_pretrained(directory, safe_serialization=True)
+            parameter.copy_((1.0 + noise if is_scale else noise).to(torch.bfloat16).to(torch.float32))
+    model.save_pretrained(os.path.join(directory, "float32"), safe_serialization=True)
+    model.to(torch.bfloat16).save_pretrained(os.path.join(directory, "bfloat16"), safe_serialization=True)
+
+
+SIDES = {  # side -> (runner, bfloat16 weights)
+    "ours": (run_ours, False), "ours_bf16": (run_ours, True),
+    "reference": (run_reference, False), "reference_bf16": (run_reference, True),
+}
 
 
 def child(side: str, directory: str, args) -> None:
-    results = (run_ours if side == "ours" else run_theirs)(directory, args)
+    runner, bfloat16 = SIDES[side]
+    checkpoint = os.path.join(directory, "bfloat16" if bfloat16 else "float32")
+    results = runner(checkpoint, args, bfloat16)
     results["peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(json.dumps(results))
+
+
+def cpu_and_kernels() -> str:
+    """The CPU, its vector features, and the decode kernel path our side takes on it."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_serve import cpu_description
+
+    from paddle_got.kernels import decode_cpu
+
+    path = "AVX2 + FMA (paddle_got/kernels/decode_cpu.cpp)" if decode_cpu.load_library() else "Paddle's kernels"
+    return f"CPU: {cpu_description()}; decode kernels: {path}"
 
 
 def main():
@@ -219,50 +247,56 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--new_tokens", type=int, default=256)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--side", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    parser.add_argument("--sides", nargs="+", choices=tuple(SIDES), default=list(SIDES),
+                        help="which sides to run (torch's bfloat16 is emulated, and very slow, on CPUs without "
+                        "AVX512-BF16/AMX)")
+    parser.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         child(args.side, args.checkpoint, args)
         return
+    print(cpu_and_kernels(), flush=True)
     ceilings = measure_ceilings(args.threads)
     with tempfile.TemporaryDirectory() as directory:
         print("building the released configuration with random weights", file=sys.stderr)
         build_checkpoint(directory)
-        write_inputs(directory)
+        for weights in ("float32", "bfloat16"):
+            write_inputs(os.path.join(directory, weights))
         results = {}
-        for side in ("ours", "theirs"):
+        for side in args.sides:
             print(f"measuring {side}", file=sys.stderr)
             output = subprocess.run(
                 [sys.executable, __file__, "--side", side, "--checkpoint", directory, "--threads", str(args.threads),
                  "--new_tokens", str(args.new_tokens), "--batches", *map(str, args.batches)],
                 capture_output=True, text=True, check=True)
             results[side] = json.loads(output.stdout.strip().splitlines()[-1])
-        prompt_tokens = read_inputs(directory)[0].shape[1]
+        prompt_tokens = read_inputs(os.path.join(directory, "float32"))[0].shape[1]
     # Measured again at the end, keeping the better figure of each, so a slow moment never flatters the bounds.
     final_ceilings = measure_ceilings(args.threads)
     ceilings = {key: max(value, final_ceilings[key]) for key, value in ceilings.items()}
-    ours, theirs = results["ours"], results["theirs"]
     print(f"machine: {args.threads} threads, float32 GEMM {ceilings['gemm_gflops']:.0f} GFLOP/s, "
           f"memory read {ceilings['read_gbps']:.1f} GB/s, "
           f"MKL one-row matrix-vector product {ceilings['gemv_gbps']:.1f} GB/s")
-    print(f"{'stage':<28}{'ours':>12}{'reference':>12}{'ours/ref':>10}")
-    for key in ours:
-        print(f"{key:<28}{ours[key]:>12.3f}{theirs[key]:>12.3f}{ours[key] / theirs[key]:>10.2f}")
-    step_gb = DECODER_WEIGHTS_GB + KV_CACHE_GB_PER_TOKEN * (prompt_tokens + DECODE_STEPS / 2)
-    bounds = ((ALL_WEIGHTS_GB, "the issue's measure"), (step_gb, "what a step reads"))
+    columns = [side for side in SIDES if side in results]
+    ratios = [(f"{a}/{b}", a, b) for a, b in (("ours", "reference"), ("ours_bf16", "reference_bf16"),
+                                               ("ours_bf16", "ours")) if a in results and b in results]
+    header = "".join(f"{side:>16}" for side in columns) + "".join(f"{name:>26}" for name, _, _ in ratios)
+    print(f"{'stage':<24}{header}")
+    for key in results[columns[0]]:
+        print(f"{key:<24}" + "".join(f"{results[side][key]:>16.3f}" for side in columns)
+              + "".join(f"{results[a][key] / results[b][key]:>26.2f}" for _, a, b in ratios))
+    kv_gb = KV_CACHE_GB_PER_TOKEN * (prompt_tokens + DECODE_STEPS / 2)
     for side, values in results.items():
+        weight_gb = DECODER_WEIGHTS_GB / (2 if side.endswith("bf16") else 1)
         encoder = ENCODER_TFLOP * 1e3 / values["encoder_s"]
         batch_1 = values["decode_tok_s_b1"]
-        print(f"{side}: encoder {encoder:.0f} GFLOP/s = {encoder / ceilings['gemm_gflops']:.0%} of GEMM peak; "
-              f"batch-1 decode {batch_1:.2f} tok/s"
+        bound = ceilings["read_gbps"] / (weight_gb + kv_gb)
+        print(f"{side}: encoder {encoder:.0f} GFLOP/s = {encoder / ceilings['gemm_gflops']:.0%} of the float32 GEMM "
+              f"peak; batch-1 decode {batch_1:.2f} tok/s = {batch_1 / bound:.0%} of the bound for the "
+              f"{weight_gb + kv_gb:.2f} GB a step reads ({bound:.2f} tok/s)"
               + "".join(f"; batch {batch} = {values[f'decode_tok_s_b{batch}'] / batch_1:.2f}x batch 1"
                         for batch in args.batches if batch != 1))
-        for gigabytes, meaning in bounds:
-            bound = ceilings["read_gbps"] / gigabytes
-            print(f"  batch-1 decode = {batch_1 / bound:.0%} of the bandwidth bound for {gigabytes:.2f} GB per step "
-                  f"({meaning}): {bound:.2f} tok/s")
-
 
 if __name__ == "__main__":
     main()
