@@ -5,8 +5,9 @@
 Renders `--pages` text pages (paddle_got.data.synth), writes a small GOT (configs/tiny_got with random weights, so
 every page runs to `--max_new_tokens`), then reads the directory with `tools/infer.py --output x.jsonl` as one
 process with one thread, as two launched processes with one thread each, and once more with `--resume` over the
-finished output. Prints the CPU, how much two processes gain on this machine for plain CPU work, each run's wall time and pages/s (the run report's, which leaves out start-up and
-model loading, and end to end) and the ratios. Logs go to stderr, the table to stdout.
+finished output. Prints the CPU, how much two processes gain on this machine for plain CPU work, each run's wall
+time and pages/s (the run report's, which leaves out start-up and model loading, and end to end) and the ratios.
+Logs go to stderr, the table to stdout.
 """
 
 import argparse
@@ -45,7 +46,8 @@ def timed_run(command, env) -> float:
     return time.perf_counter() - started
 
 
-SPIN = "import time\nstart = time.perf_counter()\ntotal = 0\nfor i in range(20_000_000):\n    total += i\nprint(time.perf_counter() - start)"
+SPIN = ("import time\nstart = time.perf_counter()\ntotal = 0\nfor i in range(20_000_000):\n    total += i\n"
+        "print(time.perf_counter() - start)")
 
 
 def machine_scaling() -> float:
@@ -91,7 +93,8 @@ def main():
         wall = timed_run(command, env)
         output = command[command.index("--output") + 1]
         report = json.load(open(output + ".report.json"))["total"]
-        runs[name] = {"wall_s": wall, "pages_per_s_run": report["pages_per_s"], "pages_end_to_end": report["pages"] / wall,
+        runs[name] = {"wall_s": wall, "pages_per_s_run": report["pages_per_s"],
+                      "pages_end_to_end": report["pages"] / wall,
                       "read": report["done"], "kept": report["skipped"]}
     one, two = runs["1 process"], runs["2 processes"]
     with open(os.path.join(scratch, "one.jsonl")) as a, open(os.path.join(scratch, "two.jsonl")) as b:

@@ -201,7 +201,8 @@ def main():
             process.terminate()
             process.wait()
 
-    rows = [("requests/s", "requests_per_s", 3), ("tokens/s", "tokens_per_s", 1), ("p50 latency (s)", "p50_latency_s", 1),
+    rows = [("requests/s", "requests_per_s", 3), ("tokens/s", "tokens_per_s", 1),
+            ("p50 latency (s)", "p50_latency_s", 1),
             ("p95 latency (s)", "p95_latency_s", 1), ("p50 time to first token (s)", "p50_ttft_s", 1),
             ("wall time (s)", "wall_s", 1)]
     if not args.skip_probe:

@@ -20,34 +20,11 @@ from safetensors.paddle import save_file
 from tqdm import tqdm
 
 from .config import GOTConfig
-from .constants import DTYPES, PROMPT_CONFIG_FILE
+from .constants import DTYPES, SAFETENSORS_NAME, TOKENIZER_FILES, WEIGHT_FILES
 from .errors import CheckpointError, reason
 from .logger import logger
 from .outputs import make_readable_as_umask_allows
 
-SAFETENSORS_NAME = "model.safetensors"
-WEIGHT_FILES = (
-    # (file or index name, format)
-    ("model.safetensors.index.json", "safetensors"),
-    (SAFETENSORS_NAME, "safetensors"),
-    ("pytorch_model.bin.index.json", "torch"),
-    ("pytorch_model.bin", "torch"),
-    ("model_state.pdparams", "pdparams"),
-)
-# Files copied along by the converter: everything a tokenizer or processor needs.
-TOKENIZER_FILES = (
-    "qwen.tiktoken",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "generation_config.json",
-    PROMPT_CONFIG_FILE,
-)
 EMBEDDING_NAME = "qwen2.embed_tokens.weight"
 LM_HEAD_NAME = "lm_head.weight"
 # Buffers some exports carry that our model recomputes.

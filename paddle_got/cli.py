@@ -6,12 +6,15 @@ import sys
 from typing import Callable
 
 from .errors import GOTError
+from .logger import log_to_stderr
 
 EXIT_BAD_INPUT = 2
 
 
 def run_cli(main: Callable[[], None]) -> None:
-    """Run `main()`; a GOTError or OSError becomes `error: <message>` on stderr and exit code 2."""
+    """Run `main()` with the package's logs on stderr; a GOTError or OSError becomes `error: <message>` on stderr
+    and exit code 2."""
+    log_to_stderr()
     try:
         main()
     except (GOTError, OSError) as err:

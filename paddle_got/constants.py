@@ -53,3 +53,28 @@ NO_REPEAT_NGRAM_SIZE = 20
 
 # The dtypes a model can be loaded and run in (bfloat16/float16 need a GPU for matmuls).
 DTYPES = ("float32", "bfloat16", "float16")
+
+# Checkpoint files (paddle_got/checkpoint.py reads them; paddle_got/hub.py fetches them).
+SAFETENSORS_NAME = "model.safetensors"
+WEIGHT_FILES = (
+    # (file or index name, format)
+    ("model.safetensors.index.json", "safetensors"),
+    (SAFETENSORS_NAME, "safetensors"),
+    ("pytorch_model.bin.index.json", "torch"),
+    ("pytorch_model.bin", "torch"),
+    ("model_state.pdparams", "pdparams"),
+)
+# Files copied along by the converter: everything a tokenizer or processor needs.
+TOKENIZER_FILES = (
+    "qwen.tiktoken",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "generation_config.json",
+    PROMPT_CONFIG_FILE,
+)

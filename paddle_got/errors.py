@@ -9,6 +9,10 @@ class BadInputError(GOTError):
     """An input file, box, colour or option combination that cannot be read as asked."""
 
 
+class DataError(GOTError):
+    """The training or evaluation data cannot be used as given (malformed meta file or annotation)."""
+
+
 class CheckpointError(GOTError):
     """A checkpoint directory cannot be read, recognised or matched to the model."""
 

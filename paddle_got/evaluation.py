@@ -12,8 +12,8 @@ from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
-from .data.dataset import DataError, Record, parse_record, read_annotations
-from .errors import GOTError
+from .data.annotations import Record, parse_record, read_annotations
+from .errors import DataError, GOTError
 from .metrics import METRIC_NAMES, average, score
 from .outputs import write_atomic
 

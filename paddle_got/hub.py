@@ -3,7 +3,8 @@
 Sources (`--model_source`, or the environment variable PADDLE_GOT_MODEL_SOURCE; Hugging Face by default):
 - `huggingface`: `huggingface_hub` (its cache, `HF_ENDPOINT` mirrors and `HF_HUB_OFFLINE` honoured);
 - `modelscope`: the `modelscope` client (`pip install modelscope`; its cache `MODELSCOPE_CACHE`, `MODELSCOPE_ENDPOINT`);
-- `aistudio`: `aistudio_sdk` (installed with paddlenlp), file by file into `~/.cache/aistudio/paddle_got/<owner>--<name>`
+- `aistudio`: `aistudio_sdk` (installed with paddlenlp), file by file into
+  `~/.cache/aistudio/paddle_got/<owner>--<name>`
   (`AISTUDIO_CACHE_HOME` replaces `~`), where PaddleMIX's Paddle copy of GOT lives.
 Each looks in its local cache first and downloads only what is missing; `PADDLE_GOT_OFFLINE=1` forbids downloads.
 Without a network the error is one sentence saying what to run on a machine that has one.
@@ -16,8 +17,8 @@ import shutil
 import tempfile
 from typing import List, Optional
 
-from .checkpoint import TOKENIZER_FILES, WEIGHT_FILES
 from .config import CONFIG_NAME
+from .constants import TOKENIZER_FILES, WEIGHT_FILES
 from .errors import GOTError
 from .logger import logger
 

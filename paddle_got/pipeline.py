@@ -11,17 +11,17 @@ result with `error` set; the others are still read.
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-
 from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
 from .device import gpu_compute_capability, resolve_dtype, set_cpu_threads
-from .errors import BadInputError, GOTError
 from .engine import ERROR, Engine, GenerationRequest, RequestHandle
+from .errors import BadInputError, GOTError
 from .hub import DEFAULT_MODEL, resolve_model_path
 from .inputs import ImageInput, InputImage, expand_inputs, load_input
 from .kernels import decode_cpu
 from .logger import logger
 from .modeling.got import GOTQwenForCausalLM
 from .processing import GOTProcessor, OCRRequest, validate_options
+
 
 @dataclass
 class OCRResult:
@@ -158,10 +158,11 @@ class GOT:
         """Yield one OCRResult per input in input order (one in all with `multi_page`).
 
         `batch_size` inputs are read at once on the continuous-batching engine: each leaves as soon as it is done and
-        the next input takes its row; one whose generation fails is tried once more on its own. `no_repeat_ngram_size` defaults to 20, or 0 (off) for multi-crop and
-        multi-page, as the reference does. `stream(text)` receives the text as it is generated; it needs a single
-        document. `query` replaces the mode's query text (a model fine-tuned with its own prompt is read with that
-        prompt). `repetition_guard` ends a text caught in a loop early, keeping what came before the loop.
+        the next input takes its row; one whose generation fails is tried once more on its own.
+        `no_repeat_ngram_size` defaults to 20, or 0 (off) for multi-crop and multi-page, as the reference does.
+        `stream(text)` receives the text as it is generated; it needs a single document. `query` replaces the
+        mode's query text (a model fine-tuned with its own prompt is read with that prompt).
+        `repetition_guard` ends a text caught in a loop early, keeping what came before the loop.
         """
         check_read_options(ocr_type, box, color, multi_crop, max_crops, multi_page, query, max_new_tokens, batch_size)
         inputs = expand_inputs(images)

@@ -41,6 +41,7 @@ from .errors import BadInputError, GOTError, reason
 from .logger import logger
 from .tokenizer import GOTTokenizer
 
+
 @dataclass
 class OCRRequest:
     """One document to read: one image, or the pages of a multi-page document, and how to read it.
@@ -303,7 +304,7 @@ class GOTProcessor:
         prompt = build_prompt(user_turn, self.tokens_per_tile * len(pixel_values), self.prompt.system_message)
         return PreparedRequest(self.tokenizer.encode(prompt), pixel_values)
 
-    def collate(self, prepared: Sequence[PreparedRequest]) -> dict:
+    def collate_left_padded(self, prepared: Sequence[PreparedRequest]) -> dict:
         """Left-padded numpy batch: `input_ids`/`attention_mask` int64 `[B, L]`, `pixel_values` `[sum T, 3, S, S]`."""
         length = max(len(p.input_ids) for p in prepared)
         input_ids = np.full((len(prepared), length), self.tokenizer.pad_token_id, dtype=np.int64)
@@ -316,7 +317,7 @@ class GOTProcessor:
 
     def __call__(self, requests: Sequence[OCRRequest]) -> dict:
         """Prepare and collate a batch of requests."""
-        return self.collate([self.prepare(request) for request in requests])
+        return self.collate_left_padded([self.prepare(request) for request in requests])
 
 
 _NUMBER = r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*"

@@ -307,9 +307,9 @@ def total_report(ranks: List[dict], settings: dict) -> dict:
 
 def summary_line(counts: dict) -> str:
     """A report's counts (the run's `total`, or one rank's report) in one sentence, the last line a run writes."""
-    return (f"Read {counts['done']} of {counts['inputs']} inputs ({counts['pages']} pages) in {counts['wall_s']:.1f} s, "
-            f"{counts['pages_per_s']:.2f} pages/s, {counts['tokens_per_s']:.1f} tokens/s; {counts['skipped']} kept from "
-            f"an earlier run, {counts['failed']} failed.")
+    return (f"Read {counts['done']} of {counts['inputs']} inputs ({counts['pages']} pages) in "
+            f"{counts['wall_s']:.1f} s, {counts['pages_per_s']:.2f} pages/s, {counts['tokens_per_s']:.1f} tokens/s; "
+            f"{counts['skipped']} kept from an earlier run, {counts['failed']} failed.")
 
 
 def read_run(ocr, documents: List[list], store: RunStore, read_options: dict, max_error_rate: Optional[float] = None,

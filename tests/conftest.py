@@ -3,8 +3,9 @@
 import os
 import sys
 
-import paddle_got  # noqa: F401  (first: it configures MKL before paddle loads)
 import pytest
+
+import paddle_got  # noqa: F401  (first: it configures MKL before paddle loads)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,16 @@ import pytest
 import reference
 
 from paddle_got import GOTQwenForCausalLM
-from paddle_got.engine import CANCELLED, LENGTH, REPETITION, STOP, Engine, EngineFull, GenerationRequest, RequestTooLarge
+from paddle_got.engine import (
+    CANCELLED,
+    LENGTH,
+    REPETITION,
+    STOP,
+    Engine,
+    EngineFull,
+    GenerationRequest,
+    RequestTooLarge,
+)
 from paddle_got.kernels import decode_cpu
 
 

@@ -9,8 +9,8 @@ Prints a table of averages on stdout; --report writes every average and every sa
 from paddle_got.cli import ArgumentParser, positive_int, run_cli
 from paddle_got.constants import MAX_NEW_TOKENS, OCR_TYPES
 from paddle_got.errors import GOTError
-from paddle_got.hub import MODEL_SOURCES, model_source
 from paddle_got.evaluation import evaluate_model, evaluate_predictions, format_table, write_report
+from paddle_got.hub import MODEL_SOURCES, model_source
 from paddle_got.outputs import check_output
 
 
@@ -42,7 +42,7 @@ def main():
     if args.predictions and args.references:
         report = evaluate_predictions(args.predictions, args.references, args.level)
     elif args.model_name_or_path and args.meta_path:
-        from paddle_got.data.dataset import load_meta
+        from paddle_got.data.annotations import load_meta
         from paddle_got.pipeline import GOT, check_read_options
 
         options = dict(ocr_type=args.ocr_type, query=args.query, batch_size=args.batch_size,

@@ -30,8 +30,8 @@ from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source
 from paddle_got.inputs import expand_inputs, mark_box_misfits
 from paddle_got.outputs import RENDERINGS, check_output, json_line, output_kind, write_results
 from paddle_got.pipeline import GOT, check_read_options, check_stream, default_ngram_size
-from paddle_got.runs import RunStore, Shard, document_key, read_run, summary_line
 from paddle_got.processing import parse_box
+from paddle_got.runs import RunStore, Shard, document_key, read_run, summary_line
 
 
 def parse_args():

@@ -95,7 +95,8 @@ Rotary = Tuple[Tuple[paddle.Tensor, paddle.Tensor], Tuple[paddle.Tensor, paddle.
 
 
 def rotate_query_and_keys(query: paddle.Tensor, keys: paddle.Tensor, rotary: Rotary):
-    """`(query, keys)` rotated by their positions; `rotary` is `((cos, sin) for query heads, (cos, sin) for KV heads)`."""
+    """`(query, keys)` rotated by their positions; `rotary` is `((cos, sin) for query heads, (cos, sin) for KV
+    heads)`."""
     (query_cos, query_sin), (key_cos, key_sin) = rotary
     return apply_rotary(query, query_cos, query_sin), apply_rotary(keys, key_cos, key_sin)
 

@@ -17,6 +17,19 @@ from ..config import GOTVisionConfig
 from .feature_major import linear_from_feature_major, linear_to_feature_major
 
 
+def pad_bottom_right(hidden_states: paddle.Tensor, pad_h: int, pad_w: int) -> paddle.Tensor:
+    """`[B, H, W, C]` with `pad_h` zero rows below and `pad_w` zero columns to the right: `[B, H + pad_h, W + pad_w,
+    C]`. Zeros are concatenated (an NHWC `F.pad` makes Paddle Inference's oneDNN predictor fail)."""
+    batch, height, width, channels = hidden_states.shape
+    if pad_w:
+        right = paddle.zeros([batch, height, pad_w, channels], hidden_states.dtype)
+        hidden_states = paddle.concat([hidden_states, right], axis=2)
+    if pad_h:
+        below = paddle.zeros([batch, pad_h, width + pad_w, channels], hidden_states.dtype)
+        hidden_states = paddle.concat([hidden_states, below], axis=1)
+    return hidden_states
+
+
 def window_partition(hidden_states: paddle.Tensor, window_size: int) -> Tuple[paddle.Tensor, Tuple[int, int]]:
     """Zero-pad `[B, H, W, C]` bottom/right to multiples of `window_size` and cut it into windows.
 
@@ -27,7 +40,7 @@ def window_partition(hidden_states: paddle.Tensor, window_size: int) -> Tuple[pa
     pad_h = (window_size - height % window_size) % window_size
     pad_w = (window_size - width % window_size) % window_size
     if pad_h or pad_w:
-        hidden_states = F.pad(hidden_states, [0, pad_w, 0, pad_h], data_format="NHWC")  # [left, right, top, bottom]
+        hidden_states = pad_bottom_right(hidden_states, pad_h, pad_w)
     padded_h, padded_w = height + pad_h, width + pad_w
     grid = hidden_states.reshape(
         [batch, padded_h // window_size, window_size, padded_w // window_size, window_size, channels]

@@ -5,6 +5,7 @@ line wins over the YAML file, which wins over the defaults below (the reference 
 """
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -65,8 +66,12 @@ class GOTTrainingArguments(TrainingArguments):
 COMMAND_LINE = "on the command line"
 
 
+BASE_KEY = "base"  # a YAML config may start from another one (its path relative to the file) and change keys
+
+
 def read_yaml_config(path: str) -> Dict[str, object]:
-    """The flat mapping of a YAML config file; GOTError naming the file when it cannot be one."""
+    """The flat mapping of a YAML config file, on top of its `base:` file if it names one; GOTError naming the
+    file when it cannot be one."""
     try:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
@@ -76,7 +81,10 @@ def read_yaml_config(path: str) -> Dict[str, object]:
         raise GOTError(f"{path} is not valid YAML: {str(err).splitlines()[0]}.") from err
     if not isinstance(values, dict):
         raise GOTError(f"{path} must be a mapping of argument names to values.")
-    return values
+    base = values.pop(BASE_KEY, None)
+    if base is None:
+        return values
+    return {**read_yaml_config(os.path.join(os.path.dirname(path), str(base))), **values}
 
 
 def yaml_arguments(path: str) -> List[str]:

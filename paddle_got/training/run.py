@@ -7,15 +7,17 @@ from paddlenlp.trainer import set_seed
 from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 
 from ..config import CONFIG_NAME, GOTConfig
-from ..data.dataset import GOTDataset, collate, load_meta, log_stats
+from ..data.annotations import load_meta
+from ..data.dataset import GOTDataset, collate_right_padded, log_stats
 from ..device import gpu_compute_capability, set_cpu_threads
 from ..errors import GOTError
+from ..hub import resolve_model_path
 from ..logger import logger
 from ..modeling.got import GOTQwenForCausalLM
-from ..hub import resolve_model_path
 from ..processing import GOTProcessor, PromptConfig
 from .lora import apply_lora
 from .trainer import GOTTrainer
+
 
 def freeze_vision_tower(model: GOTQwenForCausalLM) -> None:
     """Stage 3: the vision encoder (with net_2/net_3) gets no gradient and is never updated."""
@@ -103,7 +105,7 @@ def train(model_args, data_args, training_args, callbacks=None) -> GOTTrainer:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=partial(collate, pad_token_id=processor.tokenizer.pad_token_id),
+        data_collator=partial(collate_right_padded, pad_token_id=processor.tokenizer.pad_token_id),
         processor=processor,
         callbacks=callbacks,
     )

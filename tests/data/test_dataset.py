@@ -6,7 +6,9 @@ import os
 import pytest
 from PIL import Image
 
-from paddle_got.data.dataset import DataError, GOTDataset, collate, load_meta
+from paddle_got.data.annotations import load_meta
+from paddle_got.data.dataset import GOTDataset, collate_right_padded
+from paddle_got.errors import DataError
 from paddle_got.processing import GOTProcessor
 
 SYSTEM = "You should follow the instructions carefully and explain your answers in detail."
@@ -76,7 +78,7 @@ def test_truncation_cuts_the_answer_never_the_image_tokens(processor, tmp_path):
     long_answer = "word " * 200
     records = [sample(answer=long_answer), sample(answer="short")]
     full = GOTDataset(load_meta(write_data(tmp_path, records)), processor)[0]
-    prompt_length = full["labels"].index(next(l for l in full["labels"] if l != -100))
+    prompt_length = full["labels"].index(next(label for label in full["labels"] if label != -100))
     dataset = GOTDataset(load_meta(write_data(tmp_path, records)), processor, max_length=prompt_length + 10)
     example = dataset[0]
     assert len(example["input_ids"]) == prompt_length + 10
@@ -105,10 +107,10 @@ def test_missing_images_are_counted_named_and_skipped(processor, tmp_path, caplo
     "content, message",
     [
         ('{"image": "a.png", "conversations": []}\n{"image": ', r"ann\.jsonl line 1: \"conversations\" must be"),
-        ('\n\n{"image": "a.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt"', r"ann\.jsonl line 3: malformed JSON"),
-        ('{"conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]}', r"line 1: \"image\" must be"),
-        ('{"image": "a.png", "conversations": [{"from": "gpt", "value": "<image>"}, {"from": "human", "value": "x"}]}', r"line 1: turns must alternate"),
-        ('{"image": "a.png", "conversations": [{"from": "human", "value": "OCR:"}, {"from": "gpt", "value": "x"}]}', r"line 1: the first human turn must contain <image>"),
+        ('\n\n{"image": "a.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt"', r"ann\.jsonl line 3: malformed JSON"),  # noqa: E501
+        ('{"conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]}', r"line 1: \"image\" must be"),  # noqa: E501
+        ('{"image": "a.png", "conversations": [{"from": "gpt", "value": "<image>"}, {"from": "human", "value": "x"}]}', r"line 1: turns must alternate"),  # noqa: E501
+        ('{"image": "a.png", "conversations": [{"from": "human", "value": "OCR:"}, {"from": "gpt", "value": "x"}]}', r"line 1: the first human turn must contain <image>"),  # noqa: E501
     ],
 )
 def test_malformed_jsonl_names_file_and_line(content, message, tmp_path):
@@ -149,7 +151,7 @@ def test_bad_meta_file(tmp_path):
 def test_collate_pads_on_the_right(processor, tmp_path):
     meta = write_data(tmp_path, [sample(answer="a"), sample(answer="a much longer answer")])
     dataset = GOTDataset(load_meta(meta), processor)
-    batch = collate([dataset[0], dataset[1]], pad_token_id=processor.tokenizer.pad_token_id)
+    batch = collate_right_padded([dataset[0], dataset[1]], pad_token_id=processor.tokenizer.pad_token_id)
     short = len(dataset[0]["input_ids"])
     mask = batch["attention_mask"].numpy()
     assert (mask[0, :short] == 1).all() and (mask[0, short:] == 0).all() and (mask[1] == 1).all()

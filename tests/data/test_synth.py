@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from paddle_got.data.dataset import load_meta
+from paddle_got.data.annotations import load_meta
 from paddle_got.data.synth import CHARACTERS, CHARS_PER_LINE, render_sample, write_dataset
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from paddle_got.data.dataset import load_meta
+from paddle_got.data.annotations import load_meta
 from paddle_got.data.synthdog import convert_synthdog
 
 

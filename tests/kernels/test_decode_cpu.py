@@ -20,7 +20,6 @@ from paddle_got.modeling.kv_cache import KVCache
 from paddle_got.modeling.qwen2 import RotaryEmbedding
 
 
-
 def can_build_here() -> bool:
     """Linux x86-64 with AVX2 + FMA and a C++ compiler: where the kernels must build (CI's machines are)."""
     if platform.system() != "Linux" or platform.machine() != "x86_64" or shutil.which("c++") is None:
@@ -60,7 +59,7 @@ def counting_library(monkeypatch):
 
 @pytest.fixture
 def logged(monkeypatch, caplog):
-    """caplog, seeing the package logger (which does not propagate to the root logger)."""
+    """caplog, seeing the package logger (even after a tool stopped it propagating to the root logger)."""
     monkeypatch.setattr(decode_cpu.logger, "propagate", True)
     caplog.set_level(logging.INFO, logger=decode_cpu.logger.name)
     return caplog
@@ -94,6 +93,20 @@ def test_matmul_equals_float64_numpy(rows, in_features, out_features, weight_is_
     assert ours.shape == [rows, 1, out_features]
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5, atol=1e-5 * np.sqrt(in_features))
     assert counting_library.calls["skinny_matmul"] == 1
+
+
+def test_the_attention_argument_struct_matches_the_cpp_one():
+    """DecodeAttentionArgs is declared twice (ctypes and C++): the same fields, in the same order, of matching
+    kinds (pointers as void pointers, int64_t as c_int64)."""
+    import ctypes
+    import re
+
+    source = decode_cpu.SOURCE.read_text()
+    body = re.search(r"struct DecodeAttentionArgs \{(.*?)\};", source, re.S).group(1)
+    declared = re.findall(r"^\s*(?:const )?(\w+)(\*?) ([\w, ]+);", body, re.M)  # `int64_t a, b;` declares two
+    kinds = [(name, ctypes.c_void_p if pointer else {"int64_t": ctypes.c_int64}[type_name])
+             for type_name, pointer, names in declared for name in names.split(", ")]
+    assert len(kinds) == 20 and kinds == list(decode_cpu.DecodeAttentionArgs._fields_)
 
 
 def test_the_kernels_build_and_load_here():

@@ -134,7 +134,8 @@ def test_image_slot_count_mismatch_is_an_error(checkpoint_dirs):
     shape = SHAPES[0]
     model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(shape, "hf"))
     ids = np.array([reference.prompt_ids(2, shape, 3, 3)])  # slots for two tiles
-    with pytest.raises(ValueError, match=rf"{2 * shape.tokens_per_tile} image slots .* {shape.tokens_per_tile} features"):
+    message = rf"{2 * shape.tokens_per_tile} image slots .* {shape.tokens_per_tile} features"
+    with pytest.raises(ValueError, match=message):
         run_ours(model, ids, pixels=reference.random_pixels(1, shape))
 
 

@@ -4,8 +4,8 @@ request is a 4xx in OpenAI's error shape, limits, authentication and cancellatio
 
 import base64
 import concurrent.futures
-import io
 import html
+import io
 import json
 import os
 import re

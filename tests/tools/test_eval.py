@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import imports
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EVAL = os.path.join(REPO, "tools", "eval.py")
 
@@ -75,4 +77,16 @@ def test_bad_predictions_file(content, message, annotations, tmp_path):
 
 def test_missing_predictions_file(tmp_path):
     result = run_eval("--predictions", str(tmp_path / "none.jsonl"), "--references", str(tmp_path / "r.json"))
-    assert result.returncode == 2 and result.stderr.strip() == f"error: Predictions file {tmp_path / 'none.jsonl'} does not exist."
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: Predictions file {tmp_path / 'none.jsonl'} does not exist."
+
+
+def test_scoring_predictions_imports_no_paddle(annotations, tmp_path):
+    """Scoring a predictions file needs only the metrics: no Paddle, no model (seconds instead of an import)."""
+    folder, references = annotations
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": references[0][0], "text": references[0][1]}) + "\n")
+    ann = [{"image": os.path.basename(references[0][0]), "conversations": [
+        {"from": "human", "value": "<image>\nOCR:"}, {"from": "gpt", "value": references[0][1]}]}]
+    (tmp_path / "r.json").write_text(json.dumps(ann))
+    arguments = ["--predictions", str(tmp_path / "p.jsonl"), "--references", str(tmp_path / "r.json")]
+    assert imports.frameworks_imported_by(EVAL, arguments) == []

@@ -158,7 +158,8 @@ def bad_files(folder):
     return files
 
 
-BAD_FILE_CASES = ["empty file", "not an image", "truncated", "1x1", "too large", "encrypted pdf", "empty pdf", "missing"]
+BAD_FILE_CASES = ["empty file", "not an image", "truncated", "1x1", "too large", "encrypted pdf", "empty pdf",
+                  "missing"]
 
 
 @pytest.mark.parametrize("case", BAD_FILE_CASES)

@@ -2,8 +2,8 @@
 
 import json
 import os
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -190,7 +190,8 @@ def test_fine_tuned_model_reads_with_its_training_prompt(tmp_path):
 @pytest.mark.parametrize(
     "extra, yaml_text, message",
     [
-        (["--foo", "1"], None, "error: Unknown training argument 'foo' on the command line (see tools/train.py --help)."),
+        (["--foo", "1"], None,
+         "error: Unknown training argument 'foo' on the command line (see tools/train.py --help)."),
         (["--max_step", "3"], None, "error: Unknown training argument 'max_step' on the command line: did you mean "
                                     "'max_steps'?"),
         ([], "max_stepz: 3\n", "error: Unknown training argument 'max_stepz' in {yaml}: did you mean 'max_steps'?"),

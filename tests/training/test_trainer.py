@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from paddle_got import GOTQwenForCausalLM
-from paddle_got.data.dataset import GOTDataset, collate, load_meta
+from paddle_got.data.annotations import load_meta
+from paddle_got.data.dataset import GOTDataset, collate_right_padded
 from paddle_got.processing import GOTProcessor
 from paddle_got.training.arguments import parse_training_arguments
 from paddle_got.training.run import enable_recompute, train
@@ -16,7 +17,7 @@ from paddle_got.training.trainer import GlobalBatchSampler, GOTTrainer
 def test_batch_loss_equals_reference(ocr_checkpoint, synth_data, tmp_path):
     processor = GOTProcessor.from_pretrained(ocr_checkpoint.directory)
     dataset = GOTDataset(load_meta(synth_data), processor)
-    batch = collate([dataset[i] for i in range(4)], pad_token_id=processor.tokenizer.pad_token_id)
+    batch = collate_right_padded([dataset[i] for i in range(4)], pad_token_id=processor.tokenizer.pad_token_id)
     model = GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory)
     _, _, args = parse_training_arguments(["--meta_path", synth_data, "--output_dir", str(tmp_path)])
     trainer = GOTTrainer(model=model, args=args, processor=processor)
@@ -69,7 +70,7 @@ def test_ranks_take_slices_of_the_same_global_batches():
 def test_recompute_gives_the_same_gradients(ocr_checkpoint, synth_data):
     processor = GOTProcessor.from_pretrained(ocr_checkpoint.directory)
     dataset = GOTDataset(load_meta(synth_data), processor)
-    batch = collate([dataset[i] for i in range(3)], pad_token_id=processor.tokenizer.pad_token_id)
+    batch = collate_right_padded([dataset[i] for i in range(3)], pad_token_id=processor.tokenizer.pad_token_id)
     gradients, forward_calls = [], []
     for checkpointing in (False, True):
         model = GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory)
