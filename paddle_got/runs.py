@@ -192,6 +192,8 @@ class RunStore:
             os.makedirs(self.output, exist_ok=True)
         drop_torn_tail(self.part)
         self._stream = open(self.part, "a", encoding="utf-8")
+        # What the other ranks' parts already hold was read by an earlier run: progress counts only what follows.
+        self._seen_offsets = {path: os.path.getsize(path) for path in self._other_parts()}
         return self.kept_keys() if continuing else set()
 
     def write_settings(self) -> None:
@@ -221,9 +223,7 @@ class RunStore:
     def others_progress(self) -> int:
         """Records the other ranks added since the last call (for rank 0's progress bar)."""
         added = 0
-        for path in glob.glob(os.path.join(self.parts, f"part-*-of-{self.shard.world:05d}.jsonl")):
-            if path == self.part:
-                continue
+        for path in self._other_parts():
             size = os.path.getsize(path)
             if size > self._seen_offsets.get(path, 0):
                 with open(path, "rb") as f:
@@ -233,6 +233,11 @@ class RunStore:
                 added += chunk[:whole].count(b"\n")
                 self._seen_offsets[path] = self._seen_offsets.get(path, 0) + whole
         return added
+
+    def _other_parts(self) -> List[str]:
+        """The part files of this run's other ranks (those that exist yet)."""
+        pattern = os.path.join(self.parts, f"part-*-of-{self.shard.world:05d}.jsonl")
+        return [path for path in glob.glob(pattern) if path != self.part]
 
     # At the end ---------------------------------------------------------------------------------------------------
 
