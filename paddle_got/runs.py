@@ -65,6 +65,21 @@ def document_key(image: str, page: Optional[int]) -> str:
     return image if page is None else f"{image}#page={page}"
 
 
+def documents_by_key(documents: List[list]) -> Dict[str, Tuple[str, Optional[int]]]:
+    """`document_key -> (image, page)` of each document (a list of InputImage), named by its first input."""
+    return {document_key(document[0].name, document[0].page): (document[0].name, document[0].page)
+            for document in documents}
+
+
+def text_settings(read_options: dict, model: str, dtype: str) -> dict:
+    """The options of a run that change the text (what --resume compares): the reading options but the batch size
+    and the stream callback, the model and the dtype; JSON values."""
+    settings = {name: value for name, value in read_options.items() if name not in ("batch_size", "stream")}
+    box = settings.get("box")
+    settings.update(model=model, dtype=dtype, box=list(box) if box is not None else None)
+    return settings
+
+
 def record_key(record: dict) -> str:
     """`document_key` of a result record."""
     return document_key(record["image"], record.get("page"))
@@ -148,11 +163,15 @@ class RunStore:
     # Before reading -----------------------------------------------------------------------------------------------
 
     def earlier_settings(self) -> Optional[dict]:
-        """The settings an earlier run over this output was made with (None when there is none)."""
-        for path in (os.path.join(self.parts, SETTINGS_FILE), self.output + REPORT_SUFFIX):
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    return json.load(f).get("settings", None) if path.endswith(REPORT_SUFFIX) else json.load(f)
+        """The settings an earlier run over this output was made with: those of a run under way (its parts), else
+        those of a finished run (its report); None when there is none."""
+        under_way, finished = os.path.join(self.parts, SETTINGS_FILE), self.output + REPORT_SUFFIX
+        if os.path.exists(under_way):
+            with open(under_way, encoding="utf-8") as f:
+                return json.load(f)
+        if os.path.exists(finished):
+            with open(finished, encoding="utf-8") as f:
+                return json.load(f).get("settings")
         return None
 
     def check_resume(self) -> bool:

@@ -31,7 +31,7 @@ from paddle_got.inputs import expand_inputs, mark_box_misfits
 from paddle_got.outputs import RENDERINGS, check_output, json_line, output_kind, write_results
 from paddle_got.pipeline import GOT, check_read_options, check_stream, default_ngram_size
 from paddle_got.processing import parse_box
-from paddle_got.runs import RunStore, Shard, document_key, read_run, summary_line
+from paddle_got.runs import RunStore, Shard, documents_by_key, read_run, summary_line, text_settings
 
 
 def parse_args():
@@ -114,10 +114,8 @@ def main():
                         batch_size=args.batch_size, repetition_guard=args.repetition_guard)
     store = None
     if kept_run:
-        settings = {name: value for name, value in read_options.items() if name != "batch_size"}
-        settings.update(model=args.model_name_or_path, dtype=args.dtype, box=list(box) if box is not None else None)
-        store = RunStore(args.output, {document_key(doc[0].name, doc[0].page): (doc[0].name, doc[0].page)
-                                       for doc in documents}, args.ocr_type, settings, shard, args.resume,
+        settings = text_settings(read_options, args.model_name_or_path, args.dtype)
+        store = RunStore(args.output, documents_by_key(documents), args.ocr_type, settings, shard, args.resume,
                          args.overwrite, args.render)
         store.check_resume()
     barrier = join_launch(shard.world)
