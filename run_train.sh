@@ -61,6 +61,14 @@ if [ "$STATUS" -ne 0 ]; then
             echo "rank ${LOG##*.}: $RANK_ERROR" >&2
         fi
     done
+    if [ "$STATUS" -gt 128 ]; then  # the launcher passes on a worker's -N (killed by signal N) as 256 - N
+        SIGNAL=$((256 - STATUS))
+        echo "run_train.sh: a training process was killed by signal $SIGNAL (SIG$(kill -l "$SIGNAL" 2>/dev/null));" \
+             "the last lines of each log:" >&2
+        for LOG in "$LOG_DIR"/workerlog.*; do
+            tr '\r' '\n' < "$LOG" 2>/dev/null | grep -v '^[[:space:]]*$' | tail -n 5 | sed "s|^|  ${LOG##*/}: |" >&2
+        done
+    fi
     echo "run_train.sh: training failed; the logs are in $LOG_DIR" >&2
     exit "$STATUS"
 fi

@@ -49,6 +49,17 @@ def join_launch(world: int) -> Optional[Callable[[], None]]:
     return dist.barrier
 
 
+def leave_launch() -> None:
+    """At the end of a run started by `paddle.distributed.launch`: wait until every rank is done (a rank that
+    exits while another still writes closes their connection under it), then release the process group while the
+    interpreter is still whole. Nothing for a single process."""
+    import paddle.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def cores_per_process() -> int:
     """This process's fair share of the cores when the launcher starts several on one machine."""
     return max(1, available_cores() // int(os.environ.get("PADDLE_LOCAL_SIZE", 1)))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from paddle_got.cli import EXIT_BAD_INPUT, ArgumentParser, positive_int, run_cli, share
 from paddle_got.constants import COLORS, DTYPES, MAX_CROPS, MAX_NEW_TOKENS, OCR_TYPES
-from paddle_got.device import join_launch
+from paddle_got.device import join_launch, leave_launch
 from paddle_got.errors import GOTError
 from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source
 from paddle_got.inputs import expand_inputs, mark_box_misfits
@@ -135,6 +135,7 @@ def main():
 
     if store is not None:
         report, total = read_run(ocr, documents, store, read_options, args.max_error_rate, barrier, show)
+        leave_launch()
         print(summary_line(total["total"] if total is not None else report), file=sys.stderr)
         if total is not None and total["total"]["failed"]:  # other ranks exit 0: the launcher stops all on an error
             sys.exit(EXIT_BAD_INPUT)

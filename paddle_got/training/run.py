@@ -9,7 +9,7 @@ from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 from ..config import CONFIG_NAME, GOTConfig
 from ..data.annotations import load_meta
 from ..data.dataset import GOTDataset, collate_right_padded, log_stats
-from ..device import gpu_compute_capability, set_cpu_threads
+from ..device import gpu_compute_capability, leave_launch, set_cpu_threads
 from ..errors import GOTError
 from ..hub import resolve_model_path
 from ..logger import logger
@@ -114,6 +114,7 @@ def train(model_args, data_args, training_args, callbacks=None) -> GOTTrainer:
     finally:
         close_progress_bars(trainer)
     trainer.save_model()
+    leave_launch()
     return trainer
 
 

@@ -237,3 +237,39 @@ def test_run_train_sh_reports_a_failure_once(tmp_path):
     assert "LAUNCH INFO" not in result.stderr and "ERROR LOG DETAIL" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"run_train.sh: training failed; the logs are in {tmp_path / 'out' / 'logs'}")
+
+
+def worker_pids(output_dir):
+    """The tools/train.py processes writing into `output_dir` (not their launcher), by PADDLE_TRAINER_ID."""
+    pids = {}
+    for entry in os.listdir("/proc"):
+        try:
+            command = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            environment = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"tools/train.py" in command and b"paddle.distributed.launch" not in command and str(
+                output_dir).encode() in command:
+            rank = next((v.split(b"=")[1] for v in environment if v.startswith(b"PADDLE_TRAINER_ID=")), None)
+            if rank is not None:
+                pids[int(rank)] = int(entry)
+    return pids
+
+
+def test_run_train_sh_names_the_signal_that_killed_a_worker(synth_data, tmp_path):
+    environment = {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable}
+    output = tmp_path / "out"
+    process = subprocess.Popen(
+        ["sh", os.path.join(REPO, "run_train.sh"), "--model_name_or_path", "configs/tiny_got", "--meta_path",
+         synth_data, "--output_dir", str(output), "--max_steps", "400", "--save_steps", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment)
+    deadline = time.time() + 300
+    while not os.path.isdir(output / "checkpoint-2") and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(worker_pids(output)[0], signal.SIGABRT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 256 - signal.SIGABRT
+    lines = stderr.strip().splitlines()
+    assert "run_train.sh: a training process was killed by signal 6 (SIGABRT); the last lines of each log:" in lines
+    assert any(line.startswith("  workerlog.1: ") for line in lines)
+    assert lines[-1] == f"run_train.sh: training failed; the logs are in {output / 'logs'}"
