@@ -36,10 +36,11 @@ TEXT_TOKENS = 24
 
 def measure_ceilings(threads: int) -> dict:
     """float32 GEMM GFLOP/s (the better of torch and paddle) and memory-copy GB/s on this machine."""
+    from paddle_got.process import tune_process
+
+    tune_process()
     import paddle
     import torch
-
-    import paddle_got  # noqa: F401  (MKL set-up before paddle loads)
 
     paddle.base.core.set_num_threads(threads)
     torch.set_num_threads(threads)
@@ -118,9 +119,11 @@ def decode_tokens_per_second(prefill, step, batch: int) -> float:
 
 
 def run_ours(directory: str, args, bfloat16: bool) -> dict:
+    from paddle_got.process import tune_process
+
+    tune_process()
     import paddle
 
-    import paddle_got  # noqa: F401
     from paddle_got import GOTQwenForCausalLM
     from paddle_got.device import set_cpu_threads
     from paddle_got.engine import Engine, GenerationRequest

@@ -54,7 +54,6 @@ def cpu_description() -> str:
 
 def write_random_model(directory: str) -> None:
     """The released configuration with Paddle's random initialisers, and a tokenizer with the released ids."""
-    import paddle_got  # noqa: F401
     from paddle_got import GOTConfig, GOTQwenForCausalLM
     from paddle_got.tokenizer import write_tiktoken_ranks
 

@@ -18,6 +18,7 @@ from rapidfuzz.distance import Levenshtein
 
 from paddle_got import GOT
 from paddle_got.data.synth import write_dataset
+from paddle_got.process import tune_process
 from paddle_got.training.arguments import parse_training_arguments
 from paddle_got.training.run import train
 
@@ -59,6 +60,7 @@ def character_error_rate(predictions, references) -> float:
 
 
 def main():
+    tune_process()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", default=os.path.join(REPO, "output", "learn_tiny"))
     parser.add_argument("--minutes", type=float, default=13.0, help="training time budget")

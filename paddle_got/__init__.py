@@ -6,7 +6,6 @@ The public names are imported on first use, so that the parts that need no model
 
 import importlib
 
-from . import _cpu_setup  # noqa: F401  (must run before paddle is imported)
 from .errors import CheckpointError, GOTError
 
 _PUBLIC = {

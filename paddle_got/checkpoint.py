@@ -176,64 +176,75 @@ def _tensors_equal(first: paddle.Tensor, second: paddle.Tensor) -> bool:
 
 
 
-def load_pretrained(model_class: type, path: str, dtype: str = "float32"):
-    """Build `model_class` from a local directory in any layout; returns the model in eval mode and `dtype`."""
+def check_dtype(dtype: str) -> None:
+    """CheckpointError unless `dtype` is one we load weights in."""
     if dtype not in DTYPES:
         raise CheckpointError(f"Unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
-    config = GOTConfig.from_pretrained(path)
-    source = WeightSource(path)
-    layout = detect_layout(source.names())
-    rename: Callable[[str], str] = {"paddle": lambda n: n, "got": _got_name, "hf": _hf_name}[layout]
-    our_names = {}
-    for name in source.names():
-        if IGNORED_NAME_PATTERN.search(name):
-            continue
-        our_names[rename(name)] = name
 
-    # The original release stores lm_head although its config says tied: tie only when it equals the embedding.
-    has_head = LM_HEAD_NAME in our_names
-    tied = not has_head
-    if has_head and EMBEDDING_NAME in our_names:
-        head = source.get(our_names[LM_HEAD_NAME])
-        embedding = source.get(our_names[EMBEDDING_NAME])
-        tied = _tensors_equal(head.T if layout == "paddle" else head, embedding)
-        if tied:
-            del our_names[LM_HEAD_NAME]
-        else:
-            logger.info("lm_head.weight differs from the token embedding: keeping it as an untied output head.")
-    config.tie_word_embeddings = tied
 
-    with paddle.LazyGuard():
-        model = model_class(config)
-    parameters = model.state_dict()
-    missing = set(parameters) - set(our_names)
-    unexpected = set(our_names) - set(parameters)
-    if missing:
-        raise CheckpointError(f"The checkpoint in {path} lacks parameters the model needs: {_list(missing)}.")
-    if unexpected:
-        raise CheckpointError(f"The checkpoint in {path} has parameters the model does not know: {_list(unexpected)}.")
+class CheckpointWeights:
+    """A checkpoint directory in any layout, read as our model's parameters: its config (with
+    `tie_word_embeddings` decided from the weights) and each tensor under our name, in Paddle's layout."""
 
-    stored_dtypes = set()
-    for our_name, parameter in tqdm(parameters.items(), desc="Loading weights", unit="tensor", leave=False):
-        tensor = source.get(our_names[our_name])
-        stored_dtypes.add(str(tensor.dtype).replace("paddle.", ""))
-        if needs_transpose(our_name, layout) and tensor.ndim == 2:
+    def __init__(self, path: str):
+        self.path = path
+        self.config = GOTConfig.from_pretrained(path)
+        self.source = WeightSource(path)
+        self.layout = detect_layout(self.source.names())
+        rename: Callable[[str], str] = {"paddle": lambda n: n, "got": _got_name, "hf": _hf_name}[self.layout]
+        self.stored_names = {
+            rename(name): name for name in self.source.names() if not IGNORED_NAME_PATTERN.search(name)}
+
+        # The original release stores lm_head although its config says tied: tie only when it equals the embedding.
+        tied = LM_HEAD_NAME not in self.stored_names
+        if not tied and EMBEDDING_NAME in self.stored_names:
+            head = self.source.get(self.stored_names[LM_HEAD_NAME])
+            embedding = self.source.get(self.stored_names[EMBEDDING_NAME])
+            tied = _tensors_equal(head.T if self.layout == "paddle" else head, embedding)
+            if tied:
+                del self.stored_names[LM_HEAD_NAME]
+            else:
+                logger.info("lm_head.weight differs from the token embedding: keeping it as an untied output head.")
+        self.config.tie_word_embeddings = tied
+
+    def tensor(self, our_name: str) -> paddle.Tensor:
+        """The stored tensor for our parameter `our_name`, Linear weights as `[in, out]`, in its stored dtype."""
+        tensor = self.source.get(self.stored_names[our_name])
+        if needs_transpose(our_name, self.layout) and tensor.ndim == 2:
             # A transposed view would stay strided inside the parameter, and every matmul would then copy it.
             tensor = tensor.T.contiguous()
-        if list(tensor.shape) != list(parameter.shape):
+        return tensor
+
+    def load_into(self, model, dtype: str) -> None:
+        """Fill `model` (built from `self.config`, e.g. under `paddle.LazyGuard`) with these weights, cast it to
+        `dtype` (one of `DTYPES`) and put it in eval mode; it records `stored_dtype` and the directory's
+        `tokenizer_files`."""
+        parameters = model.state_dict()
+        missing = set(parameters) - set(self.stored_names)
+        unexpected = set(self.stored_names) - set(parameters)
+        if missing:
+            raise CheckpointError(f"The checkpoint in {self.path} lacks parameters the model needs: {_list(missing)}.")
+        if unexpected:
             raise CheckpointError(
-                f"Shape mismatch for {our_name}: the model expects {list(parameter.shape)}, "
-                f"the checkpoint has {list(tensor.shape)}."
-            )
-        parameter.set_value(tensor.astype(parameter.dtype))
-    model.to(dtype=dtype)
-    model.eval()
-    model.tokenizer_files = tokenizer_files(path)
-    stored = "/".join(sorted(stored_dtypes))
-    model.stored_dtype = stored
-    held = stored if stored == dtype else f"stored as {stored}, loaded as {dtype}"
-    logger.info(f"Loaded {path} ({layout} layout, {source.fmt}, {len(parameters)} tensors, {held}).")
-    return model
+                f"The checkpoint in {self.path} has parameters the model does not know: {_list(unexpected)}.")
+
+        stored_dtypes = set()
+        for our_name, parameter in tqdm(parameters.items(), desc="Loading weights", unit="tensor", leave=False):
+            tensor = self.tensor(our_name)
+            stored_dtypes.add(str(tensor.dtype).replace("paddle.", ""))
+            if list(tensor.shape) != list(parameter.shape):
+                raise CheckpointError(
+                    f"Shape mismatch for {our_name}: the model expects {list(parameter.shape)}, "
+                    f"the checkpoint has {list(tensor.shape)}."
+                )
+            parameter.set_value(tensor.astype(parameter.dtype))
+        model.to(dtype=dtype)
+        model.eval()
+        model.tokenizer_files = tokenizer_files(self.path)
+        stored = "/".join(sorted(stored_dtypes))
+        model.stored_dtype = stored
+        held = stored if stored == dtype else f"stored as {stored}, loaded as {dtype}"
+        logger.info(f"Loaded {self.path} ({self.layout} layout, {self.source.fmt}, {len(parameters)} tensors, {held}).")
 
 
 def move_into(source_dir: str, destination: str) -> None:
@@ -254,21 +265,27 @@ def staging_dir(destination: str) -> str:
     return tempfile.mkdtemp(prefix=".staging-", dir=parent)
 
 
-def save_pretrained(model, directory: str, extra_files: Optional[Iterator[str]] = None) -> None:
+def save_pretrained(model, directory: str, extra_files: Optional[Iterator[str]] = None,
+                    state_dict: Optional[Dict[str, paddle.Tensor]] = None, processor=None) -> None:
     """Write config.json + model.safetensors (our layout) into `directory`; files appear only when complete.
 
-    `extra_files` are paths copied along; by default the tokenizer and prompt files of the checkpoint the model was
-    loaded from, so that the directory can be read again as it is. Nothing is left behind if writing fails.
+    `state_dict` replaces the model's own (a LoRA model's merged weights, a resume checkpoint's adapters). The
+    tokenizer and prompt files come from `processor.save_pretrained` when a processor is given, else `extra_files`
+    are copied along: by default the files of the checkpoint the model was loaded from, so that the directory can be
+    read again as it is. Nothing is left behind if writing fails.
     """
     if extra_files is None:
-        extra_files = getattr(model, "tokenizer_files", ())
+        extra_files = () if processor is not None else getattr(model, "tokenizer_files", ())
+    state_dict = model.state_dict() if state_dict is None else state_dict
     staging = staging_dir(directory)
     try:
-        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+        state = {name: tensor.contiguous() for name, tensor in state_dict.items()}
         save_file(state, os.path.join(staging, SAFETENSORS_NAME), metadata={"format": "paddle"})
         model.config.save_pretrained(staging)
         for file in extra_files:
             shutil.copy2(file, staging)
+        if processor is not None:
+            processor.save_pretrained(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -278,19 +295,3 @@ def save_pretrained(model, directory: str, extra_files: Optional[Iterator[str]] 
 def tokenizer_files(directory: str) -> List[str]:
     """The tokenizer/processor files present in `directory`."""
     return [os.path.join(directory, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, f))]
-
-
-def convert_checkpoint(source: str, destination: str, dtype: str = "float32", overwrite: bool = False) -> None:
-    """Load `source` (any layout, logged) and write it to `destination` in ours, tokenizer files included.
-
-    Nothing is written if loading fails; an existing, non-empty `destination` is refused unless `overwrite`.
-    """
-    from .modeling.got import GOTQwenForCausalLM
-
-    if os.path.abspath(source) == os.path.abspath(destination):
-        raise CheckpointError("--src and --dst must be different directories.")
-    if os.path.exists(destination) and not overwrite and (not os.path.isdir(destination) or os.listdir(destination)):
-        raise CheckpointError(f"{destination} already exists and is not empty: give another --dst, or --overwrite "
-                              "to replace the files it shares with the conversion.")
-    model = GOTQwenForCausalLM.from_pretrained(source, dtype=dtype)
-    save_pretrained(model, destination)

@@ -15,31 +15,13 @@ from tqdm import tqdm
 from .data.annotations import Record, parse_record, read_annotations
 from .errors import DataError, GOTError
 from .metrics import METRIC_NAMES, average, score
-from .outputs import write_atomic
+from .outputs import document_key, read_results, write_atomic
 
 
 def read_predictions(path: str) -> Dict[str, str]:
-    """`{image: text}` from a predictions JSONL; GOTError naming the line of anything malformed."""
-    if not os.path.isfile(path):
-        raise GOTError(f"Predictions file {path} does not exist.")
-    predictions = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise GOTError(f"{path} line {number}: malformed JSON ({err.msg}).") from None
-            if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-                raise GOTError(f"{path} line {number}: a prediction needs an \"image\" string.")
-            if "text" not in record:
-                continue  # an input infer.py could not read: it has no prediction
-            if not isinstance(record["text"], str):
-                raise GOTError(f"{path} line {number}: \"text\" must be a string.")
-            key = record["image"] if record.get("page") is None else f"{record['image']}#{record['page']}"
-            predictions[key] = record["text"]
-    return predictions
+    """`{document_key: text}` of a predictions JSONL (`outputs.read_results`); inputs that failed have none."""
+    return {document_key(record["image"], record.get("page")): record["text"]
+            for record in read_results(path) if record.get("error") is None}
 
 
 def read_references(path: str) -> List[Tuple[str, str]]:

@@ -34,8 +34,8 @@ def load_image(path: str) -> Image.Image:
         raise BadInputError(f"{path}: the file is empty.")
     try:
         return decode_image(path, path)
-    except PermissionError:
-        raise BadInputError(f"{path}: permission denied.") from None
+    except PermissionError as err:
+        raise BadInputError(f"{path}: permission denied.") from err
 
 
 def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -51,13 +51,13 @@ def decode_image(source, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image
                 return opened.convert("RGB")
     except BadInputError:
         raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise BadInputError(f"{name}: the image is too large to decode safely.") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise BadInputError(f"{name}: the image is too large to decode safely.") from err
     except PermissionError:
         raise
     except (OSError, SyntaxError, ValueError) as err:
         reason = "truncated" if "truncated" in str(err) else "corrupt or not an image"
-        raise BadInputError(f"{name}: cannot read the image (file is {reason}).") from None
+        raise BadInputError(f"{name}: cannot read the image (file is {reason}).") from err
 
 
 def check_image_size(size: Tuple[int, int], name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
@@ -87,7 +87,7 @@ def open_pdf(source, name: str):
         document = pypdfium2.PdfDocument(source)
     except pypdfium2.PdfiumError as err:
         reason = "it is encrypted" if "password" in str(err).lower() else "it is damaged or holds no pages"
-        raise BadInputError(f"{name}: cannot open the PDF: {reason}.") from None
+        raise BadInputError(f"{name}: cannot open the PDF: {reason}.") from err
     if len(document) == 0:
         document.close()
         raise BadInputError(f"{name}: the PDF has no pages.")
@@ -218,8 +218,8 @@ def read_manifest(path: str) -> List[str]:
     try:
         with open(path, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
-    except UnicodeDecodeError:
-        raise BadInputError(f"{path}: a manifest must be UTF-8 text, one path per line.") from None
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{path}: a manifest must be UTF-8 text, one path per line.") from err
     return [os.path.normpath(os.path.join(folder, line)) for line in lines if line and not line.startswith("#")]
 
 

@@ -14,12 +14,11 @@ Tokens are words (Chinese segmented with jieba) for documents, or characters for
 
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Dict, Iterable, List
 
 from rapidfuzz.distance import Levenshtein
 
-METRIC_NAMES = ("edit_distance", "f1", "precision", "recall", "bleu", "meteor", "acc", "norm_edit_dis")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -87,6 +86,9 @@ class SampleScores:
     meteor: float
     acc: float
     norm_edit_dis: float
+
+
+METRIC_NAMES = tuple(f.name for f in fields(SampleScores))  # in the order the reports list them
 
 
 def score(prediction: str, reference: str, level: str = "word") -> SampleScores:

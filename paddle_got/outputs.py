@@ -5,7 +5,7 @@ import os
 import tempfile
 from typing import List, Optional
 
-from .errors import GOTError
+from .errors import GOTError, reason
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 RENDERINGS = ("md", "html")  # what an output directory gets for formatted text
@@ -45,6 +45,44 @@ def write_atomic(path: str, text: str) -> None:
 def json_line(result) -> str:
     """One result as a JSON object on one line (non-ASCII kept readable)."""
     return json.dumps(result.to_dict(), ensure_ascii=False)
+
+
+def document_key(image: str, page: Optional[int]) -> str:
+    """What names a result across runs and tools: its input path, and its page for a PDF page."""
+    return image if page is None else f"{image}#page={page}"
+
+
+def is_result(record) -> bool:
+    """True for a JSON object shaped like a `json_line` result: an image path, a page number or none, and a text
+    (or an error)."""
+    return (isinstance(record, dict) and isinstance(record.get("image"), str)
+            and (record.get("page") is None or isinstance(record["page"], int))
+            and (record.get("error") is not None or isinstance(record.get("text"), str)))
+
+
+def read_results(path: str) -> List[dict]:
+    """The results of a JSONL that tools/infer.py wrote (`--predictions` of the other tools), in order, blank lines
+    skipped; GOTError naming the first line that is not a result."""
+    if not os.path.isfile(path):
+        raise GOTError(f"--predictions {path} is not a file.")
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise GOTError(f"{path} line {number} is not JSON ({reason(err)}).") from err
+                if not is_result(record):
+                    raise GOTError(f'{path} line {number} is not a result: it needs "image" and "text" (or "error").')
+                records.append(record)
+    except UnicodeDecodeError as err:
+        raise GOTError(f"{path} is not UTF-8 text.") from err
+    if not records:
+        raise GOTError(f"{path} holds no results.")
+    return records
 
 
 def output_kind(path: str) -> str:

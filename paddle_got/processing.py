@@ -39,6 +39,7 @@ from .constants import (
 )
 from .errors import BadInputError, GOTError, reason
 from .logger import logger
+from .outputs import write_atomic
 from .tokenizer import GOTTokenizer
 
 
@@ -96,6 +97,14 @@ def choose_grid(width: int, height: int, tile_size: int, min_tiles: int, max_til
         elif difference == best_difference and width * height > 0.5 * tile_size * tile_size * columns * rows:
             best_grid = (columns, rows)
     return best_grid
+
+
+def multi_crop_tile_count(width: int, height: int, tile_size: int, min_tiles: int = MIN_CROPS,
+                          max_tiles: int = MAX_CROPS) -> int:
+    """How many tiles `crop_tiles` makes of a `width` x `height` image: its grid, plus the whole image when the
+    grid has more than one tile."""
+    columns, rows = choose_grid(width, height, tile_size, min_tiles, max_tiles)
+    return columns * rows + (1 if columns * rows > 1 else 0)
 
 
 def crop_tiles(image: Image.Image, tile_size: int, min_tiles: int = MIN_CROPS, max_tiles: int = MAX_CROPS):
@@ -219,8 +228,6 @@ class PromptConfig:
 
     def save_pretrained(self, directory: str) -> None:
         """Write `directory/prompt_config.json`."""
-        from .outputs import write_atomic
-
         write_atomic(os.path.join(directory, PROMPT_CONFIG_FILE), json.dumps(asdict(self), ensure_ascii=False,
                                                                                indent=2) + "\n")
 

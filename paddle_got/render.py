@@ -520,8 +520,8 @@ def _image_data_url(image) -> str:
         try:
             with Image.open(io.BytesIO(data)) as opened:
                 data, mime = _png_bytes(opened.convert("RGB")), "image/png"
-        except OSError:  # UnidentifiedImageError too
-            raise GOTError("The page image is not in an image format that can be read.") from None
+        except OSError as err:  # UnidentifiedImageError too
+            raise GOTError("The page image is not in an image format that can be read.") from err
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
@@ -578,7 +578,7 @@ def source_image(path: str, page: Optional[int] = None):
     try:
         document = pypdfium2.PdfDocument(path)
     except pypdfium2.PdfiumError as err:
-        raise GOTError(f"the PDF cannot be opened ({reason(err)}).") from None
+        raise GOTError(f"the PDF cannot be opened ({reason(err)}).") from err
     try:
         if not 1 <= (page or 1) <= len(document):
             raise GOTError(f"the PDF has no page {page}.")

@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from tqdm import tqdm
 
 from .errors import GOTError
-from .outputs import file_suffix, file_text, output_kind, text_file_name, write_atomic
+from .outputs import document_key, file_suffix, file_text, output_kind, text_file_name, write_atomic
 
 PARTS_SUFFIX = ".parts"
 ERRORS_SUFFIX = ".errors.jsonl"
@@ -58,11 +58,6 @@ class Shard:
     def name(self) -> str:
         """`R-of-W`, as in the part file names."""
         return f"{self.rank:05d}-of-{self.world:05d}"
-
-
-def document_key(image: str, page: Optional[int]) -> str:
-    """What identifies a document's result across runs: its input path, and its page for a PDF page."""
-    return image if page is None else f"{image}#page={page}"
 
 
 def documents_by_key(documents: List[list]) -> Dict[str, Tuple[str, Optional[int]]]:

@@ -9,10 +9,8 @@ checkpoint) goes through the `tokenizers` library.
 
 import base64
 import os
-import re
 import shutil
 import unicodedata
-from collections import Counter
 from typing import Dict, List, Sequence
 
 from .constants import ENDOFTEXT, GOT_SPECIAL_TOKENS, IM_END, QWEN_SPECIAL_TOKENS
@@ -130,33 +128,6 @@ class GOTTokenizer:
 
     def __len__(self) -> int:
         return len(self.backend)
-
-
-def train_byte_bpe(text: str, num_merges: int) -> Dict[bytes, int]:
-    """A small byte-level BPE vocabulary for tiny experiments and tests: ranks 0-255 are the bytes, then up to
-    `num_merges` merges of the most frequent adjacent pairs within the words of `text`."""
-    ranks = {bytes([value]): value for value in range(256)}
-    words = [[bytes([b]) for b in piece.encode()] for piece in re.findall(r" ?\w+| ?[^\w\s]+|\s+", text)]
-    for _ in range(num_merges):
-        pairs = Counter(pair for word in words for pair in zip(word, word[1:]))
-        if not pairs:
-            break
-        (first, second), _ = pairs.most_common(1)[0]
-        ranks[first + second] = len(ranks)
-        words = [_merge_pair(word, first, second) for word in words]
-    return ranks
-
-
-def _merge_pair(word: List[bytes], first: bytes, second: bytes) -> List[bytes]:
-    merged, index = [], 0
-    while index < len(word):
-        if index + 1 < len(word) and (word[index], word[index + 1]) == (first, second):
-            merged.append(first + second)
-            index += 2
-        else:
-            merged.append(word[index])
-            index += 1
-    return merged
 
 
 def write_tiktoken_ranks(path: str, ranks: Dict[bytes, int]) -> None:

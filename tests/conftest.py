@@ -5,15 +5,24 @@ import sys
 
 import pytest
 
-import paddle_got  # noqa: F401  (first: it configures MKL before paddle loads)
+from paddle_got.process import IMPORT_WARNINGS, tune_process
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+tune_process()  # as the tools do, before Paddle loads
 
-import reference  # noqa: E402  (the tests directory is put on the path just above)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [TESTS, os.path.join(os.path.dirname(TESTS), "examples")]  # the test helpers, the examples
+
+import reference  # noqa: E402
 
 from paddle_got.device import set_cpu_threads  # noqa: E402
 
 set_cpu_threads()
+
+
+def pytest_configure(config):
+    """pytest resets the warning filters around each test: it hides the import warnings through its own option."""
+    for message, category in IMPORT_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
 
-from paddle_got.tokenizer import train_byte_bpe, write_tiktoken_ranks
+from make_tiny_tokenizer import train_byte_bpe
+
+from paddle_got.tokenizer import write_tiktoken_ranks
 
 VOCAB_SIZE = 300
 IMG_START_ID, IMG_END_ID, IMG_PAD_ID = 297, 298, 299

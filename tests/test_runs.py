@@ -1,6 +1,7 @@
 """Run bookkeeping: torn lines, file names in an output directory, which rank owns which document."""
 
-from paddle_got.runs import Shard, document_key, drop_torn_tail, read_records, unique_file_names
+from paddle_got.outputs import document_key
+from paddle_got.runs import Shard, drop_torn_tail, read_records, unique_file_names
 
 
 def test_torn_and_unparsable_lines_are_left_out_and_cut_before_appending(tmp_path):

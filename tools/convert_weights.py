@@ -6,9 +6,13 @@ Tokenizer files are copied along. Nothing is written to --dst unless the convers
 holds files is refused unless --overwrite.
 """
 
-from paddle_got.checkpoint import convert_checkpoint
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 from paddle_got.cli import ArgumentParser, run_cli
 from paddle_got.constants import DTYPES
+from paddle_got.conversion import convert_checkpoint
 from paddle_got.device import set_cpu_threads
 from paddle_got.logger import logger
 

@@ -7,6 +7,10 @@
 Prints the folder on stdout. Read it with `tools/infer.py --model_name_or_path <folder>`.
 """
 
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 import os
 import shutil
 

@@ -6,6 +6,10 @@
 Prints a table of averages on stdout; --report writes every average and every sample's scores as JSON.
 """
 
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 from paddle_got.cli import ArgumentParser, positive_int, run_cli
 from paddle_got.constants import MAX_NEW_TOKENS, OCR_TYPES
 from paddle_got.errors import GOTError

@@ -18,6 +18,10 @@ inputs; rank 0 writes the results in input order when all are done, x.jsonl.erro
 and x.jsonl.report.json (counts and speeds).
 """
 
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 import sys
 
 from tqdm import tqdm

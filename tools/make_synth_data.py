@@ -6,6 +6,10 @@
 Writes OUT/images/, OUT/annotations.json and OUT/meta.json (the training format; pass --meta_path OUT/meta.json).
 """
 
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 from paddle_got.cli import ArgumentParser, run_cli
 from paddle_got.data.synth import KINDS, write_dataset
 from paddle_got.errors import GOTError

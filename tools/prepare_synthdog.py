@@ -6,6 +6,10 @@ Writes OUT/images/, OUT/synthdog_en.json and OUT/meta.json with the question "<i
 modified SynthDoG-EN has it); configs/stage2.yaml reads data/synthdog_en/meta.json.
 """
 
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 from paddle_got.cli import ArgumentParser, run_cli
 from paddle_got.data.synthdog import convert_synthdog
 from paddle_got.logger import logger

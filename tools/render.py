@@ -11,15 +11,18 @@ format, e.g. TIFF), a PDF page is rendered with pypdfium2 at 100 DPI. Results wi
 reported on stderr. The paths written are printed on stdout, one a line; progress goes to stderr.
 """
 
-import json
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 import os
 import sys
 
 from tqdm import tqdm
 
 from paddle_got.cli import ArgumentParser, run_cli
-from paddle_got.errors import GOTError, reason
-from paddle_got.outputs import text_file_name, write_atomic
+from paddle_got.errors import GOTError
+from paddle_got.outputs import read_results, text_file_name, write_atomic
 from paddle_got.render import result_html, to_markdown
 
 SUFFIXES = {"html": ".html", "md": ".md"}
@@ -33,38 +36,6 @@ def parse_args():
     parser.add_argument("--images_dir", help="look for the input images here by file name (default: at the paths "
                         "in the JSONL)")
     return parser.parse_args()
-
-
-def is_result(record) -> bool:
-    """True for a JSON object shaped like a tools/infer.py result: an image path, a page number or none, and a text
-    (or an error)."""
-    return (isinstance(record, dict) and isinstance(record.get("image"), str)
-            and (record.get("page") is None or isinstance(record["page"], int))
-            and (record.get("error") is not None or isinstance(record.get("text"), str)))
-
-
-def read_predictions(path: str) -> list:
-    """The results in a predictions JSONL, in order (blank lines skipped); GOTError naming the first bad line."""
-    if not os.path.isfile(path):
-        raise GOTError(f"--predictions {path} is not a file.")
-    records = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise GOTError(f"{path} line {number} is not JSON ({reason(err)}).") from None
-                if not is_result(record):
-                    raise GOTError(f'{path} line {number} is not a result: it needs "image" and "text" (or "error").')
-                records.append(record)
-    except UnicodeDecodeError:
-        raise GOTError(f"{path} is not UTF-8 text.") from None
-    if not records:
-        raise GOTError(f"{path} holds no results.")
-    return records
 
 
 def check_out_dir(path: str) -> None:
@@ -96,7 +67,7 @@ def input_image(record: dict, images_dir):
 
 def main():
     args = parse_args()
-    records = read_predictions(args.predictions)
+    records = read_results(args.predictions)
     check_out_dir(args.out_dir)
     if args.images_dir and not os.path.isdir(args.images_dir):
         raise GOTError(f"--images_dir {args.images_dir} is not a directory.")

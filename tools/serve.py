@@ -8,6 +8,10 @@ GET /v1/models, GET /metrics. Binds 127.0.0.1 unless --host says otherwise; --ap
 requires `Authorization: Bearer <key>` on every route but /health.
 """
 
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 import os
 import sys
 

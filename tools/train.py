@@ -7,6 +7,10 @@ Any field of the YAML file (ModelArguments, DataArguments, paddlenlp TrainingArg
 `--key value`. Multi-process: `sh run_train.sh` (paddle.distributed.launch).
 """
 
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 import sys
 
 from paddle_got.cli import plain_paddlenlp_logs, run_cli

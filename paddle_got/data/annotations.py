@@ -35,7 +35,7 @@ def _json_array_records(text: str, path: str) -> Iterator[Tuple[object, str]]:
         try:
             record, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg}).") from None
+            raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg}).") from err
         yield record, f"line {line} (sample {number})"
 
 
@@ -46,7 +46,7 @@ def read_annotations(path: str) -> Iterator[Tuple[object, str]]:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as err:
-        raise DataError(f"Cannot read the annotation file {path}: {err.strerror}.") from None
+        raise DataError(f"Cannot read the annotation file {path}: {err.strerror}.") from err
     if text.lstrip().startswith("["):
         yield from _json_array_records(text, path)
         return
@@ -56,7 +56,7 @@ def read_annotations(path: str) -> Iterator[Tuple[object, str]]:
         try:
             yield json.loads(line), f"line {number}"
         except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {number}: malformed JSON ({err.msg}).") from None
+            raise DataError(f"{path} line {number}: malformed JSON ({err.msg}).") from err
 
 
 def parse_record(raw, image_dir: str, where: str, multi_crop: bool) -> Record:
@@ -92,9 +92,9 @@ def load_meta(meta_path: str) -> List[Record]:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
     except OSError as err:
-        raise DataError(f"Cannot read the meta file {meta_path}: {err.strerror}.") from None
+        raise DataError(f"Cannot read the meta file {meta_path}: {err.strerror}.") from err
     except json.JSONDecodeError as err:
-        raise DataError(f"{meta_path} line {err.lineno}: malformed JSON ({err.msg}).") from None
+        raise DataError(f"{meta_path} line {err.lineno}: malformed JSON ({err.msg}).") from err
     if not isinstance(meta, dict) or not meta:
         raise DataError(f"{meta_path} must map dataset names to {{\"images\": ..., \"annotations\": ...}}.")
     base = os.path.dirname(os.path.abspath(meta_path))

@@ -14,11 +14,11 @@ import numpy as np
 import paddle
 from PIL import Image
 
-from ..constants import IGNORE_INDEX, IM_END, MAX_CROPS, MIN_CROPS, USER_TURN
+from ..constants import IGNORE_INDEX, IM_END, USER_TURN
 from ..errors import BadInputError, DataError
 from ..inputs import load_image
 from ..logger import logger
-from ..processing import GOTProcessor, OCRRequest, build_prompt, choose_grid
+from ..processing import GOTProcessor, OCRRequest, build_prompt, multi_crop_tile_count
 from .annotations import Record
 
 LISTED_FILES = 5
@@ -95,8 +95,7 @@ class GOTDataset(paddle.io.Dataset):
         if not record.multi_crop or len(record.images) > 1:
             return len(record.images)
         with Image.open(record.images[0]) as image:
-            columns, rows = choose_grid(image.width, image.height, self.processor.image_size, MIN_CROPS, MAX_CROPS)
-        return columns * rows + (1 if columns * rows > 1 else 0)
+            return multi_crop_tile_count(image.width, image.height, self.processor.image_size)
 
     def _tokens(self, record: Record, num_tiles: int):
         """`(input_ids, labels, untruncated length)`, cut to `max_length`; None if the prompt alone does not fit."""
@@ -128,7 +127,7 @@ class GOTDataset(paddle.io.Dataset):
     def encode(self, record: Record) -> dict:
         """The training example of a record (BadInputError if an image cannot be decoded)."""
         pages = [load_image(path) for path in record.images]
-        request = OCRRequest(pages, multi_crop=record.multi_crop, max_crops=MAX_CROPS, multi_page=len(pages) > 1)
+        request = OCRRequest(pages, multi_crop=record.multi_crop, multi_page=len(pages) > 1)
         pixel_values = self.processor.tiles(request)
         input_ids, labels, _ = self._tokens(record, len(pixel_values))
         return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}

@@ -10,6 +10,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..checkpoint import CheckpointWeights, check_dtype, save_pretrained
 from ..config import GOTConfig
 from ..constants import IGNORE_INDEX
 from ..kernels import decode_cpu
@@ -83,14 +84,15 @@ class GOTQwenForCausalLM(nn.Layer):
     @classmethod
     def from_pretrained(cls, path: str, dtype: str = "float32") -> "GOTQwenForCausalLM":
         """Load a local checkpoint directory in any supported layout (see `paddle_got.checkpoint`)."""
-        from ..checkpoint import load_pretrained
-
-        return load_pretrained(cls, path, dtype)
+        check_dtype(dtype)
+        weights = CheckpointWeights(path)
+        with paddle.LazyGuard():
+            model = cls(weights.config)
+        weights.load_into(model, dtype)
+        return model
 
     def save_pretrained(self, directory: str) -> None:
         """Write our layout (config.json + model.safetensors) atomically into `directory`."""
-        from ..checkpoint import save_pretrained
-
         save_pretrained(self, directory)
 
     def decoder_product_layers(self) -> List[nn.Layer]:

@@ -6,7 +6,9 @@
   parallelism averages to exactly the single-process loss (and an all-masked batch divides by 1, not 0).
 - A non-finite loss stops training with a clear message; weights are checked before every save.
 - Checkpoints are written to a staging directory and renamed into place: never half-written. Every checkpoint
-  and the final output directory hold `config.json` and the tokenizer, so `tools/infer.py` reads them directly.
+  and the final output directory hold our layout (`model.safetensors`, `config.json`, the tokenizer and prompt
+  files, as `save_pretrained` writes them), so `tools/infer.py` reads them directly; next to it a checkpoint keeps
+  paddlenlp's optimizer, scheduler, RNG and trainer state files.
 """
 
 import math
@@ -19,14 +21,14 @@ import paddle.distributed as dist
 from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer
 from paddlenlp.trainer.trainer_utils import PREFIX_CHECKPOINT_DIR
+from safetensors.paddle import load_file
 
-from ..checkpoint import move_into, staging_dir
+from ..checkpoint import save_pretrained
+from ..constants import SAFETENSORS_NAME
 from ..errors import GOTError
 from ..logger import logger
 from ..modeling.got import causal_lm_loss_terms
 from .lora import merged_state_dict
-
-PADDLE_WEIGHTS_NAME = "model_state.pdparams"
 
 
 class GlobalBatchSampler(DistributedBatchSampler):
@@ -101,29 +103,36 @@ class GOTTrainer(Trainer):
             )
 
     def _save(self, output_dir=None, state_dict=None, merge_tensor_parallel=False):
-        """Write weights, config.json and tokenizer files into `output_dir`, atomically.
+        """Write model.safetensors, config.json and the tokenizer files into `output_dir`, atomically (our layout,
+        as `save_pretrained` writes it).
 
         LoRA adapters stay unmerged in resume checkpoints and are merged into the weights of the final model.
         """
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        model = self.model._layers if isinstance(self.model, paddle.DataParallel) else self.model
+        model = self._unwrapped_model()
         if not parameters_are_finite(model):
             raise GOTError("The weights hold NaN or infinity: not saving them.")
-        staging = staging_dir(output_dir)
-        try:
-            state = model.state_dict() if self._writing_checkpoint else merged_state_dict(model)
-            paddle.save(state, os.path.join(staging, PADDLE_WEIGHTS_NAME))
-            model.config.save_pretrained(staging)
-            if self.processor is not None:
-                self.processor.save_pretrained(staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        move_into(staging, output_dir)
+        state = model.state_dict() if self._writing_checkpoint else merged_state_dict(model)
+        save_pretrained(model, output_dir, state_dict=state, processor=self.processor)
         if not self._writing_checkpoint:
             logger.info(f"Saved the model to {output_dir}")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint=None):
+        """Resume the weights from a checkpoint's model.safetensors (paddlenlp restores the optimizer, scheduler,
+        RNG and trainer state from its own files next to it). Every rank reads the same file."""
+        if resume_from_checkpoint is None:
+            return
+        path = os.path.join(resume_from_checkpoint, SAFETENSORS_NAME)
+        if not os.path.isfile(path):
+            raise GOTError(f"{resume_from_checkpoint} is not a checkpoint of this trainer: it has no "
+                           f"{SAFETENSORS_NAME}.")
+        logger.info(f"Loading the weights of {resume_from_checkpoint}")
+        self._unwrapped_model().set_state_dict(load_file(path))
+
+    def _unwrapped_model(self):
+        return self.model._layers if isinstance(self.model, paddle.DataParallel) else self.model
 
     def _save_checkpoint(self, model, metrics=None):
         """paddlenlp's checkpoint (weights, optimizer, scheduler, RNG, state) staged, then renamed into place."""

@@ -63,8 +63,8 @@ def test_model_is_run_over_a_meta_file(ocr_checkpoint, synth_data, tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("{\"image\": \"a.png\", \"text\": \"x\"}\n{broken\n", "p.jsonl line 2: malformed JSON"),
-     ("{\"text\": \"x\"}\n", "p.jsonl line 1: a prediction needs an \"image\" string.")],
+    [("{\"image\": \"a.png\", \"text\": \"x\"}\n{broken\n", "p.jsonl line 2 is not JSON (Expecting property name"),
+     ("{\"text\": \"x\"}\n", "p.jsonl line 1 is not a result: it needs \"image\" and \"text\" (or \"error\").")],
 )
 def test_bad_predictions_file(content, message, annotations, tmp_path):
     (tmp_path / "p.jsonl").write_text(content)
@@ -78,7 +78,7 @@ def test_bad_predictions_file(content, message, annotations, tmp_path):
 def test_missing_predictions_file(tmp_path):
     result = run_eval("--predictions", str(tmp_path / "none.jsonl"), "--references", str(tmp_path / "r.json"))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: Predictions file {tmp_path / 'none.jsonl'} does not exist."
+    assert result.stderr.strip() == f"error: --predictions {tmp_path / 'none.jsonl'} is not a file."
 
 
 def test_scoring_predictions_imports_no_paddle(annotations, tmp_path):

@@ -9,8 +9,8 @@ import sys
 import time
 
 import numpy as np
-import paddle
 import pytest
+from safetensors.numpy import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "tools", "train.py")
@@ -32,8 +32,7 @@ def run_train(meta_path, output_dir, *extra, check_exit=0):
 
 
 def weights(directory):
-    return {name: np.asarray(value) for name, value in paddle.load(os.path.join(directory, "model_state.pdparams"),
-                                                                  return_numpy=True).items()}
+    return load_file(os.path.join(directory, "model.safetensors"))
 
 
 def assert_same_weights(first, second, atol):
@@ -45,7 +44,7 @@ def assert_same_weights(first, second, atol):
 
 def test_output_is_a_checkpoint_infer_reads(synth_data, tmp_path):
     result = run_train(synth_data, tmp_path / "out")
-    assert {"config.json", "model_state.pdparams", "qwen.tiktoken", "checkpoint-2", "checkpoint-4"} <= set(
+    assert {"config.json", "model.safetensors", "qwen.tiktoken", "checkpoint-2", "checkpoint-4"} <= set(
         os.listdir(tmp_path / "out"))
     # Plain log lines: no colour codes, no DEBUG dump of every argument (it claimed `device : gpu` on CPU).
     assert "\x1b[" not in result.stderr and "DEBUG" not in result.stderr and "gpu" not in result.stderr
@@ -71,7 +70,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(lora, synth_data, tmp
     time.sleep(0.05)  # somewhere in the middle of the following 14 steps
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not os.path.exists(tmp_path / "killed" / "model_state.pdparams")  # it did not finish
+    assert not os.path.exists(tmp_path / "killed" / "model.safetensors")  # it did not finish
     run_train(synth_data, tmp_path / "killed", *steps, "--resume_from_checkpoint", "true")
     assert_same_weights(tmp_path / "straight", tmp_path / "killed", atol=0)
 

@@ -1,4 +1,8 @@
-"""Process set-up that must run before paddle is imported.
+"""Process-wide tuning for paddle_got's command-line tools, benchmarks and tests: `tune_process()`.
+
+The library never calls it (importing paddle_got leaves the host process as it was); each tool calls it first
+thing, before Paddle loads. An application that embeds paddle_got gets the same speed by calling it before its
+first matrix product (see the README, "Using the library").
 
 Paddle's CPU wheel ships an MKL that takes a slow generic path on AMD processors (measured on an AMD EPYC:
 28 GFLOP/s per core for float32 GEMM instead of ~83 with AVX2). `MKL_DEBUG_CPU_TYPE=5` selects the AVX2 kernels;
@@ -46,11 +50,21 @@ def tune_malloc() -> bool:
     return bool(accepted_mmap and accepted_trim)
 
 
-tune_malloc()
-if is_amd_cpu():
-    os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+# Warnings that importing Paddle and paddlenlp print and that say nothing about paddle_got: Paddle's missing C++
+# compiler cache (it matters only for building custom ops) and setuptools' distutils notice. (message start, category)
+IMPORT_WARNINGS = (("No ccache found", UserWarning), ("Setuptools is replacing distutils", UserWarning))
 
-# Importing paddle warns about a missing C++ compiler cache that only matters for building custom ops.
-warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
-# paddlenlp's import chain triggers this setuptools notice; it says nothing about our code.
-warnings.filterwarnings("ignore", message="Setuptools is replacing distutils", category=UserWarning)
+
+def quiet_import_warnings() -> None:
+    """Hide `IMPORT_WARNINGS` in this process."""
+    for message, category in IMPORT_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def tune_process() -> None:
+    """Apply the tuning of this module's docstring to the current process: glibc's malloc thresholds, MKL's AVX2
+    kernels on AMD CPUs (never over a value the user set), the import warnings hidden. Call it before Paddle loads."""
+    tune_malloc()
+    if is_amd_cpu():
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    quiet_import_warnings()
