@@ -107,6 +107,7 @@ def timed(function, repeat: int = 2) -> float:
 def decode_tokens_per_second(prefill, step, batch: int) -> float:
     """Tokens/s over DECODE_STEPS cached steps (`step(cache)`) after `prefill(batch)`: the better of two runs,
     after a warm-up run."""
+
     def run():
         cache = prefill(batch)
         start = time.perf_counter()
@@ -143,8 +144,12 @@ def run_ours(directory: str, args, bfloat16: bool) -> dict:
 
         def prefill(batch=1):
             cache = KVCache(config)
-            model(paddle.to_tensor(np.repeat(ids, batch, 0)), past_key_values=cache,
-                  image_features=paddle.concat([features] * batch), last_logits_only=True)
+            model(
+                paddle.to_tensor(np.repeat(ids, batch, 0)),
+                past_key_values=cache,
+                image_features=paddle.concat([features] * batch),
+                last_logits_only=True,
+            )
             return cache
 
         results["prefill_s"] = timed(prefill)
@@ -197,8 +202,13 @@ def run_reference(directory: str, args, bfloat16: bool) -> dict:
 
             results[f"decode_tok_s_b{batch}"] = decode_tokens_per_second(prefill, step, batch)
         start = time.perf_counter()
-        model.generate(input_ids=torch.from_numpy(ids), pixel_values=pixels, do_sample=False,
-                       max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+        model.generate(
+            input_ids=torch.from_numpy(ids),
+            pixel_values=pixels,
+            do_sample=False,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+        )
         results["end_to_end_s"] = time.perf_counter() - start
     return results
 
@@ -221,8 +231,10 @@ def build_checkpoint(directory: str) -> None:
 
 
 SIDES = {  # side -> (runner, bfloat16 weights)
-    "ours": (run_ours, False), "ours_bf16": (run_ours, True),
-    "reference": (run_reference, False), "reference_bf16": (run_reference, True),
+    "ours": (run_ours, False),
+    "ours_bf16": (run_ours, True),
+    "reference": (run_reference, False),
+    "reference_bf16": (run_reference, True),
 }
 
 
@@ -250,9 +262,13 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--new_tokens", type=int, default=256)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--sides", nargs="+", choices=tuple(SIDES), default=list(SIDES),
-                        help="which sides to run (torch's bfloat16 is emulated, and very slow, on CPUs without "
-                        "AVX512-BF16/AMX)")
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=tuple(SIDES),
+        default=list(SIDES),
+        help="which sides to run (torch's bfloat16 is emulated, and very slow, on CPUs without AVX512-BF16/AMX)",
+    )
     parser.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -270,36 +286,65 @@ def main():
         for side in args.sides:
             print(f"measuring {side}", file=sys.stderr)
             output = subprocess.run(
-                [sys.executable, __file__, "--side", side, "--checkpoint", directory, "--threads", str(args.threads),
-                 "--new_tokens", str(args.new_tokens), "--batches", *map(str, args.batches)],
-                capture_output=True, text=True, check=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--side",
+                    side,
+                    "--checkpoint",
+                    directory,
+                    "--threads",
+                    str(args.threads),
+                    "--new_tokens",
+                    str(args.new_tokens),
+                    "--batches",
+                    *map(str, args.batches),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[side] = json.loads(output.stdout.strip().splitlines()[-1])
         prompt_tokens = read_inputs(os.path.join(directory, "float32"))[0].shape[1]
     # Measured again at the end, keeping the better figure of each, so a slow moment never flatters the bounds.
     final_ceilings = measure_ceilings(args.threads)
     ceilings = {key: max(value, final_ceilings[key]) for key, value in ceilings.items()}
-    print(f"machine: {args.threads} threads, float32 GEMM {ceilings['gemm_gflops']:.0f} GFLOP/s, "
-          f"memory read {ceilings['read_gbps']:.1f} GB/s, "
-          f"MKL one-row matrix-vector product {ceilings['gemv_gbps']:.1f} GB/s")
+    print(
+        f"machine: {args.threads} threads, float32 GEMM {ceilings['gemm_gflops']:.0f} GFLOP/s, "
+        f"memory read {ceilings['read_gbps']:.1f} GB/s, "
+        f"MKL one-row matrix-vector product {ceilings['gemv_gbps']:.1f} GB/s"
+    )
     columns = [side for side in SIDES if side in results]
-    ratios = [(f"{a}/{b}", a, b) for a, b in (("ours", "reference"), ("ours_bf16", "reference_bf16"),
-                                               ("ours_bf16", "ours")) if a in results and b in results]
+    ratios = [
+        (f"{a}/{b}", a, b)
+        for a, b in (("ours", "reference"), ("ours_bf16", "reference_bf16"), ("ours_bf16", "ours"))
+        if a in results and b in results
+    ]
     header = "".join(f"{side:>16}" for side in columns) + "".join(f"{name:>26}" for name, _, _ in ratios)
     print(f"{'stage':<24}{header}")
     for key in results[columns[0]]:
-        print(f"{key:<24}" + "".join(f"{results[side][key]:>16.3f}" for side in columns)
-              + "".join(f"{results[a][key] / results[b][key]:>26.2f}" for _, a, b in ratios))
+        print(
+            f"{key:<24}"
+            + "".join(f"{results[side][key]:>16.3f}" for side in columns)
+            + "".join(f"{results[a][key] / results[b][key]:>26.2f}" for _, a, b in ratios)
+        )
     kv_gb = KV_CACHE_GB_PER_TOKEN * (prompt_tokens + DECODE_STEPS / 2)
     for side, values in results.items():
         weight_gb = DECODER_WEIGHTS_GB / (2 if side.endswith("bf16") else 1)
         encoder = ENCODER_TFLOP * 1e3 / values["encoder_s"]
         batch_1 = values["decode_tok_s_b1"]
         bound = ceilings["read_gbps"] / (weight_gb + kv_gb)
-        print(f"{side}: encoder {encoder:.0f} GFLOP/s = {encoder / ceilings['gemm_gflops']:.0%} of the float32 GEMM "
-              f"peak; batch-1 decode {batch_1:.2f} tok/s = {batch_1 / bound:.0%} of the bound for the "
-              f"{weight_gb + kv_gb:.2f} GB a step reads ({bound:.2f} tok/s)"
-              + "".join(f"; batch {batch} = {values[f'decode_tok_s_b{batch}'] / batch_1:.2f}x batch 1"
-                        for batch in args.batches if batch != 1))
+        print(
+            f"{side}: encoder {encoder:.0f} GFLOP/s = {encoder / ceilings['gemm_gflops']:.0%} of the float32 GEMM "
+            f"peak; batch-1 decode {batch_1:.2f} tok/s = {batch_1 / bound:.0%} of the bound for the "
+            f"{weight_gb + kv_gb:.2f} GB a step reads ({bound:.2f} tok/s)"
+            + "".join(
+                f"; batch {batch} = {values[f'decode_tok_s_b{batch}'] / batch_1:.2f}x batch 1"
+                for batch in args.batches
+                if batch != 1
+            )
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -46,8 +46,10 @@ def timed_run(command, env) -> float:
     return time.perf_counter() - started
 
 
-SPIN = ("import time\nstart = time.perf_counter()\ntotal = 0\nfor i in range(20_000_000):\n    total += i\n"
-        "print(time.perf_counter() - start)")
+SPIN = (
+    "import time\nstart = time.perf_counter()\ntotal = 0\nfor i in range(20_000_000):\n    total += i\n"
+    "print(time.perf_counter() - start)"
+)
 
 
 def machine_scaling() -> float:
@@ -78,38 +80,73 @@ def main():
     env = {**os.environ, "GLOG_minloglevel": "2"}
 
     def infer(output, *extra):
-        return [sys.executable, INFER, "--model_name_or_path", model, "--image_file", pages, "--output", output,
-                "--max_new_tokens", str(args.max_new_tokens), "--batch_size", str(args.batch_size), *extra]
+        return [
+            sys.executable,
+            INFER,
+            "--model_name_or_path",
+            model,
+            "--image_file",
+            pages,
+            "--output",
+            output,
+            "--max_new_tokens",
+            str(args.max_new_tokens),
+            "--batch_size",
+            str(args.batch_size),
+            *extra,
+        ]
 
     def launched(command):
-        return [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING", "--nproc_per_node", "2",
-                "--log_dir", os.path.join(scratch, "logs"), *command[1:]]
+        return [
+            sys.executable,
+            "-m",
+            "paddle.distributed.launch",
+            "--log_level",
+            "WARNING",
+            "--nproc_per_node",
+            "2",
+            "--log_dir",
+            os.path.join(scratch, "logs"),
+            *command[1:],
+        ]
 
     runs = {}
-    for name, command in (("1 process", infer(os.path.join(scratch, "one.jsonl"), "--num_threads", "1")),
-                          ("2 processes", launched(infer(os.path.join(scratch, "two.jsonl")))),
-                          ("resume, finished", infer(os.path.join(scratch, "two.jsonl"), "--resume"))):
+    for name, command in (
+        ("1 process", infer(os.path.join(scratch, "one.jsonl"), "--num_threads", "1")),
+        ("2 processes", launched(infer(os.path.join(scratch, "two.jsonl")))),
+        ("resume, finished", infer(os.path.join(scratch, "two.jsonl"), "--resume")),
+    ):
         print(f"{name} ...", file=sys.stderr, flush=True)
         wall = timed_run(command, env)
         output = command[command.index("--output") + 1]
         report = json.load(open(output + ".report.json"))["total"]
-        runs[name] = {"wall_s": wall, "pages_per_s_run": report["pages_per_s"],
-                      "pages_end_to_end": report["pages"] / wall,
-                      "read": report["done"], "kept": report["skipped"]}
+        runs[name] = {
+            "wall_s": wall,
+            "pages_per_s_run": report["pages_per_s"],
+            "pages_end_to_end": report["pages"] / wall,
+            "read": report["done"],
+            "kept": report["skipped"],
+        }
     one, two = runs["1 process"], runs["2 processes"]
     with open(os.path.join(scratch, "one.jsonl")) as a, open(os.path.join(scratch, "two.jsonl")) as b:
         same = a.read() == b.read()
 
-    print(f"\n{args.pages} pages, max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}, one thread per "
-          f"process; 2-process output identical to 1-process: {same}\n")
+    print(
+        f"\n{args.pages} pages, max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}, one thread per "
+        f"process; 2-process output identical to 1-process: {same}\n"
+    )
     print("| run | pages read | pages kept | wall time (s) | pages/s (reading) | pages/s (end to end) |")
     print("|---|---|---|---|---|---|")
     for name, run in runs.items():
-        print(f"| {name} | {run['read']} | {run['kept']} | {run['wall_s']:.1f} | {run['pages_per_s_run']:.2f} | "
-              f"{run['pages_end_to_end']:.2f} |")
-    print(f"\n2 processes / 1 process: {two['pages_per_s_run'] / one['pages_per_s_run']:.2f}x reading, "
-          f"{one['wall_s'] / two['wall_s']:.2f}x end to end (this machine runs {scaling:.2f}x the CPU work with two "
-          f"processes as with one); resuming the finished run: {runs['resume, finished']['wall_s']:.1f} s")
+        print(
+            f"| {name} | {run['read']} | {run['kept']} | {run['wall_s']:.1f} | {run['pages_per_s_run']:.2f} | "
+            f"{run['pages_end_to_end']:.2f} |"
+        )
+    print(
+        f"\n2 processes / 1 process: {two['pages_per_s_run'] / one['pages_per_s_run']:.2f}x reading, "
+        f"{one['wall_s'] / two['wall_s']:.2f}x end to end (this machine runs {scaling:.2f}x the CPU work with two "
+        f"processes as with one); resuming the finished run: {runs['resume, finished']['wall_s']:.1f} s"
+    )
     shutil.rmtree(scratch)
 
 

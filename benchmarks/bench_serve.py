@@ -83,9 +83,24 @@ def start_server(model_dir: str, args, scheduling: str):
     import httpx
 
     port = free_port()
-    command = [sys.executable, SERVE, "--model_name_or_path", model_dir, "--served_model_name", MODEL, "--port",
-               str(port), "--max_rows", str(args.rows), "--scheduling", scheduling, "--num_threads",
-               str(args.threads), "--request_timeout", "7200"]
+    command = [
+        sys.executable,
+        SERVE,
+        "--model_name_or_path",
+        model_dir,
+        "--served_model_name",
+        MODEL,
+        "--port",
+        str(port),
+        "--max_rows",
+        str(args.rows),
+        "--scheduling",
+        scheduling,
+        "--num_threads",
+        str(args.threads),
+        "--request_timeout",
+        "7200",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sys.stderr)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
@@ -114,8 +129,13 @@ def send(url: str, image: str, max_tokens: int, first_token: Optional[threading.
     given, is set when the first text arrives)."""
     import httpx
 
-    body = {"model": MODEL, "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}]}
+    body = {
+        "model": MODEL,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}],
+    }
     start = time.perf_counter()
     first, tokens = None, 0
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=7200) as response:
@@ -130,8 +150,11 @@ def send(url: str, image: str, max_tokens: int, first_token: Optional[threading.
                 first = time.perf_counter() - start
                 if first_token is not None:
                     first_token.set()
-    return {"latency": time.perf_counter() - start, "ttft": first if first is not None else float("nan"),
-            "tokens": tokens}
+    return {
+        "latency": time.perf_counter() - start,
+        "ttft": first if first is not None else float("nan"),
+        "tokens": tokens,
+    }
 
 
 def run_workload(url: str, workload, rows: int) -> dict:
@@ -141,10 +164,15 @@ def run_workload(url: str, workload, rows: int) -> dict:
         results = list(pool.map(lambda item: send(url, *item), workload))
     wall = time.perf_counter() - start
     latencies = np.array([r["latency"] for r in results])
-    return {"wall_s": wall, "requests_per_s": len(results) / wall,
-            "tokens_per_s": sum(r["tokens"] for r in results) / wall, "tokens": sum(r["tokens"] for r in results),
-            "p50_latency_s": float(np.percentile(latencies, 50)), "p95_latency_s": float(np.percentile(latencies, 95)),
-            "p50_ttft_s": float(np.nanpercentile([r["ttft"] for r in results], 50))}
+    return {
+        "wall_s": wall,
+        "requests_per_s": len(results) / wall,
+        "tokens_per_s": sum(r["tokens"] for r in results) / wall,
+        "tokens": sum(r["tokens"] for r in results),
+        "p50_latency_s": float(np.percentile(latencies, 50)),
+        "p95_latency_s": float(np.percentile(latencies, 95)),
+        "p50_ttft_s": float(np.nanpercentile([r["ttft"] for r in results], 50)),
+    }
 
 
 def short_request_probe(url: str, rows: int, seed: int) -> dict:
@@ -200,16 +228,24 @@ def main():
             process.terminate()
             process.wait()
 
-    rows = [("requests/s", "requests_per_s", 3), ("tokens/s", "tokens_per_s", 1),
-            ("p50 latency (s)", "p50_latency_s", 1),
-            ("p95 latency (s)", "p95_latency_s", 1), ("p50 time to first token (s)", "p50_ttft_s", 1),
-            ("wall time (s)", "wall_s", 1)]
+    rows = [
+        ("requests/s", "requests_per_s", 3),
+        ("tokens/s", "tokens_per_s", 1),
+        ("p50 latency (s)", "p50_latency_s", 1),
+        ("p95 latency (s)", "p95_latency_s", 1),
+        ("p50 time to first token (s)", "p50_ttft_s", 1),
+        ("wall time (s)", "wall_s", 1),
+    ]
     if not args.skip_probe:
-        rows += [("short request alone (s)", "short_alone_s", 1),
-                 ("short request among long ones (s)", "short_during_long_s", 1),
-                 ("short request slowdown (x)", "slowdown", 2)]
-    print(f"\n{args.requests} requests, max_tokens {args.max_tokens}, {args.rows} rows/clients, "
-          f"{args.threads} threads; completion tokens {report['continuous']['tokens']}\n")
+        rows += [
+            ("short request alone (s)", "short_alone_s", 1),
+            ("short request among long ones (s)", "short_during_long_s", 1),
+            ("short request slowdown (x)", "slowdown", 2),
+        ]
+    print(
+        f"\n{args.requests} requests, max_tokens {args.max_tokens}, {args.rows} rows/clients, "
+        f"{args.threads} threads; completion tokens {report['continuous']['tokens']}\n"
+    )
     print("| | fixed batches | continuous batching | continuous/fixed |")
     print("|---|---|---|---|")
     for label, key, digits in rows:

@@ -74,8 +74,18 @@ def main():
     write_dataset(heldout_dir, args.heldout_samples, seed=1, kinds=KINDS)
     output_dir = os.path.join(args.work_dir, "model")
     arguments = parse_training_arguments(
-        ["--config", CONFIG, "--meta_path", train_meta, "--output_dir", output_dir,
-         "--model_name_or_path", os.path.join(REPO, "configs", "tiny_got"), "--overwrite_output_dir", "True"]
+        [
+            "--config",
+            CONFIG,
+            "--meta_path",
+            train_meta,
+            "--output_dir",
+            output_dir,
+            "--model_name_or_path",
+            os.path.join(REPO, "configs", "tiny_got"),
+            "--overwrite_output_dir",
+            "True",
+        ]
     )
     training_started = time.time()
     recorder = LossRecorder()
@@ -96,9 +106,11 @@ def main():
     for step, loss in losses[:: max(len(losses) // 12, 1)] + losses[-1:]:
         print(f"{step:>4}  {loss:.4f}")
     exact = sum(p == r for p, r in zip(predictions, references))
-    print(f"trained {trainer.state.global_step} steps x {arguments[2].per_device_train_batch_size} samples in "
-          f"{training_seconds / 60:.1f} min; held-out images: {len(references)}, exact {exact / len(references):.1%}, "
-          f"CER {cer:.2%}; total {(time.time() - started) / 60:.1f} min")
+    print(
+        f"trained {trainer.state.global_step} steps x {arguments[2].per_device_train_batch_size} samples in "
+        f"{training_seconds / 60:.1f} min; held-out images: {len(references)}, exact {exact / len(references):.1%}, "
+        f"CER {cer:.2%}; total {(time.time() - started) / 60:.1f} min"
+    )
     for prediction, reference in list(zip(predictions, references))[:5]:
         print(f"  {reference!r} -> {prediction!r}")
     sys.exit(0 if cer <= 0.10 else 1)

@@ -38,6 +38,7 @@ def build_reference(seed: int) -> GotOcr2ForConditionalGeneration:
 
 def released_prompt(config: GOTConfig, rng: np.random.Generator, num_tiles: int) -> np.ndarray:
     """`[1, L]` ids shaped like a real GOT prompt: text, `<img>`, 256 pads per tile, `</img>`, text."""
+
     def text_ids(count):
         return rng.integers(0, ORDINARY_TOKEN_RANGE, count).tolist()
 

@@ -266,8 +266,15 @@ def save_atomically(pages: list[Image.Image], path: Path) -> None:
     temporary_path = path.with_name(f".{path.name}.tmp")
     try:
         if path.suffix == ".pdf":
-            pages[0].save(temporary_path, format="PDF", save_all=True, append_images=pages[1:], resolution=150,
-                          creationDate=PDF_DATE, modDate=PDF_DATE)
+            pages[0].save(
+                temporary_path,
+                format="PDF",
+                save_all=True,
+                append_images=pages[1:],
+                resolution=150,
+                creationDate=PDF_DATE,
+                modDate=PDF_DATE,
+            )
         else:
             pages[0].save(temporary_path, format="PNG", optimize=True)
         os.replace(temporary_path, path)

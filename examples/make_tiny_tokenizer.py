@@ -18,8 +18,9 @@ from paddle_got.constants import FORMAT_OCR, PLAIN_OCR, SYSTEM_MESSAGE
 from paddle_got.tokenizer import write_tiktoken_ranks
 
 TEMPLATE_TEXT = " ".join(["system\n" + SYSTEM_MESSAGE, "user\n", "assistant\n", "\n" + PLAIN_OCR, FORMAT_OCR, "\nOCR:"])
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny_got",
-                           "qwen.tiktoken")
+DEFAULT_OUT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny_got", "qwen.tiktoken"
+)
 
 
 def train_byte_bpe(text: str, num_merges: int) -> Dict[bytes, int]:

@@ -52,13 +52,13 @@ _HF_BLOCK_NORMS = re.compile(r"(\.blocks\.\d+\.)layer_norm([12])\.")
 def _hf_name(name: str) -> str:
     for source, target in _HF_PREFIXES:
         if name.startswith(source):
-            name = target + name[len(source):]
+            name = target + name[len(source) :]
             break
     return _HF_BLOCK_NORMS.sub(r"\1norm\2.", name)
 
 
 def _got_name(name: str) -> str:
-    return "qwen2." + name[len("model."):] if name.startswith("model.") else name
+    return "qwen2." + name[len("model.") :] if name.startswith("model.") else name
 
 
 def detect_layout(names: List[str]) -> str:
@@ -174,8 +174,6 @@ def _tensors_equal(first: paddle.Tensor, second: paddle.Tensor) -> bool:
     return first.shape == second.shape and bool((first == second).all())
 
 
-
-
 def check_dtype(dtype: str) -> None:
     """CheckpointError unless `dtype` is one we load weights in."""
     if dtype not in DTYPES:
@@ -193,7 +191,8 @@ class CheckpointWeights:
         self.layout = detect_layout(self.source.names())
         rename: Callable[[str], str] = {"paddle": lambda n: n, "got": _got_name, "hf": _hf_name}[self.layout]
         self.stored_names = {
-            rename(name): name for name in self.source.names() if not IGNORED_NAME_PATTERN.search(name)}
+            rename(name): name for name in self.source.names() if not IGNORED_NAME_PATTERN.search(name)
+        }
 
         # The original release stores lm_head although its config says tied: tie only when it equals the embedding.
         tied = LM_HEAD_NAME not in self.stored_names
@@ -226,7 +225,8 @@ class CheckpointWeights:
             raise CheckpointError(f"The checkpoint in {self.path} lacks parameters the model needs: {_list(missing)}.")
         if unexpected:
             raise CheckpointError(
-                f"The checkpoint in {self.path} has parameters the model does not know: {_list(unexpected)}.")
+                f"The checkpoint in {self.path} has parameters the model does not know: {_list(unexpected)}."
+            )
 
         stored_dtypes = set()
         for our_name, parameter in tqdm(parameters.items(), desc="Loading weights", unit="tensor", leave=False):
@@ -265,8 +265,13 @@ def staging_dir(destination: str) -> str:
     return tempfile.mkdtemp(prefix=".staging-", dir=parent)
 
 
-def save_pretrained(model, directory: str, extra_files: Optional[Iterator[str]] = None,
-                    state_dict: Optional[Dict[str, paddle.Tensor]] = None, processor=None) -> None:
+def save_pretrained(
+    model,
+    directory: str,
+    extra_files: Optional[Iterator[str]] = None,
+    state_dict: Optional[Dict[str, paddle.Tensor]] = None,
+    processor=None,
+) -> None:
     """Write config.json + model.safetensors (our layout) into `directory`; files appear only when complete.
 
     `state_dict` replaces the model's own (a LoRA model's merged weights, a resume checkpoint's adapters). The

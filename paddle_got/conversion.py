@@ -15,7 +15,9 @@ def convert_checkpoint(source: str, destination: str, dtype: str = "float32", ov
     if os.path.abspath(source) == os.path.abspath(destination):
         raise CheckpointError("--src and --dst must be different directories.")
     if os.path.exists(destination) and not overwrite and (not os.path.isdir(destination) or os.listdir(destination)):
-        raise CheckpointError(f"{destination} already exists and is not empty: give another --dst, or --overwrite "
-                              "to replace the files it shares with the conversion.")
+        raise CheckpointError(
+            f"{destination} already exists and is not empty: give another --dst, or --overwrite "
+            "to replace the files it shares with the conversion."
+        )
     model = GOTQwenForCausalLM.from_pretrained(source, dtype=dtype)
     save_pretrained(model, destination)

@@ -57,8 +57,12 @@ class RequestHandle:
     the end token included when one was made; `finish_reason` is stop, length, repetition, cancelled or error.
     """
 
-    def __init__(self, request: GenerationRequest, on_token: Optional[Callable[[int], None]],
-                 on_finish: Optional[Callable[["RequestHandle"], None]]):
+    def __init__(
+        self,
+        request: GenerationRequest,
+        on_token: Optional[Callable[[int], None]],
+        on_finish: Optional[Callable[["RequestHandle"], None]],
+    ):
         self.request = request
         self.tokens: List[int] = []
         self.finish_reason: Optional[str] = None
@@ -69,8 +73,11 @@ class RequestHandle:
         self._delivered = 0
         self._cancelled = threading.Event()
         self._done = threading.Event()
-        self.ngram = (NoRepeatNGram(request.no_repeat_ngram_size, request.prompt_ids)
-                      if request.no_repeat_ngram_size > 0 else None)
+        self.ngram = (
+            NoRepeatNGram(request.no_repeat_ngram_size, request.prompt_ids)
+            if request.no_repeat_ngram_size > 0
+            else None
+        )
         self.guard = RepetitionGuard() if request.repetition_guard else None
 
     @property
@@ -103,7 +110,7 @@ class RequestHandle:
         if token in self.request.end_token_ids:
             self._finish(STOP)
         elif self.guard is not None and self.guard.push(token):
-            del self.tokens[self.guard.keep:]
+            del self.tokens[self.guard.keep :]
             self._finish(REPETITION)
         elif len(self.tokens) >= self.request.max_new_tokens:
             self._finish(LENGTH)
@@ -114,7 +121,7 @@ class RequestHandle:
     def _deliver(self, upto: int) -> None:
         upto = max(0, min(upto, len(self.tokens)))
         if self._on_token is not None and upto > self._delivered:
-            for token in self.tokens[self._delivered:upto]:
+            for token in self.tokens[self._delivered : upto]:
                 if token not in self.request.end_token_ids:
                     self._on_token(token)
         self._delivered = max(self._delivered, upto)
@@ -138,8 +145,7 @@ class Scheduler:
     still leave as they finish, but nobody takes their place until the whole batch is done.
     """
 
-    def __init__(self, max_rows: int, max_waiting: int, max_cached_tokens: Optional[int],
-                 fixed_batches: bool = False):
+    def __init__(self, max_rows: int, max_waiting: int, max_cached_tokens: Optional[int], fixed_batches: bool = False):
         self.fixed_batches = fixed_batches
         self.max_rows = max_rows
         self.max_waiting = max_waiting
@@ -224,8 +230,14 @@ class Engine:
     """Continuous batching over one model (see the module docstring). Thread-safe `submit`; `step` runs on one
     thread at a time, the caller's (`run_until_idle`) or the engine's own (`start`)."""
 
-    def __init__(self, model, max_rows: int = 8, max_waiting: int = 256, max_cached_tokens: Optional[int] = None,
-                 fixed_batches: bool = False):
+    def __init__(
+        self,
+        model,
+        max_rows: int = 8,
+        max_waiting: int = 256,
+        max_cached_tokens: Optional[int] = None,
+        fixed_batches: bool = False,
+    ):
         if max_rows < 1:
             raise GOTError("The engine needs at least one row.")
         self.scheduler = Scheduler(max_rows, max_waiting, max_cached_tokens, fixed_batches)
@@ -234,8 +246,12 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
 
-    def submit(self, request: GenerationRequest, on_token: Optional[Callable[[int], None]] = None,
-               on_finish: Optional[Callable[[RequestHandle], None]] = None) -> RequestHandle:
+    def submit(
+        self,
+        request: GenerationRequest,
+        on_token: Optional[Callable[[int], None]] = None,
+        on_finish: Optional[Callable[[RequestHandle], None]] = None,
+    ) -> RequestHandle:
         """Queue a request (EngineFull / RequestTooLarge when it cannot be); returns its handle."""
         if request.max_new_tokens < 1:
             raise GOTError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}.")

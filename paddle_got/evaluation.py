@@ -20,8 +20,11 @@ from .outputs import document_key, read_results, write_atomic
 
 def read_predictions(path: str) -> Dict[str, str]:
     """`{document_key: text}` of a predictions JSONL (`outputs.read_results`); inputs that failed have none."""
-    return {document_key(record["image"], record.get("page")): record["text"]
-            for record in read_results(path) if record.get("error") is None}
+    return {
+        document_key(record["image"], record.get("page")): record["text"]
+        for record in read_results(path)
+        if record.get("error") is None
+    }
 
 
 def read_references(path: str) -> List[Tuple[str, str]]:

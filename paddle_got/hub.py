@@ -81,7 +81,7 @@ def _cannot_download(model_id: str, source: str) -> GOTError:
         "huggingface": f"huggingface-cli download {model_id} --local-dir {folder}",
         "modelscope": f"modelscope download --model {model_id} --local_dir {folder}",
         "aistudio": f"python tools/download_model.py --model_source aistudio --model_name_or_path {model_id} "
-                    f"--local_dir {folder}",
+        f"--local_dir {folder}",
     }[source]
     cache = "the local cache" if source == "huggingface" else f"the local {source} cache"
     return GOTError(
@@ -134,6 +134,7 @@ def _aistudio(model_id: str, local_only: bool) -> str:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)
     try:
+
         def fetch(file_name: str, required: bool) -> bool:
             answer = download(repo_id=model_id, filename=file_name, cache_dir=staging)
             if isinstance(answer, dict) and answer.get("error_code"):
@@ -163,5 +164,6 @@ def _aistudio_weight_files(fetch, staging: str) -> List[str]:
             return []
         with open(os.path.join(staging, file_name), encoding="utf-8") as f:
             return sorted(set(json.load(f)["weight_map"].values()))
-    raise GOTError("AIStudio has none of the weight files paddle_got reads: "
-                   + ", ".join(name for name, _ in WEIGHT_FILES) + ".")
+    raise GOTError(
+        "AIStudio has none of the weight files paddle_got reads: " + ", ".join(name for name, _ in WEIGHT_FILES) + "."
+    )

@@ -202,8 +202,11 @@ def _directory_files(directory: str, recursive: bool) -> List[str]:
     """The image and PDF files of `directory` (and, if `recursive`, of every folder below it), sorted by path."""
     readable = IMAGE_EXTENSIONS + (".pdf",)
     if not recursive:
-        return [os.path.join(directory, name) for name in sorted(os.listdir(directory))
-                if name.lower().endswith(readable) and not os.path.isdir(os.path.join(directory, name))]
+        return [
+            os.path.join(directory, name)
+            for name in sorted(os.listdir(directory))
+            if name.lower().endswith(readable) and not os.path.isdir(os.path.join(directory, name))
+        ]
     files = []
     for folder, subfolders, names in os.walk(directory):
         subfolders.sort()

@@ -55,9 +55,12 @@ def document_key(image: str, page: Optional[int]) -> str:
 def is_result(record) -> bool:
     """True for a JSON object shaped like a `json_line` result: an image path, a page number or none, and a text
     (or an error)."""
-    return (isinstance(record, dict) and isinstance(record.get("image"), str)
-            and (record.get("page") is None or isinstance(record["page"], int))
-            and (record.get("error") is not None or isinstance(record.get("text"), str)))
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("image"), str)
+        and (record.get("page") is None or isinstance(record["page"], int))
+        and (record.get("error") is not None or isinstance(record.get("text"), str))
+    )
 
 
 def read_results(path: str) -> List[dict]:
@@ -86,7 +89,7 @@ def read_results(path: str) -> List[dict]:
 
 
 def output_kind(path: str) -> str:
-    """"jsonl" for *.jsonl/*.json, "file" for another suffix, "directory" for an existing folder or no suffix."""
+    """ "jsonl" for *.jsonl/*.json, "file" for another suffix, "directory" for an existing folder or no suffix."""
     if os.path.isdir(path):
         return "directory"
     suffix = os.path.splitext(path)[1].lower()
@@ -102,8 +105,9 @@ def check_output(path: str, num_documents: int) -> None:
     but only inside an existing one; nothing on the way may be a file.
     """
     if output_kind(path) == "file" and num_documents > 1:
-        raise GOTError(f"--output {path} is one file but there are {num_documents} inputs: "
-                       "give a directory or a .jsonl file.")
+        raise GOTError(
+            f"--output {path} is one file but there are {num_documents} inputs: give a directory or a .jsonl file."
+        )
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     ancestor = folder
     while not os.path.exists(ancestor):
@@ -159,5 +163,7 @@ def write_results(results: List, path: str, ocr_type: str, render: Optional[str]
     else:
         suffix = file_suffix(ocr_type, render)
         for result in done:
-            write_atomic(os.path.join(path, text_file_name(result.image, result.page, suffix)),
-                         file_text(result, suffix, ocr_type))
+            write_atomic(
+                os.path.join(path, text_file_name(result.image, result.page, suffix)),
+                file_text(result, suffix, ocr_type),
+            )

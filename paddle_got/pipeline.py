@@ -76,13 +76,21 @@ class TextStreamer:
 
     def _write_upto(self, text: str) -> None:
         if len(text) > self.written:
-            self.write(text[self.written:])
+            self.write(text[self.written :])
             self.written = len(text)
 
 
-def check_read_options(ocr_type: str = "ocr", box=None, color=None, multi_crop: bool = False,
-                       max_crops: int = MAX_CROPS, multi_page: bool = False, query: Optional[str] = None,
-                       max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 1) -> None:
+def check_read_options(
+    ocr_type: str = "ocr",
+    box=None,
+    color=None,
+    multi_crop: bool = False,
+    max_crops: int = MAX_CROPS,
+    multi_page: bool = False,
+    query: Optional[str] = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = 1,
+) -> None:
     """GOTError for reading options that cannot work together (checked before any model or image is loaded)."""
     validate_options(ocr_type, box, color, multi_crop, max_crops, multi_page, query)
     if batch_size < 1:
@@ -110,9 +118,14 @@ class GOT:
         self.processor = processor
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, dtype: str = "auto",
-                        num_threads: Optional[int] = None, source: Optional[str] = None,
-                        bfloat16_decode_weights: Optional[bool] = None) -> "GOT":
+    def from_pretrained(
+        cls,
+        name_or_path: str = DEFAULT_MODEL,
+        dtype: str = "auto",
+        num_threads: Optional[int] = None,
+        source: Optional[str] = None,
+        bfloat16_decode_weights: Optional[bool] = None,
+    ) -> "GOT":
         """Load a checkpoint directory (any layout) or hub id; `dtype` auto picks bf16/fp16 on GPU, fp32 on CPU.
 
         `source` is where a hub id is fetched from: huggingface (default), modelscope or aistudio (paddle_got.hub).
@@ -129,9 +142,12 @@ class GOT:
         if model.config.im_patch_token != processor.tokenizer.token_id(IMG_PAD):
             raise GOTError(f"The tokenizer and config.json of {path} disagree on the <imgpad> token id.")
         if bfloat16_decode_weights is None:
-            bfloat16_decode_weights = (dtype == "float32" and gpu_compute_capability() is None
-                                       and getattr(model, "stored_dtype", None) == "bfloat16"
-                                       and decode_cpu.load_library() is not None)
+            bfloat16_decode_weights = (
+                dtype == "float32"
+                and gpu_compute_capability() is None
+                and getattr(model, "stored_dtype", None) == "bfloat16"
+                and decode_cpu.load_library() is not None
+            )
         if bfloat16_decode_weights:
             if dtype != "float32" or gpu_compute_capability() is not None:
                 raise GOTError("bfloat16 decode weights are for float32 inference on CPU.")
@@ -168,8 +184,15 @@ class GOT:
         inputs = expand_inputs(images)
         if no_repeat_ngram_size is None:
             no_repeat_ngram_size = default_ngram_size(multi_crop, multi_page)
-        options = dict(ocr_type=ocr_type, box=box, color=color, multi_crop=multi_crop, max_crops=max_crops,
-                       multi_page=multi_page, query=query)
+        options = dict(
+            ocr_type=ocr_type,
+            box=box,
+            color=color,
+            multi_crop=multi_crop,
+            max_crops=max_crops,
+            multi_page=multi_page,
+            query=query,
+        )
         documents = [inputs] if multi_page else [[inp] for inp in inputs]
         if stream is not None:
             check_stream(len(documents))
@@ -185,8 +208,13 @@ class GOT:
                     exhausted = True
                     break
                 index, document = item
-                result, request = self.prepare_document([load_input(inp) for inp in document], options, max_new_tokens,
-                                                        no_repeat_ngram_size, repetition_guard)
+                result, request = self.prepare_document(
+                    [load_input(inp) for inp in document],
+                    options,
+                    max_new_tokens,
+                    no_repeat_ngram_size,
+                    repetition_guard,
+                )
                 if request is None:
                     done[index] = result
                     continue
@@ -212,8 +240,14 @@ class GOT:
         """All results of `iter_recognize` as a list."""
         return list(self.iter_recognize(images, **options))
 
-    def prepare_document(self, document: List[InputImage], options: dict, max_new_tokens: int,
-                         no_repeat_ngram_size: int, repetition_guard: bool = False):
+    def prepare_document(
+        self,
+        document: List[InputImage],
+        options: dict,
+        max_new_tokens: int,
+        no_repeat_ngram_size: int,
+        repetition_guard: bool = False,
+    ):
         """`(result, GenerationRequest or None)` for one document (a list of loaded inputs): the request to generate,
         or None with `result.error` set when the document cannot be read."""
         first = document[0]
@@ -233,8 +267,14 @@ class GOT:
         except BadInputError as err:
             result.error = f"{first.name}: {err}"
             return result, None
-        request = GenerationRequest(prepared.input_ids, prepared.pixel_values, max_new_tokens,
-                                    self.processor.tokenizer.eos_token_ids, no_repeat_ngram_size, repetition_guard)
+        request = GenerationRequest(
+            prepared.input_ids,
+            prepared.pixel_values,
+            max_new_tokens,
+            self.processor.tokenizer.eos_token_ids,
+            no_repeat_ngram_size,
+            repetition_guard,
+        )
         return result, request
 
     def retry_alone(self, result: OCRResult, handle: RequestHandle) -> RequestHandle:

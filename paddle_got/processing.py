@@ -99,8 +99,9 @@ def choose_grid(width: int, height: int, tile_size: int, min_tiles: int, max_til
     return best_grid
 
 
-def multi_crop_tile_count(width: int, height: int, tile_size: int, min_tiles: int = MIN_CROPS,
-                          max_tiles: int = MAX_CROPS) -> int:
+def multi_crop_tile_count(
+    width: int, height: int, tile_size: int, min_tiles: int = MIN_CROPS, max_tiles: int = MAX_CROPS
+) -> int:
     """How many tiles `crop_tiles` makes of a `width` x `height` image: its grid, plus the whole image when the
     grid has more than one tile."""
     columns, rows = choose_grid(width, height, tile_size, min_tiles, max_tiles)
@@ -154,8 +155,15 @@ def validate_box(box: Sequence[float]) -> None:
         )
 
 
-def validate_options(ocr_type: str = "ocr", box=None, color=None, multi_crop: bool = False,
-                     max_crops: int = MAX_CROPS, multi_page: bool = False, query: Optional[str] = None) -> None:
+def validate_options(
+    ocr_type: str = "ocr",
+    box=None,
+    color=None,
+    multi_crop: bool = False,
+    max_crops: int = MAX_CROPS,
+    multi_page: bool = False,
+    query: Optional[str] = None,
+) -> None:
     """BadInputError for option values or combinations the model has no prompt for."""
     if ocr_type not in OCR_TYPES:
         raise BadInputError(f"Unknown OCR type {ocr_type!r}: choose ocr or format.")
@@ -177,8 +185,15 @@ def validate_options(ocr_type: str = "ocr", box=None, color=None, multi_crop: bo
 
 def validate_request(request: OCRRequest) -> None:
     """BadInputError for a request whose options or image count do not fit together."""
-    validate_options(request.ocr_type, request.box, request.color, request.multi_crop, request.max_crops,
-                     request.multi_page, request.query)
+    validate_options(
+        request.ocr_type,
+        request.box,
+        request.color,
+        request.multi_crop,
+        request.max_crops,
+        request.multi_page,
+        request.query,
+    )
     if not request.images:
         raise BadInputError("The request holds no image.")
     if not request.multi_page and len(request.images) != 1:
@@ -204,8 +219,10 @@ class PromptConfig:
 
         The query becomes the default only when every sample asks the same one after a leading image block.
         """
-        queries = Counter(turn[len(IMAGE_PLACEHOLDER):].removeprefix("\n") if turn.startswith(IMAGE_PLACEHOLDER)
-                          else None for turn in first_turns)
+        queries = Counter(
+            turn[len(IMAGE_PLACEHOLDER) :].removeprefix("\n") if turn.startswith(IMAGE_PLACEHOLDER) else None
+            for turn in first_turns
+        )
         single = next(iter(queries)) if len(queries) == 1 else None
         return cls(query=single, queries={str(q): n for q, n in queries.most_common()})
 
@@ -222,14 +239,17 @@ class PromptConfig:
         except (OSError, ValueError, TypeError) as err:
             raise GOTError(f"Cannot read {path}: {reason(err)}.") from err
         if prompt.query is not None:
-            logger.info(f"Reading with the prompt this model was trained with: query {prompt.query!r} "
-                        f"(from {path}; --query overrides it).")
+            logger.info(
+                f"Reading with the prompt this model was trained with: query {prompt.query!r} "
+                f"(from {path}; --query overrides it)."
+            )
         return prompt
 
     def save_pretrained(self, directory: str) -> None:
         """Write `directory/prompt_config.json`."""
-        write_atomic(os.path.join(directory, PROMPT_CONFIG_FILE), json.dumps(asdict(self), ensure_ascii=False,
-                                                                               indent=2) + "\n")
+        write_atomic(
+            os.path.join(directory, PROMPT_CONFIG_FILE), json.dumps(asdict(self), ensure_ascii=False, indent=2) + "\n"
+        )
 
 
 def build_query(request: OCRRequest, default_query: Optional[str] = None) -> str:
@@ -275,8 +295,9 @@ class PreparedRequest:
 class GOTProcessor:
     """Turns OCRRequests into model inputs; `from_pretrained` reads the tokenizer and image size of a checkpoint."""
 
-    def __init__(self, tokenizer: GOTTokenizer, image_size: int, tokens_per_tile: int,
-                 prompt: Optional[PromptConfig] = None):
+    def __init__(
+        self, tokenizer: GOTTokenizer, image_size: int, tokens_per_tile: int, prompt: Optional[PromptConfig] = None
+    ):
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.tokens_per_tile = tokens_per_tile
@@ -317,8 +338,8 @@ class GOTProcessor:
         input_ids = np.full((len(prepared), length), self.tokenizer.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(prepared), length), dtype=np.int64)
         for row, item in enumerate(prepared):
-            input_ids[row, length - len(item.input_ids):] = item.input_ids
-            attention_mask[row, length - len(item.input_ids):] = 1
+            input_ids[row, length - len(item.input_ids) :] = item.input_ids
+            attention_mask[row, length - len(item.input_ids) :] = 1
         pixel_values = np.concatenate([p.pixel_values for p in prepared])
         return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
 

@@ -51,9 +51,11 @@ _MATH = re.compile(
 _TABULAR = re.compile(r"\\begin\{tabular\}((?:(?!\n[ \t]*\n).)*?)(\\end\{tabular\}|(?=\n[ \t]*\n)|\Z)", re.S)
 _TABLE_TOKEN = re.compile(r"\\\\|\\.?|[{}&]|[^\\{}&]+", re.S)
 # What may open a row before its first cell: rules, and the [2pt] of a `\\[2pt]` that ended the row before.
-_LEADING_RULES = re.compile(r"^(?:\s*(?:\\(?:hline|toprule|midrule|bottomrule)\b"
-                            r"|\\(?:cline|cmidrule|hhline)(?:\([^)]*\))?\{[^}]*\}"
-                            r"|\[\s*-?[\d.]+\s*(?:pt|em|ex|mm|cm|in|bp)\s*\]))*")
+_LEADING_RULES = re.compile(
+    r"^(?:\s*(?:\\(?:hline|toprule|midrule|bottomrule)\b"
+    r"|\\(?:cline|cmidrule|hhline)(?:\([^)]*\))?\{[^}]*\}"
+    r"|\[\s*-?[\d.]+\s*(?:pt|em|ex|mm|cm|in|bp)\s*\]))*"
+)
 _OPTIONS = re.compile(r"\s*(?:\[[^\]]*\]\s*)?")
 _COMMAND = re.compile(r"\\(title|section|subsection|subsubsection|textbf|textit|emph|underline)\*?\s*(?=\{)")
 _HEADING_LEVELS = {"title": 1, "section": 2, "subsection": 3, "subsubsection": 4}
@@ -65,15 +67,21 @@ _ALIGNED = re.compile(r"\\(begin|end)\{aligned\}")
 
 _MATHML_TAGS = frozenset(
     "math mrow mi mn mo ms mtext mspace msub msup msubsup mfrac msqrt mroot munder mover munderover mtable mtr mtd "
-    "mstyle mpadded mphantom menclose merror mmultiscripts mprescripts none".split())
+    "mstyle mpadded mphantom menclose merror mmultiscripts mprescripts none".split()
+)
 _MATHML_ATTRIBUTES = frozenset(
     "display mathvariant mathsize mathcolor mathbackground stretchy fence form separator largeop movablelimits "
     "accent accentunder lspace rspace minsize maxsize symmetric linethickness displaystyle scriptlevel columnalign "
     "columnlines columnspacing rowalign rowlines rowspacing frame framespacing width height depth voffset linebreak "
-    "notation".split())
+    "notation".split()
+)
 
-_IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
-                     (b"BM", "image/bmp"))
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+)
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"]).disable("image")
 
@@ -178,7 +186,7 @@ def _read_group(text: str, start: int):
         elif char == "}":
             depth -= 1
             if depth == 0:
-                return text[start + 1:index], index + 1
+                return text[start + 1 : index], index + 1
         index += 1
     return None
 
@@ -189,11 +197,11 @@ def _commands_to_markdown(text: str, underline=_UNDERLINE_MARKDOWN) -> str:
     while match := _COMMAND.search(text, position):
         group = _read_group(text, match.end())
         if group is None:
-            pieces.append(text[position:match.end()])
+            pieces.append(text[position : match.end()])
             position = match.end()
             continue
         inner = _commands_to_markdown(group[0], underline)
-        pieces.append(text[position:match.start()] + _format_command(match.group(1), inner, underline))
+        pieces.append(text[position : match.start()] + _format_command(match.group(1), inner, underline))
         position = group[1]
     pieces.append(text[position:])
     return re.sub(r"\n{3,}", "\n\n", "".join(pieces))
@@ -207,7 +215,7 @@ def _format_command(name: str, inner: str, underline) -> str:
     core = inner.strip()
     if not core:
         return inner
-    lead, trail = inner[:len(inner) - len(inner.lstrip())], inner[len(inner.rstrip()):]
+    lead, trail = inner[: len(inner) - len(inner.lstrip())], inner[len(inner.rstrip()) :]
     return f"{lead}{opening}{core}{closing}{trail}"
 
 
@@ -220,7 +228,7 @@ def _blocks(text: str) -> list:
     """The text cut into prose (str), tables (_Table) and tables that cannot be parsed (_Broken), in order."""
     blocks, position = [], 0
     for match in _TABULAR.finditer(text):
-        blocks.append(text[position:match.start()])
+        blocks.append(text[position : match.start()])
         try:
             if not match.group(2):
                 raise _Unrenderable("it has no \\end{tabular}")
@@ -305,7 +313,7 @@ def _parse_tabular(body: str) -> _Table:
         raise _Unrenderable("its column spec is missing")
     if "\\begin{tabular}" in body:
         raise _Unrenderable("a table inside a table is not supported")
-    rows = [[_parse_cell(cell) for cell in row] for row in _split_rows(body[spec[1]:])]
+    rows = [[_parse_cell(cell) for cell in row] for row in _split_rows(body[spec[1] :])]
     if not rows:
         raise _Unrenderable("it has no rows")
     aligns = _column_aligns(spec[0]) or ["l"] * max(sum(cell.colspan for cell in row) for row in rows)
@@ -370,10 +378,12 @@ def _serialize_mathml(element: Element) -> str:
     """MathML from the converter's tree: known elements and attributes only, every text and value escaped."""
     if element.tag not in _MATHML_TAGS:
         raise _Unrenderable(f"the converter made an unexpected <{element.tag}>")
-    attributes = "".join(f' {name}="{html.escape(value)}"' for name, value in element.attrib.items()
-                         if name in _MATHML_ATTRIBUTES)
-    inner = _mathml_text(element.text) + "".join(_serialize_mathml(child) + _mathml_text(child.tail)
-                                                 for child in element)
+    attributes = "".join(
+        f' {name}="{html.escape(value)}"' for name, value in element.attrib.items() if name in _MATHML_ATTRIBUTES
+    )
+    inner = _mathml_text(element.text) + "".join(
+        _serialize_mathml(child) + _mathml_text(child.tail) for child in element
+    )
     return f"<{element.tag}{attributes}>{inner}</{element.tag}>"
 
 
@@ -417,9 +427,12 @@ def _fill_html(rendered: str, formulas: Sequence[_Math], render: Callable[[_Math
     """Rendered HTML with the math and underline placeholders filled in, in text only (never inside a tag)."""
     pieces = re.split(r"(<[^>]*>)", rendered)
     opening, closing = _UNDERLINE_PLACEHOLDERS
-    return "".join(piece if piece.startswith("<") else
-                   _fill(piece, formulas, render).replace(opening, "<u>").replace(closing, "</u>")
-                   for piece in pieces)
+    return "".join(
+        piece
+        if piece.startswith("<")
+        else _fill(piece, formulas, render).replace(opening, "<u>").replace(closing, "</u>")
+        for piece in pieces
+    )
 
 
 def _inline_html(text: str, formulas: Sequence[_Math], render: Callable[[_Math], str]) -> str:
@@ -435,8 +448,11 @@ def _table_html(table: _Table, cell_html: Callable[[str], str]) -> str:
         tag = "th" if number == 0 else "td"
         cells = []
         for cell in row:
-            attributes = "".join(f' {name}="{value}"' for name, value in
-                                 (("colspan", cell.colspan), ("rowspan", cell.rowspan)) if value > 1)
+            attributes = "".join(
+                f' {name}="{value}"'
+                for name, value in (("colspan", cell.colspan), ("rowspan", cell.rowspan))
+                if value > 1
+            )
             if cell.align in _HTML_ALIGN:
                 attributes += f' style="text-align: {_HTML_ALIGN[cell.align]}"'
             cells.append(f"<{tag}{attributes}>{cell_html(cell.text)}</{tag}>")
@@ -446,6 +462,7 @@ def _table_html(table: _Table, cell_html: Callable[[str], str]) -> str:
 
 def _gfm_table(table: _Table, formulas: Sequence[_Math]) -> str:
     """A GFM pipe table (first row as header) whose cells have their `|` escaped."""
+
     def cell_text(cell):
         markdown = " ".join(_commands_to_markdown(_escape_raw_html(cell.text)).split())
         text = _fill(markdown, formulas, _math_markdown)
@@ -540,11 +557,12 @@ def _page_section(text: str, image, number: int) -> str:
     """One page: a <section> with the page image (when there is one) beside the rendered text."""
     figure = ""
     if image is not None:
-        figure = (f'<figure class="scan"><img src="{_image_data_url(image)}" alt="Page {number} as read">'
-                  "</figure>\n")
+        figure = f'<figure class="scan"><img src="{_image_data_url(image)}" alt="Page {number} as read"></figure>\n'
     classes = "page with-image" if figure else "page"
-    return (f'<section class="{classes}" aria-label="Page {number}">\n{figure}'
-            f'<div class="text">\n{_text_html(text)}\n</div>\n</section>')
+    return (
+        f'<section class="{classes}" aria-label="Page {number}">\n{figure}'
+        f'<div class="text">\n{_text_html(text)}\n</div>\n</section>'
+    )
 
 
 def to_html(text: Union[str, Sequence[str]], image=None, title: Optional[str] = None) -> str:
@@ -555,10 +573,12 @@ def to_html(text: Union[str, Sequence[str]], image=None, title: Optional[str] = 
     """
     pages = [text] if isinstance(text, str) else list(text)
     images = _page_images(image, len(pages))
-    sections = "\n".join(_page_section(page, page_image, number)
-                         for number, (page, page_image) in enumerate(zip(pages, images, strict=True), 1))
+    sections = "\n".join(
+        _page_section(page, page_image, number)
+        for number, (page, page_image) in enumerate(zip(pages, images, strict=True), 1)
+    )
     return (
-        "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title or DEFAULT_TITLE)}</title>\n<style>{_STYLE}</style>\n</head>\n"

@@ -62,8 +62,9 @@ class Shard:
 
 def documents_by_key(documents: List[list]) -> Dict[str, Tuple[str, Optional[int]]]:
     """`document_key -> (image, page)` of each document (a list of InputImage), named by its first input."""
-    return {document_key(document[0].name, document[0].page): (document[0].name, document[0].page)
-            for document in documents}
+    return {
+        document_key(document[0].name, document[0].page): (document[0].name, document[0].page) for document in documents
+    }
 
 
 def text_settings(read_options: dict, model: str, dtype: str) -> dict:
@@ -124,8 +125,9 @@ def unique_file_names(documents: Dict[str, Tuple[str, Optional[int]]], suffix: s
         return names
     folders = {key: os.path.dirname(os.path.abspath(image)) for key, (image, _) in documents.items()}
     common = os.path.commonpath(list(folders.values()))
-    return {key: os.path.normpath(os.path.join(os.path.relpath(folders[key], common), name))
-            for key, name in names.items()}
+    return {
+        key: os.path.normpath(os.path.join(os.path.relpath(folders[key], common), name)) for key, name in names.items()
+    }
 
 
 class RunStore:
@@ -137,8 +139,17 @@ class RunStore:
     finished document, and `finish(report)` at the end: rank 0 then waits for the others and writes the final files.
     """
 
-    def __init__(self, output: str, documents: Dict[str, Tuple[str, Optional[int]]], ocr_type: str, settings: dict,
-                 shard: Shard, resume: bool = False, overwrite: bool = False, render: Optional[str] = None):
+    def __init__(
+        self,
+        output: str,
+        documents: Dict[str, Tuple[str, Optional[int]]],
+        ocr_type: str,
+        settings: dict,
+        shard: Shard,
+        resume: bool = False,
+        overwrite: bool = False,
+        render: Optional[str] = None,
+    ):
         self.output = output.rstrip("/") or output
         self.kind = output_kind(output)
         if self.kind == "file":
@@ -179,10 +190,15 @@ class RunStore:
             return True
         if self.overwrite:
             return False
-        changed = ", ".join(f"{name} {earlier.get(name)!r} -> {value!r}" for name, value in self.settings.items()
-                            if earlier.get(name) != value)
-        raise GOTError(f"{self.output} was read with other options ({changed}): rerun with the same options, or add "
-                       "--overwrite to read everything again.")
+        changed = ", ".join(
+            f"{name} {earlier.get(name)!r} -> {value!r}"
+            for name, value in self.settings.items()
+            if earlier.get(name) != value
+        )
+        raise GOTError(
+            f"{self.output} was read with other options ({changed}): rerun with the same options, or add "
+            "--overwrite to read everything again."
+        )
 
     def prepare(self) -> bool:
         """Before every rank has started (then a barrier): decide whether this run continues an earlier one (see
@@ -263,8 +279,10 @@ class RunStore:
         write_atomic(os.path.join(self.parts, f"done-{self.shard.name}.json"), json.dumps(report) + "\n")
         if self.shard.rank != 0:
             return None
-        markers = [os.path.join(self.parts, f"done-{Shard(rank, self.shard.world).name}.json")
-                   for rank in range(self.shard.world)]
+        markers = [
+            os.path.join(self.parts, f"done-{Shard(rank, self.shard.world).name}.json")
+            for rank in range(self.shard.world)
+        ]
         while not all(os.path.exists(marker) for marker in markers):
             if on_wait is not None:
                 on_wait()
@@ -290,13 +308,16 @@ class RunStore:
         kept = self.kept_keys() if self.kind == "directory" else set()
         missing = [key for key in self.documents if key not in latest and key not in kept]
         if missing:
-            raise GOTError(f"{len(missing)} inputs have no result after every rank finished (the first: {missing[0]}): "
-                           f"is {self.parts} on storage that every machine of the run shares?")
+            raise GOTError(
+                f"{len(missing)} inputs have no result after every rank finished (the first: {missing[0]}): "
+                f"is {self.parts} on storage that every machine of the run shares?"
+            )
         ordered = [latest[key] for key in self.documents if key in latest]
         errors = [record for record in ordered if "error" in record]
         if self.kind == "jsonl":
-            write_atomic(self.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered
-                                              if "error" not in r))
+            write_atomic(
+                self.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered if "error" not in r)
+            )
         write_atomic(self.output + ERRORS_SUFFIX, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in errors))
         report = total_report(ranks, self.settings)
         write_atomic(self.output + REPORT_SUFFIX, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
@@ -319,21 +340,32 @@ def total_report(ranks: List[dict], settings: dict) -> dict:
     """Every rank's report, and their sum (wall time: the longest rank's; speeds over it)."""
     total = {name: sum(r[name] for r in ranks) for name in COUNTS}
     wall = max(r["wall_s"] for r in ranks)
-    total.update(wall_s=wall, pages_per_s=round(total["pages"] / wall, 3) if wall > 0 else 0.0,
-                 tokens_per_s=round(total["new_tokens"] / wall, 3) if wall > 0 else 0.0)
+    total.update(
+        wall_s=wall,
+        pages_per_s=round(total["pages"] / wall, 3) if wall > 0 else 0.0,
+        tokens_per_s=round(total["new_tokens"] / wall, 3) if wall > 0 else 0.0,
+    )
     return {"total": total, "ranks": ranks, "settings": settings}
 
 
 def summary_line(counts: dict) -> str:
     """A report's counts (the run's `total`, or one rank's report) in one sentence, the last line a run writes."""
-    return (f"Read {counts['done']} of {counts['inputs']} inputs ({counts['pages']} pages) in "
-            f"{counts['wall_s']:.1f} s, {counts['pages_per_s']:.2f} pages/s, {counts['tokens_per_s']:.1f} tokens/s; "
-            f"{counts['skipped']} kept from an earlier run, {counts['failed']} failed.")
+    return (
+        f"Read {counts['done']} of {counts['inputs']} inputs ({counts['pages']} pages) in "
+        f"{counts['wall_s']:.1f} s, {counts['pages_per_s']:.2f} pages/s, {counts['tokens_per_s']:.1f} tokens/s; "
+        f"{counts['skipped']} kept from an earlier run, {counts['failed']} failed."
+    )
 
 
-def read_run(ocr, documents: List[list], store: RunStore, read_options: dict, max_error_rate: Optional[float] = None,
-             barrier: Optional[Callable[[], None]] = None,
-             on_result: Optional[Callable[[object], None]] = None) -> Tuple[dict, Optional[dict]]:
+def read_run(
+    ocr,
+    documents: List[list],
+    store: RunStore,
+    read_options: dict,
+    max_error_rate: Optional[float] = None,
+    barrier: Optional[Callable[[], None]] = None,
+    on_result: Optional[Callable[[object], None]] = None,
+) -> Tuple[dict, Optional[dict]]:
     """Read this rank's share of `documents` (lists of InputImage, in input order; their keys are `store`'s) that an
     earlier run has not read, keeping each result in `store` as it is made and passing it to `on_result`.
 
@@ -355,8 +387,9 @@ def read_run(ocr, documents: List[list], store: RunStore, read_options: dict, ma
     counts = dict.fromkeys(COUNTS, 0)
     counts.update(inputs=len(owned), skipped=len(owned) - len(todo))
     allowed_failures = None if max_error_rate is None else max_error_rate * len(owned)
-    progress = tqdm(total=len(keys), initial=len(kept), desc="Reading", unit="input", disable=shard.rank != 0,
-                    file=sys.stderr)
+    progress = tqdm(
+        total=len(keys), initial=len(kept), desc="Reading", unit="input", disable=shard.rank != 0, file=sys.stderr
+    )
     images = [inp for document in todo for inp in document]
     results = ocr.iter_recognize(images, **read_options) if images else ()
     for position, result in enumerate(results):  # one result per document of `todo`, in order
@@ -373,8 +406,10 @@ def read_run(ocr, documents: List[list], store: RunStore, read_options: dict, ma
         progress.update(1 + (store.others_progress() if shard.world > 1 else 0))
         if allowed_failures is not None and counts["failed"] > allowed_failures:
             progress.close()
-            raise GOTError(f"Stopping: {counts['failed']} of {len(owned)} inputs failed, more than --max_error_rate "
-                           f"{max_error_rate:g} allows; the results so far are kept (rerun with --resume to go on).")
+            raise GOTError(
+                f"Stopping: {counts['failed']} of {len(owned)} inputs failed, more than --max_error_rate "
+                f"{max_error_rate:g} allows; the results so far are kept (rerun with --resume to go on)."
+            )
     report = rank_report(shard, counts, time.perf_counter() - started)
     total = store.finish(report, on_wait=lambda: progress.update(store.others_progress()))
     progress.close()

@@ -60,8 +60,13 @@ SHAPES = [
     TinyShape("grid8_win3_pad"),
     # 12x12 grid, 4x4 windows (no padding), two global blocks, grouped KV heads, another RoPE base.
     TinyShape(
-        "grid12_win4_gqa", image_size=48, patch_size=4, window_size=4, global_attn_indexes=[0, 2],
-        kv_heads=2, rope_theta=1e4,
+        "grid12_win4_gqa",
+        image_size=48,
+        patch_size=4,
+        window_size=4,
+        global_attn_indexes=[0, 2],
+        kv_heads=2,
+        rope_theta=1e4,
     ),
     # 10x10 grid, 7x7 windows padded to 14x14, no global block, odd grid after the strided convs.
     TinyShape("grid10_win7_noglobal", image_size=80, window_size=7, global_attn_indexes=[], vision_layers=2),
@@ -72,16 +77,27 @@ def hf_config(shape: TinyShape) -> GotOcr2Config:
     """The transformers config of a tiny shape."""
     return GotOcr2Config(
         vision_config=dict(
-            hidden_size=shape.vision_hidden, output_channels=shape.output_channels,
-            num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
-            image_size=shape.image_size, patch_size=shape.patch_size, window_size=shape.window_size,
-            global_attn_indexes=shape.global_attn_indexes, mlp_dim=2 * shape.vision_hidden,
+            hidden_size=shape.vision_hidden,
+            output_channels=shape.output_channels,
+            num_hidden_layers=shape.vision_layers,
+            num_attention_heads=shape.vision_heads,
+            image_size=shape.image_size,
+            patch_size=shape.patch_size,
+            window_size=shape.window_size,
+            global_attn_indexes=shape.global_attn_indexes,
+            mlp_dim=2 * shape.vision_hidden,
         ),
         text_config=dict(
-            model_type="qwen2", vocab_size=shape.vocab_size, hidden_size=shape.text_hidden,
-            intermediate_size=3 * shape.text_hidden // 2, num_hidden_layers=shape.text_layers,
-            num_attention_heads=shape.text_heads, num_key_value_heads=shape.kv_heads, rms_norm_eps=1e-6,
-            rope_theta=shape.rope_theta, max_position_embeddings=4096,
+            model_type="qwen2",
+            vocab_size=shape.vocab_size,
+            hidden_size=shape.text_hidden,
+            intermediate_size=3 * shape.text_hidden // 2,
+            num_hidden_layers=shape.text_layers,
+            num_attention_heads=shape.text_heads,
+            num_key_value_heads=shape.kv_heads,
+            rms_norm_eps=1e-6,
+            rope_theta=shape.rope_theta,
+            max_position_embeddings=4096,
             tie_word_embeddings=shape.tie_word_embeddings,
         ),
         image_token_index=shape.img_pad_id,
@@ -147,14 +163,26 @@ def got_config_dict(shape: TinyShape, with_vision_config: bool = True) -> dict:
     """A config.json of the original GOT layout (flat Qwen2 fields) for a tiny shape."""
     text = hf_config(shape).text_config
     config = {
-        "architectures": ["GOTQwenForCausalLM"], "model_type": "GOT", "vocab_size": text.vocab_size,
-        "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
-        "num_hidden_layers": text.num_hidden_layers, "num_attention_heads": text.num_attention_heads,
-        "num_key_value_heads": text.num_key_value_heads, "rms_norm_eps": text.rms_norm_eps,
-        "rope_theta": text.rope_theta, "max_position_embeddings": text.max_position_embeddings,
-        "tie_word_embeddings": True, "im_start_token": shape.img_start_id, "im_end_token": shape.img_end_id,
-        "im_patch_token": shape.img_pad_id, "image_token_len": shape.tokens_per_tile, "use_im_start_end": True,
-        "torch_dtype": "float32", "use_cache": True, "freeze_vision_tower": False,
+        "architectures": ["GOTQwenForCausalLM"],
+        "model_type": "GOT",
+        "vocab_size": text.vocab_size,
+        "hidden_size": text.hidden_size,
+        "intermediate_size": text.intermediate_size,
+        "num_hidden_layers": text.num_hidden_layers,
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": text.num_key_value_heads,
+        "rms_norm_eps": text.rms_norm_eps,
+        "rope_theta": text.rope_theta,
+        "max_position_embeddings": text.max_position_embeddings,
+        "tie_word_embeddings": True,
+        "im_start_token": shape.img_start_id,
+        "im_end_token": shape.img_end_id,
+        "im_patch_token": shape.img_pad_id,
+        "image_token_len": shape.tokens_per_tile,
+        "use_im_start_end": True,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "freeze_vision_tower": False,
     }
     if with_vision_config:
         config["vision_config"] = hf_config(shape).vision_config.to_dict()
@@ -203,8 +231,8 @@ def left_pad(sequences: List[List[int]], pad_id: int = 0):
     ids = np.full((len(sequences), length), pad_id, dtype="int64")
     mask = np.zeros((len(sequences), length), dtype="int64")
     for row, sequence in enumerate(sequences):
-        ids[row, length - len(sequence):] = sequence
-        mask[row, length - len(sequence):] = 1
+        ids[row, length - len(sequence) :] = sequence
+        mask[row, length - len(sequence) :] = 1
     return ids, mask
 
 
@@ -258,8 +286,13 @@ def tokenizer_shape(base: TinyShape, num_ranks: int) -> TinyShape:
     first_special = num_ranks
     img_start = first_special + 3 + 205 + 6  # after endoftext/im_start/im_end, extras, ref/box/quad pairs
     return TinyShape(
-        **{**base.__dict__, "vocab_size": first_special + NUM_SPECIAL_TOKENS, "img_start_id": img_start,
-           "img_end_id": img_start + 1, "img_pad_id": img_start + 2}
+        **{
+            **base.__dict__,
+            "vocab_size": first_special + NUM_SPECIAL_TOKENS,
+            "img_start_id": img_start,
+            "img_end_id": img_start + 1,
+            "img_pad_id": img_start + 2,
+        }
     )
 
 
@@ -274,19 +307,24 @@ def build_ocr_reference(shape: TinyShape, num_ranks: int, seed: int = 0) -> GotO
     return model
 
 
-def reference_generate(model, batch: dict, max_new_tokens: int, no_repeat_ngram_size: int,
-                       eos_token_ids: Sequence[int], pad_token_id: int) -> List[List[int]]:
+def reference_generate(
+    model, batch: dict, max_new_tokens: int, no_repeat_ngram_size: int, eos_token_ids: Sequence[int], pad_token_id: int
+) -> List[List[int]]:
     """Greedy `generate` of the reference; the new tokens of each row up to and including its first end token."""
     kwargs = dict(
-        input_ids=torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"]),
-        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=list(eos_token_ids), pad_token_id=pad_token_id,
+        input_ids=torch.from_numpy(batch["input_ids"]),
+        attention_mask=torch.from_numpy(batch["attention_mask"]),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=list(eos_token_ids),
+        pad_token_id=pad_token_id,
     )
     if batch.get("pixel_values") is not None:
         kwargs["pixel_values"] = torch.from_numpy(batch["pixel_values"])
     if no_repeat_ngram_size:
         kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
     with torch.no_grad():
-        generated = model.generate(**kwargs)[:, batch["input_ids"].shape[1]:].tolist()
+        generated = model.generate(**kwargs)[:, batch["input_ids"].shape[1] :].tolist()
     outputs = []
     for row in generated:
         ends = [index for index, token in enumerate(row) if token in eos_token_ids]
@@ -303,8 +341,12 @@ def expected_texts(checkpoint, requests, no_repeat_ngram_size, max_new_tokens):
     texts = []
     for request in requests:
         tokens = reference_generate(
-            checkpoint.model, processor([request]), max_new_tokens, no_repeat_ngram_size,
-            tokenizer.eos_token_ids, tokenizer.pad_token_id,
+            checkpoint.model,
+            processor([request]),
+            max_new_tokens,
+            no_repeat_ngram_size,
+            tokenizer.eos_token_ids,
+            tokenizer.pad_token_id,
         )[0]
         texts.append(tokenizer.decode(tokens).strip())
     return texts

@@ -153,8 +153,9 @@ def test_missing_config(checkpoint_dirs, tmp_path):
 def test_directory_without_weights(checkpoint_dirs, tmp_path):
     directory = copy_checkpoint(checkpoint_dirs(SHAPE, "hf"), tmp_path / "c")
     os.remove(os.path.join(directory, "model.safetensors"))
-    expect_error(directory,
-                 r"No weights found in .*: expected one of model\.safetensors\.index\.json, model\.safetensors")
+    expect_error(
+        directory, r"No weights found in .*: expected one of model\.safetensors\.index\.json, model\.safetensors"
+    )
 
 
 def test_corrupt_weights_file(checkpoint_dirs, tmp_path):

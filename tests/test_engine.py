@@ -37,10 +37,19 @@ def make_request(shape, tiles, before, after, seed, max_new_tokens, ngram=0, end
 
 def expected_tokens(checkpoint, request):
     """The reference's greedy tokens for `request` alone (up to and including its first end token)."""
-    batch = {"input_ids": np.asarray([request.prompt_ids]), "pixel_values": request.pixel_values,
-             "attention_mask": np.ones((1, len(request.prompt_ids)), dtype=np.int64)}
-    return reference.reference_generate(checkpoint.model, batch, request.max_new_tokens, request.no_repeat_ngram_size,
-                                        request.end_token_ids, endoftext(checkpoint.shape))[0]
+    batch = {
+        "input_ids": np.asarray([request.prompt_ids]),
+        "pixel_values": request.pixel_values,
+        "attention_mask": np.ones((1, len(request.prompt_ids)), dtype=np.int64),
+    }
+    return reference.reference_generate(
+        checkpoint.model,
+        batch,
+        request.max_new_tokens,
+        request.no_repeat_ngram_size,
+        request.end_token_ids,
+        endoftext(checkpoint.shape),
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +57,15 @@ def requests(ocr_checkpoint):
     """Seven requests: 0-3 tiles, prompts of 2-13 text tokens, limits of 3-30 tokens, n-gram bans 0/3/20, and end
     tokens that some rows really produce (so rows stop at different steps)."""
     shape = ocr_checkpoint.shape
-    specs = [(1, 9, 4, 31, 30, 0), (3, 2, 3, 32, 12, 3), (0, 13, 0, 33, 25, 20), (2, 5, 5, 34, 3, 0),
-             (1, 4, 2, 35, 30, 20), (0, 6, 1, 36, 18, 0), (1, 2, 7, 37, 22, 3)]
+    specs = [
+        (1, 9, 4, 31, 30, 0),
+        (3, 2, 3, 32, 12, 3),
+        (0, 13, 0, 33, 25, 20),
+        (2, 5, 5, 34, 3, 0),
+        (1, 4, 2, 35, 30, 20),
+        (0, 6, 1, 36, 18, 0),
+        (1, 2, 7, 37, 22, 3),
+    ]
     built = [make_request(shape, *spec) for spec in specs]
     # A token request 0 produces at step 6 also ends requests 0, 4 and 6.
     stopper = expected_tokens(ocr_checkpoint, built[0])[5]
@@ -174,10 +190,10 @@ def test_repetition_guard_ends_a_loop_the_reference_keeps_repeating(model, ocr_c
     assert guarded.finish_reason == REPETITION and 0 < kept < 200
     assert guarded.tokens == unguarded[:kept] and streamed == guarded.tokens
     # What was cut is the loop: the last kept block, repeated over at least max(2 x its length, 48) tokens.
-    assert any(all(unguarded[i] == unguarded[i - p] for i in range(kept, kept + max(2 * p, 48)))
-               for p in range(1, 65))
-    assert not any(all(unguarded[i] == unguarded[i - p] for i in range(kept - 1, kept - 1 + max(2 * p, 48)))
-                   for p in range(1, 65))  # and it is cut where it starts, not later
+    assert any(all(unguarded[i] == unguarded[i - p] for i in range(kept, kept + max(2 * p, 48))) for p in range(1, 65))
+    assert not any(
+        all(unguarded[i] == unguarded[i - p] for i in range(kept - 1, kept - 1 + max(2 * p, 48))) for p in range(1, 65)
+    )  # and it is cut where it starts, not later
 
 
 def test_fixed_batches_wait_for_the_whole_batch(model, requests, ocr_checkpoint):

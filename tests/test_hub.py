@@ -34,10 +34,18 @@ def test_missing_directory_is_not_taken_for_a_hub_id(tmp_path):
 
 
 def run_infer(image, model, environment, *args):
-    command = [sys.executable, INFER, "--image_file", image, "--model_name_or_path", model, "--max_new_tokens", "6",
-               *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, **environment})
+    command = [
+        sys.executable,
+        INFER,
+        "--image_file",
+        image,
+        "--model_name_or_path",
+        model,
+        "--max_new_tokens",
+        "6",
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **environment})
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -82,27 +90,44 @@ def test_cached_model_reads_offline(source, chosen_by, image, direct_text, ocr_c
 @pytest.mark.parametrize(
     "source, environment, command",
     [
-        ("modelscope", {"PADDLE_GOT_OFFLINE": "1"},
-         "modelscope download --model someone/tiny-got --local_dir tiny-got"),
-        ("aistudio", {"PADDLE_GOT_OFFLINE": "1"},
-         "python tools/download_model.py --model_source aistudio --model_name_or_path someone/tiny-got "
-         "--local_dir tiny-got"),
-        ("aistudio", {}, "python tools/download_model.py --model_source aistudio --model_name_or_path "
-                         "someone/tiny-got --local_dir tiny-got"),  # the real client, failing on the network
-        ("huggingface", {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"},
-         "huggingface-cli download someone/tiny-got --local-dir tiny-got"),  # a mirror that does not answer
+        (
+            "modelscope",
+            {"PADDLE_GOT_OFFLINE": "1"},
+            "modelscope download --model someone/tiny-got --local_dir tiny-got",
+        ),
+        (
+            "aistudio",
+            {"PADDLE_GOT_OFFLINE": "1"},
+            "python tools/download_model.py --model_source aistudio --model_name_or_path someone/tiny-got "
+            "--local_dir tiny-got",
+        ),
+        (
+            "aistudio",
+            {},
+            "python tools/download_model.py --model_source aistudio --model_name_or_path "
+            "someone/tiny-got --local_dir tiny-got",
+        ),  # the real client, failing on the network
+        (
+            "huggingface",
+            {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"},
+            "huggingface-cli download someone/tiny-got --local-dir tiny-got",
+        ),  # a mirror that does not answer
     ],
     ids=["modelscope_offline", "aistudio_offline", "aistudio_no_network", "huggingface_mirror_down"],
 )
 def test_uncached_model_without_network_is_one_sentence(source, environment, command, image, tmp_path):
-    environment = environment | {"MODELSCOPE_CACHE": str(tmp_path / "ms"), "AISTUDIO_CACHE_HOME": str(tmp_path),
-                                 "HF_HOME": str(tmp_path / "hf")}
+    environment = environment | {
+        "MODELSCOPE_CACHE": str(tmp_path / "ms"),
+        "AISTUDIO_CACHE_HOME": str(tmp_path),
+        "HF_HOME": str(tmp_path / "hf"),
+    }
     result = run_infer(image, "someone/tiny-got", environment, "--model_source", source)
     cache = "the local cache" if source == "huggingface" else f"the local {source} cache"
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: someone/tiny-got is not in {cache} and cannot be downloaded here: on a machine with network run "
-        f"`{command}`, copy the tiny-got folder to this machine and pass --model_name_or_path /path/to/tiny-got.")
+        f"`{command}`, copy the tiny-got folder to this machine and pass --model_name_or_path /path/to/tiny-got."
+    )
     aistudio_dir = tmp_path / ".cache" / "aistudio" / "paddle_got"
     assert not aistudio_dir.exists() or os.listdir(aistudio_dir) == []  # no half-downloaded folder left
 
@@ -115,13 +140,27 @@ def test_unknown_source_is_refused_before_anything_loads(image, tmp_path):
 
 def test_download_tool_copies_a_cached_model_into_a_folder(ocr_checkpoint, tmp_path):
     environment = lay_out_cache("modelscope", ocr_checkpoint.directory, tmp_path / "cache")
-    command = [sys.executable, os.path.join(REPO, "tools", "download_model.py"), "--model_source", "modelscope",
-               "--model_name_or_path", "someone/tiny-got", "--local_dir", str(tmp_path / "copy")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, **environment, "PADDLE_GOT_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        os.path.join(REPO, "tools", "download_model.py"),
+        "--model_source",
+        "modelscope",
+        "--model_name_or_path",
+        "someone/tiny-got",
+        "--local_dir",
+        str(tmp_path / "copy"),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **environment, "PADDLE_GOT_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{tmp_path / 'copy'}\n"
     assert sorted(os.listdir(tmp_path / "copy")) == sorted(os.listdir(ocr_checkpoint.directory))
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **environment})
     assert again.returncode == 2 and again.stderr.strip() == (
-        f"error: --local_dir {tmp_path / 'copy'} already exists: give a new folder.")
+        f"error: --local_dir {tmp_path / 'copy'} already exists: give a new folder."
+    )

@@ -41,8 +41,12 @@ def test_directory_is_flat_unless_recursive(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert names(expand_inputs(".")) == [("a.png", None, None), ("b.pdf", 1, None), ("b.pdf", 2, None)]
     assert names(expand_inputs(".", recursive=True)) == [
-        ("a.png", None, None), ("b.pdf", 1, None), ("b.pdf", 2, None), ("sub/c.jpg", None, None),
-        ("sub/deeper/d.png", None, None)]
+        ("a.png", None, None),
+        ("b.pdf", 1, None),
+        ("b.pdf", 2, None),
+        ("sub/c.jpg", None, None),
+        ("sub/deeper/d.png", None, None),
+    ]
 
 
 def test_manifest_lists_paths_relative_to_itself_with_comments(tmp_path, monkeypatch):
@@ -52,8 +56,12 @@ def test_manifest_lists_paths_relative_to_itself_with_comments(tmp_path, monkeyp
     manifest.write_text("# scanned in May\n../sub/c.jpg\n\n   ../b.pdf  \n../missing.png\n" + str(tmp_path / "a.png"))
     monkeypatch.chdir(tmp_path)
     assert names(expand_inputs("lists/pages.txt")) == [
-        ("sub/c.jpg", None, None), ("b.pdf", 1, None), ("b.pdf", 2, None),
-        ("missing.png", None, "missing.png: no such file."), ("a.png", None, None)]
+        ("sub/c.jpg", None, None),
+        ("b.pdf", 1, None),
+        ("b.pdf", 2, None),
+        ("missing.png", None, "missing.png: no such file."),
+        ("a.png", None, None),
+    ]
 
 
 def test_manifest_that_is_not_text_is_one_sentence(tmp_path):

@@ -26,8 +26,9 @@ def test_recognize_takes_pil_images_and_reports_bad_inputs(ocr_checkpoint, tmp_p
 
 
 def test_inputs_whose_batch_failed_are_read_again_alone(ocr_checkpoint, monkeypatch):
-    images = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (70, 90, 3), dtype=np.uint8))
-              for seed in range(3)]
+    images = [
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (70, 90, 3), dtype=np.uint8)) for seed in range(3)
+    ]
     expected = reference.expected_texts(ocr_checkpoint, [OCRRequest([image]) for image in images], 20, 10)
     ocr = GOT.from_pretrained(ocr_checkpoint.directory)
     decode, rows_seen = ModelRunner.decode, []
@@ -58,8 +59,9 @@ def test_a_bfloat16_checkpoint_decodes_on_bfloat16_weights_with_the_reference_te
     model = reference.build_ocr_reference(shape, num_ranks, seed=17)
     reference.save_got(model.to(torch.bfloat16), shape, directory)
     checkpoint = types.SimpleNamespace(directory=directory, model=model.to(torch.float32), shape=shape)
-    images = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (70, 90, 3), dtype=np.uint8))
-              for seed in range(2)]
+    images = [
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (70, 90, 3), dtype=np.uint8)) for seed in range(2)
+    ]
     expected = reference.expected_texts(checkpoint, [OCRRequest([image]) for image in images], 20, 12)
     ocr = GOT.from_pretrained(directory)
     assert ocr.model.qwen2.layers[0].mlp.down_proj.weight.dtype == paddle.bfloat16

@@ -28,8 +28,14 @@ print(json.dumps({
 
 def test_importing_the_library_changes_nothing_in_the_host_process():
     environment = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
-    result = subprocess.run([sys.executable, "-c", IMPORT_THE_LIBRARY], capture_output=True, text=True, cwd=REPO,
-                            env=environment, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_THE_LIBRARY],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environment,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert seen["mkl"] is None
@@ -37,13 +43,17 @@ def test_importing_the_library_changes_nothing_in_the_host_process():
     assert seen["handlers"] == ["NullHandler"] and seen["propagate"] is True
 
 
-@pytest.mark.parametrize("vendor, preset, expected", [
-    ("AuthenticAMD", None, "5"),
-    ("AuthenticAMD", "4", "4"),
-    ("GenuineIntel", None, None),
-])
+@pytest.mark.parametrize(
+    "vendor, preset, expected",
+    [
+        ("AuthenticAMD", None, "5"),
+        ("AuthenticAMD", "4", "4"),
+        ("GenuineIntel", None, None),
+    ],
+)
 def test_tune_process_picks_mkl_avx2_kernels_only_on_amd_and_keeps_a_users_value(
-        vendor, preset, expected, tmp_path, monkeypatch):
+    vendor, preset, expected, tmp_path, monkeypatch
+):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\n")
     monkeypatch.setattr(process, "CPUINFO", str(cpuinfo))
@@ -55,6 +65,11 @@ def test_tune_process_picks_mkl_avx2_kernels_only_on_amd_and_keeps_a_users_value
 
 
 def test_a_tool_hides_the_import_warnings_that_are_not_ours():
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "convert_weights.py"), "--help"],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "convert_weights.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert result.returncode == 0 and result.stderr == ""

@@ -27,11 +27,18 @@ def hand_prompt(processor, num_pads, query):
     tokenizer = processor.tokenizer
     special = tokenizer.token_id
     return (
-        [special("<|im_start|>")] + tokenizer.encode("system\n" + SYSTEM) + [special("<|im_end|>")]
-        + [special("<|im_start|>")] + tokenizer.encode("user\n")
-        + [special("<img>")] + [special("<imgpad>")] * num_pads + [special("</img>")]
-        + tokenizer.encode("\n" + query) + [special("<|im_end|>")]
-        + [special("<|im_start|>")] + tokenizer.encode("assistant\n")
+        [special("<|im_start|>")]
+        + tokenizer.encode("system\n" + SYSTEM)
+        + [special("<|im_end|>")]
+        + [special("<|im_start|>")]
+        + tokenizer.encode("user\n")
+        + [special("<img>")]
+        + [special("<imgpad>")] * num_pads
+        + [special("</img>")]
+        + tokenizer.encode("\n" + query)
+        + [special("<|im_end|>")]
+        + [special("<|im_start|>")]
+        + tokenizer.encode("assistant\n")
     )
 
 
@@ -158,8 +165,11 @@ def test_trained_prompt_is_the_plain_default_and_leaves_other_modes_alone(ocr_ch
     pads = "<imgpad>" * tuned.tokens_per_tile
     expected = f"<|im_start|>user\n<img>{pads}</img>\nOCR:<|im_end|><|im_start|>assistant\n"
     assert tuned.prepare(OCRRequest([image])).input_ids == tokenizer.encode(expected)
-    for options, query in [(dict(ocr_type="format"), "OCR with format: "), (dict(color="red"), "[red] OCR: "),
-                           (dict(query="Read: "), "Read: ")]:
+    for options, query in [
+        (dict(ocr_type="format"), "OCR with format: "),
+        (dict(color="red"), "[red] OCR: "),
+        (dict(query="Read: "), "Read: "),
+    ]:
         text = f"<|im_start|>user\n<img>{pads}</img>\n{query}<|im_end|><|im_start|>assistant\n"
         assert tuned.prepare(OCRRequest([image], **options)).input_ids == tokenizer.encode(text), options
 

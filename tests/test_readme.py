@@ -48,10 +48,15 @@ def test_readme_inference_commands_run_as_written(tmp_path, ocr_checkpoint):
     assert len(commands) >= 7
     workspace = inference_workspace(tmp_path)
     for command in commands:
-        arguments = shlex.split(command)[1:] + ["--model_name_or_path", ocr_checkpoint.directory,
-                                                "--max_new_tokens", "8"]
-        result = subprocess.run([sys.executable, *arguments], cwd=workspace, capture_output=True, text=True,
-                                timeout=300)
+        arguments = shlex.split(command)[1:] + [
+            "--model_name_or_path",
+            ocr_checkpoint.directory,
+            "--max_new_tokens",
+            "8",
+        ]
+        result = subprocess.run(
+            [sys.executable, *arguments], cwd=workspace, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, (command, result.stderr)
         assert result.stdout.endswith("\n") and "[paddle_got] INFO Loaded" in result.stderr, command
     assert (workspace / "results.jsonl").read_text().count("\n") == 7  # 5 images + the 2 pages of the PDF
@@ -65,18 +70,38 @@ def test_readme_rendering_commands_run_as_written(tmp_path, ocr_checkpoint):
     workspace = inference_workspace(tmp_path)
     os.symlink(os.path.join(REPO, "demo_images"), workspace / "scans")
     model = ["--model_name_or_path", ocr_checkpoint.directory, "--max_new_tokens", "8"]
-    subprocess.run([sys.executable, "tools/infer.py", "--ocr_type", "format", "--image_file", "demo_images/table.png",
-                    "demo_images/slide.png", "--output", "results.jsonl", *model], cwd=workspace, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "tools/infer.py",
+            "--ocr_type",
+            "format",
+            "--image_file",
+            "demo_images/table.png",
+            "demo_images/slide.png",
+            "--output",
+            "results.jsonl",
+            *model,
+        ],
+        cwd=workspace,
+        check=True,
+        capture_output=True,
+    )
     for command in commands:
         arguments = shlex.split(command)[1:] + (model if "infer.py" in command else [])
-        result = subprocess.run([sys.executable, *arguments], cwd=workspace, capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run(
+            [sys.executable, *arguments], cwd=workspace, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, (command, result.stderr)
     assert (workspace / "table.html").read_text().count('<img src="data:image/png;base64,') == 1
     assert sorted(os.listdir(workspace / "pages")) == sorted(
-        [os.path.splitext(name)[0] + ".html" for name in os.listdir(os.path.join(REPO, "demo_images"))
-         if not name.endswith(".pdf")] + ["two_pages_page1.html", "two_pages_page2.html"])
+        [
+            os.path.splitext(name)[0] + ".html"
+            for name in os.listdir(os.path.join(REPO, "demo_images"))
+            if not name.endswith(".pdf")
+        ]
+        + ["two_pages_page1.html", "two_pages_page2.html"]
+    )
     assert sorted(os.listdir(workspace / "md")) == ["slide.md", "table.md"]
 
 
@@ -86,8 +111,7 @@ def test_readme_python_api_runs_as_written(tmp_path, ocr_checkpoint):
     assert '"stepfun-ai/GOT-OCR2_0"' in snippet
     snippet = snippet.replace('"stepfun-ai/GOT-OCR2_0"', repr(ocr_checkpoint.directory))
     workspace = inference_workspace(tmp_path)
-    result = subprocess.run([sys.executable, "-c", snippet], cwd=workspace, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=workspace, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("demo_images/table.png ")
 
@@ -97,15 +121,19 @@ def test_readme_try_it_block_runs_as_written(tmp_path):
     minutes; the README reports its result)."""
     section = readme_section("README.md", "## Try it without the weights")
     commands = re.search(r"```bash\n(.*?)\n```", section, flags=re.S).group(1).splitlines()
-    assert [shlex.split(c)[1] for c in commands] == ["tools/make_synth_data.py", "tools/make_synth_data.py",
-                                                     "tools/train.py", "tools/infer.py", "tools/eval.py"]
+    assert [shlex.split(c)[1] for c in commands] == [
+        "tools/make_synth_data.py",
+        "tools/make_synth_data.py",
+        "tools/train.py",
+        "tools/infer.py",
+        "tools/eval.py",
+    ]
     smaller = {"3000": "24", "50": "6", "450": "2"}
     for name in ("configs", "tools"):
         os.symlink(os.path.join(REPO, name), tmp_path / name)
     for command in commands:
         arguments = [smaller.get(a, a) for a in shlex.split(command)[1:]]
-        result = subprocess.run([sys.executable, *arguments], cwd=tmp_path, capture_output=True, text=True,
-                                timeout=600)
+        result = subprocess.run([sys.executable, *arguments], cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, (command, result.stderr[-2000:])
     assert (tmp_path / "output" / "try" / "heldout.jsonl").read_text().count("\n") == 6
     assert re.search(r"^samples\s+6$", result.stdout, flags=re.M), result.stdout

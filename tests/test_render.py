@@ -89,8 +89,14 @@ def page_text(text: str) -> Node:
 
 def cells(table: Node) -> list:
     """Each row's cells as (tag, colspan, rowspan, text)."""
-    return [[(cell.tag, cell.attrs.get("colspan"), cell.attrs.get("rowspan"), cell.text().strip())
-             for cell in row.all() if cell.tag in ("th", "td")] for row in table.all("tr")]
+    return [
+        [
+            (cell.tag, cell.attrs.get("colspan"), cell.attrs.get("rowspan"), cell.text().strip())
+            for cell in row.all()
+            if cell.tag in ("th", "td")
+        ]
+        for row in table.all("tr")
+    ]
 
 
 def tokens(markdown: str, kind: str) -> list:
@@ -99,8 +105,9 @@ def tokens(markdown: str, kind: str) -> list:
 
 def headings(markdown: str) -> list:
     parsed = MARKDOWN.parse(markdown)
-    return [(token.tag, parsed[index + 1].content) for index, token in enumerate(parsed)
-            if token.type == "heading_open"]
+    return [
+        (token.tag, parsed[index + 1].content) for index, token in enumerate(parsed) if token.type == "heading_open"
+    ]
 
 
 SPANNED = [
@@ -133,10 +140,16 @@ def test_a_plain_tabular_becomes_a_gfm_table_with_its_first_row_as_header():
     assert len(tokens(markdown, "table_open")) == 1
     assert (len(tokens(markdown, "th_open")), len(tokens(markdown, "td_open"))) == (3, 6)
     assert [token.attrs.get("style") for token in tokens(markdown, "th_open")] == [
-        None, "text-align:right", "text-align:right"]
+        None,
+        "text-align:right",
+        "text-align:right",
+    ]
     (table,) = parse(MARKDOWN.render(markdown)).all("table")
     assert [[text for _, _, _, text in row] for row in cells(table)] == [
-        ["Method", "Edit distance", "$F_1$"], ["GOT", "0.035", "0.972"], ["Fox | ours", "0.061", "0.954"]]
+        ["Method", "Edit distance", "$F_1$"],
+        ["GOT", "0.035", "0.972"],
+        ["Fox | ours", "0.061", "0.954"],
+    ]
     assert parse(MARKDOWN.render(markdown)).all("p")[0].text() == "Results on the test set:"
 
 
@@ -146,14 +159,19 @@ def test_a_plain_tabular_in_html():
     assert [[(tag, text) for tag, _, _, text in row] for row in cells(table)] == [
         [("th", "Method"), ("th", "Edit distance"), ("th", "F1")],
         [("td", "GOT"), ("td", "0.035"), ("td", "0.972")],
-        [("td", "Fox | ours"), ("td", "0.061"), ("td", "0.954")]]
+        [("td", "Fox | ours"), ("td", "0.061"), ("td", "0.954")],
+    ]
     assert len(table.all("msub")) == 1
 
 
 def test_headings_emphasis_and_unknown_commands_in_markdown():
     markdown = to_markdown(corpus("headings"))
-    assert headings(markdown) == [("h1", "GOT-OCR 2.0 Report"), ("h2", "Introduction"), ("h3", "Scope of $n$ pages"),
-                                  ("h4", "Notes")]
+    assert headings(markdown) == [
+        ("h1", "GOT-OCR 2.0 Report"),
+        ("h2", "Introduction"),
+        ("h3", "Scope of $n$ pages"),
+        ("h4", "Notes"),
+    ]
     assert "We read **all** kinds of *optical* <u>characters</u>." in markdown
     assert "\\unknowncommand{kept} and \\cite{ref1} stay as text." in markdown
 
@@ -161,9 +179,16 @@ def test_headings_emphasis_and_unknown_commands_in_markdown():
 def test_headings_emphasis_and_unknown_commands_in_html():
     text = page_text(corpus("headings"))
     assert [(node.tag, node.text()) for node in text.all() if node.tag in ("h1", "h2", "h3", "h4")] == [
-        ("h1", "GOT-OCR 2.0 Report"), ("h2", "Introduction"), ("h3", "Scope of n pages"), ("h4", "Notes")]
+        ("h1", "GOT-OCR 2.0 Report"),
+        ("h2", "Introduction"),
+        ("h3", "Scope of n pages"),
+        ("h4", "Notes"),
+    ]
     assert [(node.tag, node.text()) for node in text.all() if node.tag in ("strong", "em", "u")] == [
-        ("strong", "all"), ("em", "optical"), ("u", "characters")]
+        ("strong", "all"),
+        ("em", "optical"),
+        ("u", "characters"),
+    ]
     assert text.all("p")[-1].text() == "\\unknowncommand{kept} and \\cite{ref1} stay as text."
 
 
@@ -205,11 +230,21 @@ def test_chinese_headings_and_cells():
     markdown = to_markdown(corpus("chinese"))
     assert headings(markdown) == [("h1", "实验报告"), ("h2", "一、数据")]
     assert [token.content for token in tokens(markdown, "inline")][2:] == [
-        "下表列出了各城市的人口。", "城市", "人口（万）", "北京", "2189", "上海", "2487"]
+        "下表列出了各城市的人口。",
+        "城市",
+        "人口（万）",
+        "北京",
+        "2189",
+        "上海",
+        "2487",
+    ]
     text = page_text(corpus("chinese"))
     assert [node.text() for node in text.all() if node.tag in ("h1", "h2")] == ["实验报告", "一、数据"]
     assert [[text for _, _, _, text in row] for row in cells(text.all("table")[0])] == [
-        ["城市", "人口（万）"], ["北京", "2189"], ["上海", "2487"]]
+        ["城市", "人口（万）"],
+        ["北京", "2189"],
+        ["上海", "2487"],
+    ]
 
 
 BROKEN_TABLES = [
@@ -227,7 +262,9 @@ def test_what_cannot_be_rendered_is_shown_as_source_in_a_marked_box():
     assert boxes[1].attrs["title"] == "could not render this table: it has no \\end{tabular}"
     formulas = text.all("code")
     assert [(node.attrs["class"], node.text()) for node in formulas] == [
-        ("render-error", "\\(x + y and one the converter rejects:"), ("render-error", "\\(\\frac{1}{\\)")]
+        ("render-error", "\\(x + y and one the converter rejects:"),
+        ("render-error", "\\(\\frac{1}{\\)"),
+    ]
     assert formulas[0].attrs["title"] == "could not render this formula: it is never closed"
     assert formulas[1].attrs["title"].startswith("could not render this formula: the LaTeX converter failed")
     assert text.all("p")[0].text() == "Before the tables." and text.all("table") == []
@@ -237,10 +274,13 @@ def test_a_broken_table_stays_as_its_source_in_a_code_block_in_markdown():
     markdown = to_markdown(corpus("broken"))
     fences = tokens(markdown, "fence")
     assert [(fence.info, fence.content) for fence in fences] == [
-        ("latex", BROKEN_TABLES[0] + "\n"), ("latex", BROKEN_TABLES[1])]
+        ("latex", BROKEN_TABLES[0] + "\n"),
+        ("latex", BROKEN_TABLES[1]),
+    ]
     paragraph = tokens(markdown, "inline")[1]
     assert [child.content for child in paragraph.children if child.type == "code_inline"] == [
-        "\\(x + y and one the converter rejects:"]
+        "\\(x + y and one the converter rejects:"
+    ]
     assert paragraph.content.endswith("$\\frac{1}{$.")
 
 
@@ -254,11 +294,18 @@ def test_hostile_text_is_shown_and_never_runs():
     assert [entry for entry in attributes(document) if entry[1].startswith("on")] == []
     assert [entry for entry in attributes(document) if "javascript:" in entry[2].lower()] == []
     assert [entry for entry in attributes(document) if entry[1] in ("src", "href") and entry[2]] == [
-        ("a", "href", "http://127.0.0.1:9/x.png")]  # a link, not a load
+        ("a", "href", "http://127.0.0.1:9/x.png")
+    ]  # a link, not a load
     text = document.text()
-    for shown in ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "[click me](javascript:alert(1))",
-                  "<script>alert(2)</script>", "<b onmouseover=alert(3)>x</b>", "<script>alert(4)</script>",
-                  '<iframe src="http://127.0.0.1:9/">'):
+    for shown in (
+        "<script>alert(1)</script>",
+        "<img src=x onerror=alert(1)>",
+        "[click me](javascript:alert(1))",
+        "<script>alert(2)</script>",
+        "<b onmouseover=alert(3)>x</b>",
+        "<script>alert(4)</script>",
+        '<iframe src="http://127.0.0.1:9/">',
+    ):
         assert shown in text
 
 
@@ -292,7 +339,7 @@ def image_sources(document: str) -> list:
 def decoded(source: str, mime: str) -> bytes:
     prefix = f"data:{mime};base64,"
     assert source.startswith(prefix)
-    return base64.b64decode(source[len(prefix):])
+    return base64.b64decode(source[len(prefix) :])
 
 
 def encoded(image: Image.Image, image_format: str) -> bytes:
@@ -329,7 +376,9 @@ def test_a_document_of_several_pages_has_one_section_per_page():
     image = Image.new("RGB", (10, 10), "white")
     sections = parse(to_html(["\\title{One}", "\\title{Two}"], [image, None])).all("section")
     assert [(section.attrs["aria-label"], section.attrs["class"]) for section in sections] == [
-        ("Page 1", "page with-image"), ("Page 2", "page")]
+        ("Page 1", "page with-image"),
+        ("Page 2", "page"),
+    ]
     assert [[h1.text() for h1 in section.all("h1")] for section in sections] == [["One"], ["Two"]]
     assert [len(section.all("img")) for section in sections] == [1, 0]
     with pytest.raises(GOTError, match="2 pages"):
@@ -357,20 +406,29 @@ def predictions(tmp_path):
     pages = [Image.new("RGB", (200, 100), colour) for colour in ("red", "lime")]
     pages[0].save(images / "doc.pdf", save_all=True, append_images=pages[1:])  # 72 DPI: 200 x 100 points
     path = tmp_path / "results.jsonl"
-    write_jsonl(path, [{"image": "/elsewhere/scan.png", "text": corpus("table_spans")},
-                       {"image": "/elsewhere/doc.pdf", "page": 2, "text": "\\title{Second page}"},
-                       {"image": "/elsewhere/gone.png", "error": "/elsewhere/gone.png: no such file."},
-                       {"image": "/elsewhere/nowhere.png", "text": "no image here"}])
+    write_jsonl(
+        path,
+        [
+            {"image": "/elsewhere/scan.png", "text": corpus("table_spans")},
+            {"image": "/elsewhere/doc.pdf", "page": 2, "text": "\\title{Second page}"},
+            {"image": "/elsewhere/gone.png", "error": "/elsewhere/gone.png: no such file."},
+            {"image": "/elsewhere/nowhere.png", "text": "no image here"},
+        ],
+    )
     return path
 
 
 def test_the_tool_writes_html_pages_with_their_images(predictions, tmp_path):
     out = tmp_path / "pages"
-    result = run_tool("--predictions", str(predictions), "--out_dir", str(out), "--images_dir",
-                      str(tmp_path / "images"))
+    result = run_tool(
+        "--predictions", str(predictions), "--out_dir", str(out), "--images_dir", str(tmp_path / "images")
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [str(out / "scan.html"), str(out / "doc_page2.html"),
-                                          str(out / "nowhere.html")]
+    assert result.stdout.splitlines() == [
+        str(out / "scan.html"),
+        str(out / "doc_page2.html"),
+        str(out / "nowhere.html"),
+    ]
     assert "error: /elsewhere/gone.png: /elsewhere/gone.png: no such file. (skipped)" in result.stderr.splitlines()
     scan_page = (out / "scan.html").read_text(encoding="utf-8")
     assert decoded(image_sources(scan_page)[0], "image/png") == (tmp_path / "images" / "scan.png").read_bytes()
@@ -402,15 +460,22 @@ def test_the_tool_writes_markdown(predictions, tmp_path):
     "case, message",
     [
         ("missing", "error: --predictions {tmp}/missing.jsonl is not a file."),
-        ("not_json", "error: {tmp}/bad.jsonl line 2 is not JSON (Expecting property name enclosed in double quotes: "
-                     "line 1 column 2 (char 1))."),
+        (
+            "not_json",
+            "error: {tmp}/bad.jsonl line 2 is not JSON (Expecting property name enclosed in double quotes: "
+            "line 1 column 2 (char 1)).",
+        ),
         ("not_a_result", 'error: {tmp}/bad.jsonl line 1 is not a result: it needs "image" and "text" (or "error").'),
         ("format", "error: Argument --format: invalid choice: 'pdf' (choose from 'html', 'md') (see --help)."),
         ("out_dir_is_a_file", "error: --out_dir {tmp}/results.jsonl is a file, not a directory."),
-        ("out_dir_parent_missing", "error: --out_dir {tmp}/no/pages cannot be made: the directory {tmp}/no does not "
-                                   "exist."),
-        ("same_name", "error: Two results would both be written to {tmp}/pages/x.html: render them into separate "
-                      "directories."),
+        (
+            "out_dir_parent_missing",
+            "error: --out_dir {tmp}/no/pages cannot be made: the directory {tmp}/no does not exist.",
+        ),
+        (
+            "same_name",
+            "error: Two results would both be written to {tmp}/pages/x.html: render them into separate directories.",
+        ),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_code_2_before_anything_is_written(predictions, tmp_path, case, message):
@@ -440,5 +505,7 @@ def test_bad_input_is_one_sentence_and_exit_code_2_before_anything_is_written(pr
 
 
 def test_the_tool_does_not_import_paddle(predictions, tmp_path):
-    assert imports.frameworks_imported_by(TOOL, ["--predictions", str(predictions), "--out_dir",
-                                                 str(tmp_path / "o")]) == []
+    assert (
+        imports.frameworks_imported_by(TOOL, ["--predictions", str(predictions), "--out_dir", str(tmp_path / "o")])
+        == []
+    )

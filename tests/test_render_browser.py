@@ -26,14 +26,19 @@ TIMEOUT = 60
 
 def problems(events: list) -> list:
     """What went wrong while a page loaded: failed or blocked requests, error responses, errors logged."""
-    urls = {event["params"]["requestId"]: event["params"]["request"]["url"]
-            for event in events if event["method"] == "Network.requestWillBeSent"}
+    urls = {
+        event["params"]["requestId"]: event["params"]["request"]["url"]
+        for event in events
+        if event["method"] == "Network.requestWillBeSent"
+    }
     found = []
     for event in events:
         method, params = event["method"], event["params"]
         if method == "Network.loadingFailed":
-            found.append(f"request failed: {urls.get(params['requestId'])} {params['errorText']} "
-                         f"{params.get('blockedReason', '')}")
+            found.append(
+                f"request failed: {urls.get(params['requestId'])} {params['errorText']} "
+                f"{params.get('blockedReason', '')}"
+            )
         elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
             found.append(f"response {params['response']['status']}: {params['response']['url']}")
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
@@ -55,11 +60,24 @@ class Browser:
         ends = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (commands_read, replies_write)]
         for fd in (commands_read, replies_write):
             os.close(fd)
-        args = [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-                "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
+        args = [
+            executable,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ]
         self._process = subprocess.Popen(
             ["bash", "-c", f'exec "$@" 3<&{ends[0]} 4>&{ends[1]} {ends[0]}<&- {ends[1]}>&-', "bash", *args],
-            pass_fds=ends, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pass_fds=ends,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for fd in ends:
             os.close(fd)
         self._buffer = b""
@@ -108,10 +126,24 @@ class Browser:
         try:
             for domain in ("Page", "Network", "Runtime", "Log"):
                 self.call(f"{domain}.enable", session, events)
-            self.call("Network.emulateNetworkConditions", session, events, offline=True, latency=0,
-                      downloadThroughput=-1, uploadThroughput=-1)
-            self.call("Emulation.setDeviceMetricsOverride", session, events, width=width, height=height,
-                      deviceScaleFactor=1, mobile=False)
+            self.call(
+                "Network.emulateNetworkConditions",
+                session,
+                events,
+                offline=True,
+                latency=0,
+                downloadThroughput=-1,
+                uploadThroughput=-1,
+            )
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                session,
+                events,
+                width=width,
+                height=height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             self.call("Page.navigate", session, events, url=pathlib.Path(path).as_uri())
             deadline = time.monotonic() + TIMEOUT
             while not any(event["method"] == "Page.loadEventFired" for event in events):
@@ -120,8 +152,9 @@ class Browser:
                     events.append(event)
             measured = None
             if measure:
-                measured = self.call("Runtime.evaluate", session, events, expression=measure,
-                                     returnByValue=True)["result"]["value"]
+                measured = self.call("Runtime.evaluate", session, events, expression=measure, returnByValue=True)[
+                    "result"
+                ]["value"]
             shot = self.call("Page.captureScreenshot", session, events, format="png")["data"]
         finally:
             self.call("Target.closeTarget", targetId=target)
@@ -173,8 +206,12 @@ def write(tmp_path, name: str, document: str) -> str:
 def test_the_checks_catch_a_network_load_and_a_console_error(browser, tmp_path):
     """A control page without our policy: its network image and its console.error must both be reported."""
     url = f"http://127.0.0.1:{closed_port()}/x.png"
-    control = write(tmp_path, "control.html", f'<!DOCTYPE html><meta charset="utf-8"><p>control</p>'
-                                              f'<img src="{url}"><script>console.error("control error")</script>')
+    control = write(
+        tmp_path,
+        "control.html",
+        f'<!DOCTYPE html><meta charset="utf-8"><p>control</p>'
+        f'<img src="{url}"><script>console.error("control error")</script>',
+    )
     found, _, _ = browser.visit(control)
     assert any(line.startswith(f"request failed: {url}") for line in found), found
     assert "console: control error" in found, found
@@ -183,8 +220,9 @@ def test_the_checks_catch_a_network_load_and_a_console_error(browser, tmp_path):
 def test_the_page_policy_blocks_scripts_and_network_loads(browser, tmp_path):
     """Our Content-Security-Policy at work: a script and a network image slipped into a page are refused."""
     url = f"http://127.0.0.1:{closed_port()}/y.png"
-    document = to_html("text").replace("</main>", f'<script>console.error("script ran")</script><img src="{url}">'
-                                                  "</main>")
+    document = to_html("text").replace(
+        "</main>", f'<script>console.error("script ran")</script><img src="{url}"></main>'
+    )
     found, _, _ = browser.visit(write(tmp_path, "policy.html", document))
     assert "console: script ran" not in found
     assert any(line.startswith(f"request failed: {url}") and line.endswith("csp") for line in found), found
@@ -204,8 +242,10 @@ def test_corpus_pages_load_cleanly_and_are_drawn(browser, tmp_path, name):
 
 def test_the_image_is_beside_the_text_on_wide_screens_and_above_it_on_narrow_ones(browser, tmp_path):
     path = write(tmp_path, "layout.html", to_html("\\title{Layout}\n\nSome text.", scan()))
-    measure = ("JSON.stringify(['.scan', '.text'].map(s => document.querySelector(s).getBoundingClientRect())"
-               ".map(r => [r.left, r.top, r.right, r.bottom]))")
+    measure = (
+        "JSON.stringify(['.scan', '.text'].map(s => document.querySelector(s).getBoundingClientRect())"
+        ".map(r => [r.left, r.top, r.right, r.bottom]))"
+    )
     _, _, wide = browser.visit(path, width=1200, measure=measure)
     (image_left, image_top, image_right, _), (text_left, text_top, _, _) = json.loads(wide)
     assert image_left < image_right <= text_left and image_top == text_top

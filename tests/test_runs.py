@@ -14,8 +14,10 @@ def test_torn_and_unparsable_lines_are_left_out_and_cut_before_appending(tmp_pat
 
 
 def test_file_names_keep_stems_and_separate_same_stems_by_folder(tmp_path):
-    flat = {document_key("scans/a.png", None): ("scans/a.png", None),
-            document_key("scans/b.pdf", 2): ("scans/b.pdf", 2)}
+    flat = {
+        document_key("scans/a.png", None): ("scans/a.png", None),
+        document_key("scans/b.pdf", 2): ("scans/b.pdf", 2),
+    }
     assert list(unique_file_names(flat, ".md").values()) == ["a.md", "b_page2.md"]
     clashing = {document_key(path, None): (path, None) for path in ("x/2024/page.png", "x/2025/page.png")}
     assert list(unique_file_names(clashing, ".txt").values()) == ["2024/page.txt", "2025/page.txt"]

@@ -22,8 +22,11 @@ from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source, resolve_m
 def parse_args():
     parser = ArgumentParser(__doc__)
     parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="hub id")
-    parser.add_argument("--model_source", metavar="{" + ",".join(MODEL_SOURCES) + "}",
-                        help="where to fetch it from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)")
+    parser.add_argument(
+        "--model_source",
+        metavar="{" + ",".join(MODEL_SOURCES) + "}",
+        help="where to fetch it from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)",
+    )
     parser.add_argument("--local_dir", required=True, help="folder to copy the checkpoint into (must not exist)")
     return parser.parse_args()
 

@@ -23,18 +23,33 @@ def parse_args():
     parser.add_argument("--predictions", help="predictions JSONL written by tools/infer.py")
     parser.add_argument("--references", help="annotations (training format, .json or .jsonl) to score against")
     parser.add_argument("--model_name_or_path", help="read the images of --meta_path with this model")
-    parser.add_argument("--model_source", metavar="{" + ",".join(MODEL_SOURCES) + "}",
-                        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)")
+    parser.add_argument(
+        "--model_source",
+        metavar="{" + ",".join(MODEL_SOURCES) + "}",
+        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)",
+    )
     parser.add_argument("--meta_path", help="annotated dataset (training format) to read and score")
-    parser.add_argument("--level", default="word", choices=("word", "char"),
-                        help="tokens for F1/BLEU/METEOR: words (documents) or characters (scene text)")
-    parser.add_argument("--ocr_type", default="ocr", metavar="{" + ",".join(OCR_TYPES) + "}",
-                        help="plain or formatted text (with --model_name_or_path)")
-    parser.add_argument("--query", help="replace the mode's query text (default: the model's training query, "
-                        "if it was fine-tuned here, else the reference's)")
+    parser.add_argument(
+        "--level",
+        default="word",
+        choices=("word", "char"),
+        help="tokens for F1/BLEU/METEOR: words (documents) or characters (scene text)",
+    )
+    parser.add_argument(
+        "--ocr_type",
+        default="ocr",
+        metavar="{" + ",".join(OCR_TYPES) + "}",
+        help="plain or formatted text (with --model_name_or_path)",
+    )
+    parser.add_argument(
+        "--query",
+        help="replace the mode's query text (default: the model's training query, "
+        "if it was fine-tuned here, else the reference's)",
+    )
     parser.add_argument("--batch_size", type=positive_int, default=4, help="images read at once")
-    parser.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS,
-                        help="most tokens generated per image")
+    parser.add_argument(
+        "--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS, help="most tokens generated per image"
+    )
     parser.add_argument("--report", help="write the JSON report here")
     return parser.parse_args()
 
@@ -49,8 +64,9 @@ def main():
         from paddle_got.data.annotations import load_meta
         from paddle_got.pipeline import GOT, check_read_options
 
-        options = dict(ocr_type=args.ocr_type, query=args.query, batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens)
+        options = dict(
+            ocr_type=args.ocr_type, query=args.query, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+        )
         check_read_options(**options)
         source = model_source(args.model_source)
         records = load_meta(args.meta_path)

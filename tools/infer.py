@@ -40,45 +40,88 @@ from paddle_got.runs import RunStore, Shard, documents_by_key, read_run, summary
 
 def parse_args():
     parser = ArgumentParser(__doc__)
-    parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL,
-                        help="checkpoint directory (any layout) or hub id")
-    parser.add_argument("--model_source", metavar="{" + ",".join(MODEL_SOURCES) + "}",
-                        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)")
-    parser.add_argument("--image_file", nargs="+", required=True,
-                        help="image files, directories of images, PDFs (one input per page), or manifests (*.txt: "
-                        "one path per line, # comments)")
+    parser.add_argument(
+        "--model_name_or_path", default=DEFAULT_MODEL, help="checkpoint directory (any layout) or hub id"
+    )
+    parser.add_argument(
+        "--model_source",
+        metavar="{" + ",".join(MODEL_SOURCES) + "}",
+        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)",
+    )
+    parser.add_argument(
+        "--image_file",
+        nargs="+",
+        required=True,
+        help="image files, directories of images, PDFs (one input per page), or manifests (*.txt: "
+        "one path per line, # comments)",
+    )
     parser.add_argument("--recursive", action="store_true", help="also read the folders inside the directories")
-    parser.add_argument("--ocr_type", default="ocr", metavar="{" + ",".join(OCR_TYPES) + "}",
-                        help="plain text (ocr) or formatted text: Markdown, LaTeX, tables (format)")
+    parser.add_argument(
+        "--ocr_type",
+        default="ocr",
+        metavar="{" + ",".join(OCR_TYPES) + "}",
+        help="plain text (ocr) or formatted text: Markdown, LaTeX, tables (format)",
+    )
     parser.add_argument("--box", help="read only this region: [x1,y1,x2,y2] in pixels of the image")
     parser.add_argument("--color", metavar="{" + ",".join(COLORS) + "}", help="read only the region framed in it")
     parser.add_argument("--multi_crop", action="store_true", help="cut large pages into tiles plus a global view")
     parser.add_argument("--max_crops", type=positive_int, default=MAX_CROPS, help="most tiles for --multi_crop")
     parser.add_argument("--multi_page", action="store_true", help="read all inputs (or PDF pages) as one document")
-    parser.add_argument("--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS,
-                        help="most tokens generated per input")
-    parser.add_argument("--no_repeat_ngram_size", type=int, default=None,
-                        help="ban repeated n-grams (None: 20, off for multi-crop and multi-page)")
-    parser.add_argument("--batch_size", type=positive_int, default=1,
-                        help="inputs read at once (continuous batching: each leaves when done, the next takes over)")
-    parser.add_argument("--repetition_guard", action="store_true",
-                        help="end a text caught in a loop (GOT's failure on dense tables), keeping what came before")
-    parser.add_argument("--dtype", default="auto", metavar="{" + ",".join(("auto",) + DTYPES) + "}",
-                        help="auto: bfloat16/float16 on GPU, float32 on CPU")
+    parser.add_argument(
+        "--max_new_tokens", type=positive_int, default=MAX_NEW_TOKENS, help="most tokens generated per input"
+    )
+    parser.add_argument(
+        "--no_repeat_ngram_size",
+        type=int,
+        default=None,
+        help="ban repeated n-grams (None: 20, off for multi-crop and multi-page)",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=1,
+        help="inputs read at once (continuous batching: each leaves when done, the next takes over)",
+    )
+    parser.add_argument(
+        "--repetition_guard",
+        action="store_true",
+        help="end a text caught in a loop (GOT's failure on dense tables), keeping what came before",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        metavar="{" + ",".join(("auto",) + DTYPES) + "}",
+        help="auto: bfloat16/float16 on GPU, float32 on CPU",
+    )
     parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
     parser.add_argument("--output", help="also write results: a .jsonl file, a directory (one .txt/.md each) or a file")
-    parser.add_argument("--render", choices=RENDERINGS, default="md",
-                        help="what an output directory gets for formatted text: Markdown files, or HTML pages with "
-                        "the image beside the rendered text (a single --output file follows its suffix: .md, .html)")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the results --output already holds and read only the rest")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="with --resume: read everything again if the earlier run used other options")
-    parser.add_argument("--max_error_rate", type=share, default=None,
-                        help="stop once more than this share of the inputs failed, e.g. 0.01 (None: never stop)")
+    parser.add_argument(
+        "--render",
+        choices=RENDERINGS,
+        default="md",
+        help="what an output directory gets for formatted text: Markdown files, or HTML pages with "
+        "the image beside the rendered text (a single --output file follows its suffix: .md, .html)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the results --output already holds and read only the rest"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --resume: read everything again if the earlier run used other options",
+    )
+    parser.add_argument(
+        "--max_error_rate",
+        type=share,
+        default=None,
+        help="stop once more than this share of the inputs failed, e.g. 0.01 (None: never stop)",
+    )
     parser.add_argument("--stream", action="store_true", help="print the text as it is generated (one input)")
-    parser.add_argument("--query", help="replace the mode's query text, e.g. \"OCR:\" (the image block and chat "
-                        "template stay); a model fine-tuned here reads with its training query by default")
+    parser.add_argument(
+        "--query",
+        help='replace the mode\'s query text, e.g. "OCR:" (the image block and chat '
+        "template stay); a model fine-tuned here reads with its training query by default",
+    )
     return parser.parse_args()
 
 
@@ -86,8 +129,15 @@ def main():
     args = parse_args()
     model_source(args.model_source)
     box = parse_box(args.box) if args.box is not None else None
-    options = dict(ocr_type=args.ocr_type, box=box, color=args.color, multi_crop=args.multi_crop,
-                   max_crops=args.max_crops, multi_page=args.multi_page, query=args.query)
+    options = dict(
+        ocr_type=args.ocr_type,
+        box=box,
+        color=args.color,
+        multi_crop=args.multi_crop,
+        max_crops=args.max_crops,
+        multi_page=args.multi_page,
+        query=args.query,
+    )
     check_read_options(**options, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     shard = Shard.from_launcher()
     kept_run = args.output is not None and output_kind(args.output) != "file"
@@ -114,23 +164,39 @@ def main():
     no_repeat_ngram_size = args.no_repeat_ngram_size
     if no_repeat_ngram_size is None:
         no_repeat_ngram_size = default_ngram_size(args.multi_crop, args.multi_page)
-    read_options = dict(options, max_new_tokens=args.max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
-                        batch_size=args.batch_size, repetition_guard=args.repetition_guard)
+    read_options = dict(
+        options,
+        max_new_tokens=args.max_new_tokens,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        batch_size=args.batch_size,
+        repetition_guard=args.repetition_guard,
+    )
     store = None
     if kept_run:
         settings = text_settings(read_options, args.model_name_or_path, args.dtype)
-        store = RunStore(args.output, documents_by_key(documents), args.ocr_type, settings, shard, args.resume,
-                         args.overwrite, args.render)
+        store = RunStore(
+            args.output,
+            documents_by_key(documents),
+            args.ocr_type,
+            settings,
+            shard,
+            args.resume,
+            args.overwrite,
+            args.render,
+        )
         store.check_resume()
     barrier = join_launch(shard.world)
 
-    ocr = GOT.from_pretrained(args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads,
-                              source=args.model_source)
+    ocr = GOT.from_pretrained(
+        args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads, source=args.model_source
+    )
 
     if args.stream:
+
         def stream(text):
             sys.stdout.write(text)
             sys.stdout.flush()
+
         read_options["stream"] = stream
 
     def show(result):

@@ -33,8 +33,9 @@ def parse_args():
     parser.add_argument("--predictions", required=True, help="results JSONL written by tools/infer.py --output")
     parser.add_argument("--out_dir", required=True, help="directory the pages are written to (created if missing)")
     parser.add_argument("--format", default="html", choices=tuple(SUFFIXES), help="self-contained HTML or Markdown")
-    parser.add_argument("--images_dir", help="look for the input images here by file name (default: at the paths "
-                        "in the JSONL)")
+    parser.add_argument(
+        "--images_dir", help="look for the input images here by file name (default: at the paths in the JSONL)"
+    )
     return parser.parse_args()
 
 

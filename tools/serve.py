@@ -28,31 +28,53 @@ def parse_args():
     defaults = ServingLimits()
     parser = ArgumentParser(__doc__)
     parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="checkpoint directory or hub id")
-    parser.add_argument("--model_source", metavar="{" + ",".join(MODEL_SOURCES) + "}",
-                        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)")
+    parser.add_argument(
+        "--model_source",
+        metavar="{" + ",".join(MODEL_SOURCES) + "}",
+        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)",
+    )
     parser.add_argument("--served_model_name", help="the model id clients send (default: the checkpoint's name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (0: any free port)")
     parser.add_argument("--api_key", help=f"require this bearer token (default: ${API_KEY_VARIABLE})")
     parser.add_argument("--max_rows", type=positive_int, default=8, help="requests generated at once")
     parser.add_argument("--max_waiting", type=positive_int, default=64, help="requests queued before 503s")
-    parser.add_argument("--scheduling", default="continuous", choices=("continuous", "fixed"),
-                        help="continuous: a finished row is refilled at once; fixed: batches start together and the "
-                        "next waits for the whole batch (for comparison)")
-    parser.add_argument("--max_cached_tokens", type=positive_int, default=None,
-                        help="cache budget: prompt + max_tokens summed over running requests")
-    parser.add_argument("--max_body_bytes", type=positive_int, default=defaults.max_body_bytes,
-                        help="largest request body")
-    parser.add_argument("--max_image_pixels", type=positive_int, default=defaults.max_image_pixels,
-                        help="largest image (width x height)")
-    parser.add_argument("--max_pdf_pages", type=positive_int, default=defaults.max_pdf_pages,
-                        help="most pages of an uploaded PDF")
-    parser.add_argument("--request_timeout", type=float, default=defaults.request_timeout,
-                        help="seconds a request may take")
+    parser.add_argument(
+        "--scheduling",
+        default="continuous",
+        choices=("continuous", "fixed"),
+        help="continuous: a finished row is refilled at once; fixed: batches start together and the "
+        "next waits for the whole batch (for comparison)",
+    )
+    parser.add_argument(
+        "--max_cached_tokens",
+        type=positive_int,
+        default=None,
+        help="cache budget: prompt + max_tokens summed over running requests",
+    )
+    parser.add_argument(
+        "--max_body_bytes", type=positive_int, default=defaults.max_body_bytes, help="largest request body"
+    )
+    parser.add_argument(
+        "--max_image_pixels",
+        type=positive_int,
+        default=defaults.max_image_pixels,
+        help="largest image (width x height)",
+    )
+    parser.add_argument(
+        "--max_pdf_pages", type=positive_int, default=defaults.max_pdf_pages, help="most pages of an uploaded PDF"
+    )
+    parser.add_argument(
+        "--request_timeout", type=float, default=defaults.request_timeout, help="seconds a request may take"
+    )
     parser.add_argument("--allowed_local_dir", help="image_url may name files under this directory")
     parser.add_argument("--allow_remote_images", action="store_true", help="image_url may be an http(s) URL")
-    parser.add_argument("--dtype", default="auto", metavar="{" + ",".join(("auto",) + DTYPES) + "}",
-                        help="auto: bfloat16/float16 on GPU, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        metavar="{" + ",".join(("auto",) + DTYPES) + "}",
+        help="auto: bfloat16/float16 on GPU, float32 on CPU",
+    )
     parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
     return parser.parse_args()
 
@@ -72,11 +94,18 @@ def main():
     from paddle_got.serving.api import create_app
     from paddle_got.serving.service import OCRService
 
-    limits = ServingLimits(args.max_body_bytes, args.max_image_pixels, args.max_pdf_pages, args.request_timeout,
-                           args.allowed_local_dir, args.allow_remote_images)
+    limits = ServingLimits(
+        args.max_body_bytes,
+        args.max_image_pixels,
+        args.max_pdf_pages,
+        args.request_timeout,
+        args.allowed_local_dir,
+        args.allow_remote_images,
+    )
     ocr = GOT.from_pretrained(args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads, source=source)
-    service = OCRService(ocr, limits, args.max_rows, args.max_waiting, args.max_cached_tokens,
-                         fixed_batches=args.scheduling == "fixed")
+    service = OCRService(
+        ocr, limits, args.max_rows, args.max_waiting, args.max_cached_tokens, fixed_batches=args.scheduling == "fixed"
+    )
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model_name_or_path))
     app = create_app(service, name, args.api_key or os.environ.get(API_KEY_VARIABLE))
     print(f"Serving {name} on http://{args.host}:{args.port} (OpenAI API under /v1)", file=sys.stderr, flush=True)

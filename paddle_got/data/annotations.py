@@ -66,10 +66,10 @@ def parse_record(raw, image_dir: str, where: str, multi_crop: bool) -> Record:
     images = raw.get("image")
     images = [images] if isinstance(images, str) else images
     if not images or not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
-        raise DataError(f"{where}: \"image\" must be a file name or a non-empty list of file names.")
+        raise DataError(f'{where}: "image" must be a file name or a non-empty list of file names.')
     conversations = raw.get("conversations")
     if not isinstance(conversations, list) or not conversations or len(conversations) % 2:
-        raise DataError(f"{where}: \"conversations\" must be a list of human/gpt turn pairs.")
+        raise DataError(f'{where}: "conversations" must be a list of human/gpt turn pairs.')
     turns = []
     for index in range(0, len(conversations), 2):
         human, gpt = conversations[index], conversations[index + 1]
@@ -77,9 +77,9 @@ def parse_record(raw, image_dir: str, where: str, multi_crop: bool) -> Record:
             "human",
             "gpt",
         ):
-            raise DataError(f"{where}: turns must alternate {{\"from\": \"human\"}} and {{\"from\": \"gpt\"}}.")
+            raise DataError(f'{where}: turns must alternate {{"from": "human"}} and {{"from": "gpt"}}.')
         if not isinstance(human.get("value"), str) or not isinstance(gpt.get("value"), str):
-            raise DataError(f"{where}: every turn needs a string \"value\".")
+            raise DataError(f'{where}: every turn needs a string "value".')
         turns.append((human["value"], gpt["value"]))
     if IMAGE_PLACEHOLDER not in turns[0][0]:
         raise DataError(f"{where}: the first human turn must contain {IMAGE_PLACEHOLDER}.")
@@ -96,14 +96,16 @@ def load_meta(meta_path: str) -> List[Record]:
     except json.JSONDecodeError as err:
         raise DataError(f"{meta_path} line {err.lineno}: malformed JSON ({err.msg}).") from err
     if not isinstance(meta, dict) or not meta:
-        raise DataError(f"{meta_path} must map dataset names to {{\"images\": ..., \"annotations\": ...}}.")
+        raise DataError(f'{meta_path} must map dataset names to {{"images": ..., "annotations": ...}}.')
     base = os.path.dirname(os.path.abspath(meta_path))
     records = []
     for name, entry in meta.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("images"), str) or not isinstance(
-            entry.get("annotations"), str
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("images"), str)
+            or not isinstance(entry.get("annotations"), str)
         ):
-            raise DataError(f"{meta_path}: dataset {name!r} needs \"images\" and \"annotations\" paths.")
+            raise DataError(f'{meta_path}: dataset {name!r} needs "images" and "annotations" paths.')
         image_dir = os.path.join(base, entry["images"])
         annotations = os.path.join(base, entry["annotations"])
         for raw, where in read_annotations(annotations):

@@ -170,4 +170,3 @@ def log_stats(stats: DataStats) -> None:
         f"{stats.unreadable} unreadable, {stats.too_long} prompts longer than max_length skipped, "
         f"{stats.truncated} answers truncated to max_length."
     )
-

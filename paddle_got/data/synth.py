@@ -45,6 +45,7 @@ def font(size: int) -> ImageFont.ImageFont:
 def random_text(rng: np.random.Generator, kind: str) -> List[str]:
     """The lines of one sample: a word or two, a line of 3-6 words, 2-4 lines, or 3-8 random letters and digits
     in lines of 4 ("chars": no vocabulary to guess from, only reading helps)."""
+
     def words(low, high):
         return " ".join(rng.choice(WORDS, size=int(rng.integers(low, high + 1))))
 
@@ -135,10 +136,12 @@ def write_dataset(directory: str, num_samples: int, seed: int, kinds=KINDS) -> s
         temporary = os.path.join(images_dir, f".{file_name}.tmp")
         image.save(temporary, format="PNG")
         os.replace(temporary, os.path.join(images_dir, file_name))
-        annotations.append({
-            "image": file_name,
-            "conversations": [{"from": "human", "value": SYNTHDOG_QUESTION}, {"from": "gpt", "value": text}],
-        })
+        annotations.append(
+            {
+                "image": file_name,
+                "conversations": [{"from": "human", "value": SYNTHDOG_QUESTION}, {"from": "gpt", "value": text}],
+            }
+        )
     write_json(os.path.join(directory, "annotations.json"), annotations)
     meta_path = os.path.join(directory, "meta.json")
     write_json(meta_path, {"synth": {"images": "images", "annotations": "annotations.json"}})

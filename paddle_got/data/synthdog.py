@@ -43,8 +43,12 @@ def convert_synthdog(source: str, output: str, name: str = "synthdog_en") -> Tup
         stem = os.path.splitext(os.path.basename(file))[0]
         table = pq.read_table(file, columns=["image", "ground_truth"])
         for index, (image, ground_truth) in enumerate(
-            tqdm(zip(table.column("image").to_pylist(), table.column("ground_truth").to_pylist()),
-                 total=table.num_rows, desc=stem, unit="row")
+            tqdm(
+                zip(table.column("image").to_pylist(), table.column("ground_truth").to_pylist()),
+                total=table.num_rows,
+                desc=stem,
+                unit="row",
+            )
         ):
             try:
                 text = row_text(ground_truth)
@@ -60,10 +64,12 @@ def convert_synthdog(source: str, output: str, name: str = "synthdog_en") -> Tup
             with open(temporary, "wb") as f:
                 f.write(image["bytes"])
             os.replace(temporary, os.path.join(images_dir, file_name))
-            annotations.append({
-                "image": file_name,
-                "conversations": [{"from": "human", "value": SYNTHDOG_QUESTION}, {"from": "gpt", "value": text}],
-            })
+            annotations.append(
+                {
+                    "image": file_name,
+                    "conversations": [{"from": "human", "value": SYNTHDOG_QUESTION}, {"from": "gpt", "value": text}],
+                }
+            )
     write_json(os.path.join(output, f"{name}.json"), annotations)
     meta_path = os.path.join(output, "meta.json")
     write_json(meta_path, {name: {"images": "images", "annotations": f"{name}.json"}})

@@ -58,8 +58,10 @@ def compile_library(compiler: str, link_flags: List[str], target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         objects = Path(scratch) / "decode_cpu.o"
         built = Path(scratch) / target.name
-        for command in ([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(objects)],
-                        [compiler, "-shared", str(objects), "-o", str(built), *link_flags]):
+        for command in (
+            [compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(objects)],
+            [compiler, "-shared", str(objects), "-o", str(built), *link_flags],
+        ):
             subprocess.run(command, check=True, capture_output=True, text=True)
         os.replace(built, target)
 
@@ -85,8 +87,10 @@ def load_library() -> Optional[ctypes.CDLL]:
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", None) or str(error)
-        logger.warning("Could not build the CPU decode kernels (%s); using Paddle's.",
-                       detail.strip().splitlines()[-1] if detail.strip() else error)
+        logger.warning(
+            "Could not build the CPU decode kernels (%s); using Paddle's.",
+            detail.strip().splitlines()[-1] if detail.strip() else error,
+        )
         return None
     if not library.decode_cpu_supported():
         logger.info("This CPU lacks AVX2/FMA: decoding on CPU uses Paddle's kernels.")
@@ -128,8 +132,9 @@ def weight_in(weight: paddle.Tensor, dtype) -> paddle.Tensor:
     return weight if weight.dtype == dtype else weight.astype(dtype)
 
 
-def skinny_matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor],
-                  weight_is_out_by_in: bool) -> paddle.Tensor:
+def skinny_matmul(
+    rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor], weight_is_out_by_in: bool
+) -> paddle.Tensor:
     """Our kernel's `rows @ weight + bias`, `weight` float32 or bfloat16 (the caller checked `few_rows` and
     `kernels_apply`); float32 `[..., out]`."""
     out_features = weight.shape[0] if weight_is_out_by_in else weight.shape[1]
@@ -138,14 +143,22 @@ def skinny_matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[pad
     library = load_library()
     product = library.skinny_matmul_bf16 if weight.dtype == paddle.bfloat16 else library.skinny_matmul
     product(
-        rows.data_ptr(), math.prod(rows.shape[:-1]), rows.shape[-1], weight.data_ptr(), out_features,
-        int(weight_is_out_by_in), None if bias is None else bias.data_ptr(), output.data_ptr(), device.cpu_threads(),
+        rows.data_ptr(),
+        math.prod(rows.shape[:-1]),
+        rows.shape[-1],
+        weight.data_ptr(),
+        out_features,
+        int(weight_is_out_by_in),
+        None if bias is None else bias.data_ptr(),
+        output.data_ptr(),
+        device.cpu_threads(),
     )
     return output
 
 
-def matmul(rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
-           weight_is_out_by_in: bool = False) -> paddle.Tensor:
+def matmul(
+    rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None, weight_is_out_by_in: bool = False
+) -> paddle.Tensor:
     """`rows @ weight + bias`: `[..., in]` -> `[..., out]` in `rows`' dtype, our kernel where it applies.
 
     `weight` is `[in, out]`, or `[out, in]` (an embedding table) with `weight_is_out_by_in`.
@@ -169,13 +182,24 @@ def linear(layer: nn.Layer, rows: paddle.Tensor) -> paddle.Tensor:
 class DecodeAttentionArgs(ctypes.Structure):
     """Pointers and sizes for `decode_attention` in decode_cpu.cpp (the same fields, in the same order)."""
 
-    _fields_ = [(name, ctypes.c_void_p) for name in (
-        "query", "new_keys", "new_values", "query_cos", "query_sin", "key_cos", "key_sin")] + [
-        ("table_row_stride", ctypes.c_int64), ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p),
-        ("capacity", ctypes.c_int64), ("position", ctypes.c_int64), ("positions", ctypes.c_void_p),
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in ("query", "new_keys", "new_values", "query_cos", "query_sin", "key_cos", "key_sin")
+    ] + [
+        ("table_row_stride", ctypes.c_int64),
+        ("keys", ctypes.c_void_p),
+        ("values", ctypes.c_void_p),
+        ("capacity", ctypes.c_int64),
+        ("position", ctypes.c_int64),
+        ("positions", ctypes.c_void_p),
         ("bias", ctypes.c_void_p),
-        ("bias_row_stride", ctypes.c_int64), ("batch", ctypes.c_int64), ("heads", ctypes.c_int64),
-        ("kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64), ("out", ctypes.c_void_p)]
+        ("bias_row_stride", ctypes.c_int64),
+        ("batch", ctypes.c_int64),
+        ("heads", ctypes.c_int64),
+        ("kv_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("out", ctypes.c_void_p),
+    ]
 
 
 def per_head_rows(table: paddle.Tensor) -> int:
@@ -215,12 +239,19 @@ def decode_attention(
     output = _C_ops.empty(query.shape, query.dtype, CPU)
     args = DecodeAttentionArgs(
         *(tensor.data_ptr() for tensor in inputs),
-        table_row_stride=per_head_rows(query_cos), keys=keys.data_ptr(), values=values.data_ptr(),
-        capacity=keys.shape[-1], position=position,
+        table_row_stride=per_head_rows(query_cos),
+        keys=keys.data_ptr(),
+        values=values.data_ptr(),
+        capacity=keys.shape[-1],
+        position=position,
         positions=None if positions is None else positions.data_ptr(),
         bias=None if attention_bias is None else attention_bias.data_ptr(),
         bias_row_stride=0 if attention_bias is None else per_head_rows(attention_bias),
-        batch=batch, heads=heads, kv_heads=keys.shape[1], head_dim=head_dim, out=output.data_ptr(),
+        batch=batch,
+        heads=heads,
+        kv_heads=keys.shape[1],
+        head_dim=head_dim,
+        out=output.data_ptr(),
     )
     load_library().decode_attention(ctypes.byref(args), device.cpu_threads())
     return output
@@ -232,6 +263,7 @@ def rms_norm(rows: paddle.Tensor, weight: paddle.Tensor, eps: float) -> Optional
         return None
     rows = rows.contiguous()
     output = _C_ops.empty(rows.shape, rows.dtype, CPU)
-    load_library().rms_norm(rows.data_ptr(), math.prod(rows.shape[:-1]), rows.shape[-1], weight.data_ptr(), eps,
-                            output.data_ptr())
+    load_library().rms_norm(
+        rows.data_ptr(), math.prod(rows.shape[:-1]), rows.shape[-1], weight.data_ptr(), eps, output.data_ptr()
+    )
     return output

@@ -70,8 +70,11 @@ def attend(
         if attention_bias is not None and attention_bias.ndim == 2:
             attention_bias = attention_bias.unsqueeze([0, 1])
         attended = F.scaled_dot_product_attention(
-            query.transpose(rows), keys.transpose(rows), values.transpose(rows),
-            attn_mask=attention_bias, is_causal=attention_bias is None and length > 1,
+            query.transpose(rows),
+            keys.transpose(rows),
+            values.transpose(rows),
+            attn_mask=attention_bias,
+            is_causal=attention_bias is None and length > 1,
         )
         return attended.transpose([0, 2, 3, 1])
     if attention_bias is None and length > 1:
@@ -101,8 +104,13 @@ def rotate_query_and_keys(query: paddle.Tensor, keys: paddle.Tensor, rotary: Rot
     return apply_rotary(query, query_cos, query_sin), apply_rotary(keys, key_cos, key_sin)
 
 
-def rotary_attend(query: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, rotary: Rotary,
-                  attention_bias: Optional[paddle.Tensor]) -> paddle.Tensor:
+def rotary_attend(
+    query: paddle.Tensor,
+    keys: paddle.Tensor,
+    values: paddle.Tensor,
+    rotary: Rotary,
+    attention_bias: Optional[paddle.Tensor],
+) -> paddle.Tensor:
     """Attention without a cache: rotate query and keys, repeat grouped KV heads, attend. `[B, H, d, L]` out."""
     query, keys = rotate_query_and_keys(query, keys, rotary)
     return attend(query, *repeat_kv_heads(keys, values, query.shape[1]), attention_bias)
@@ -140,5 +148,3 @@ def build_attention_bias(
         real_keys = append_zero_columns(attention_mask.astype(dtype), key_length - filled).astype("bool")
         allowed = paddle.logical_and(allowed, real_keys[:, None, None, :])  # [B, 1, L, K]
     return broadcastable_to_heads(additive_mask(allowed, dtype), num_heads)
-
-

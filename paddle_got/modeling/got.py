@@ -113,8 +113,12 @@ class GOTQwenForCausalLM(nn.Layer):
             bias_values = None if bias is None else bias.numpy()
             layer.to(dtype="bfloat16")
             if bias_values is not None:
-                layer.bias = self.create_parameter(list(bias_values.shape), dtype="float32", is_bias=True,
-                                                   default_initializer=nn.initializer.Assign(bias_values))
+                layer.bias = self.create_parameter(
+                    list(bias_values.shape),
+                    dtype="float32",
+                    is_bias=True,
+                    default_initializer=nn.initializer.Assign(bias_values),
+                )
 
     def compute_logits(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         """`[B, L, hidden]` -> float32 logits `[B, L, vocab]` (tied to the embedding unless an lm_head exists)."""

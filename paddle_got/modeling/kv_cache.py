@@ -65,9 +65,15 @@ class KVCache:
         """How many key columns attention sees when `new_tokens` arrive: just them on an empty cache, else all."""
         return new_tokens if self.length == 0 else self.capacity
 
-    def prepare(self, batch: int, new_tokens: int, attention_mask: Optional[paddle.Tensor],
-                position_ids: Optional[paddle.Tensor], num_heads: int,
-                dtype) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
+    def prepare(
+        self,
+        batch: int,
+        new_tokens: int,
+        attention_mask: Optional[paddle.Tensor],
+        position_ids: Optional[paddle.Tensor],
+        num_heads: int,
+        dtype,
+    ) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
         """`(position_ids [B, new_tokens], attention bias)` for `new_tokens` more tokens (see `build_attention_bias`).
 
         `attention_mask` `[B, length + new_tokens]` marks real tokens (left padding); positions restart at each
@@ -78,19 +84,28 @@ class KVCache:
         elif position_ids is None:
             position_ids = paddle.arange(self.length, self.length + new_tokens).unsqueeze(0).expand([batch, -1])
         self.reserve(self.length + new_tokens)
-        bias = build_attention_bias(attention_mask, new_tokens, self.length, self.key_length(new_tokens), num_heads,
-                                    dtype)
+        bias = build_attention_bias(
+            attention_mask, new_tokens, self.length, self.key_length(new_tokens), num_heads, dtype
+        )
         return position_ids, bias
 
-    def attend(self, layer: int, query: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, rotary: Rotary,
-               attention_bias: Optional[paddle.Tensor]) -> paddle.Tensor:
+    def attend(
+        self,
+        layer: int,
+        query: paddle.Tensor,
+        keys: paddle.Tensor,
+        values: paddle.Tensor,
+        rotary: Rotary,
+        attention_bias: Optional[paddle.Tensor],
+    ) -> paddle.Tensor:
         """Layer `layer`: store the new keys/values (`[B, kv_heads, d, new]`, before rotary) and attend.
 
         Returns `[B, heads, d, new]`.
         """
         if self.length > 0 and query.shape[-1] == 1:
-            attended = decode_cpu.decode_attention(query, keys, values, rotary, self.keys[layer], self.values[layer],
-                                                   self.length, attention_bias)
+            attended = decode_cpu.decode_attention(
+                query, keys, values, rotary, self.keys[layer], self.values[layer], self.length, attention_bias
+            )
             if attended is not None:
                 return attended
         query, keys = rotate_query_and_keys(query, keys, rotary)
@@ -180,8 +195,9 @@ class RowCache:
         self.lengths[row] = length
         return last
 
-    def prepare(self, batch: int, new_tokens: int, attention_mask, position_ids, num_heads: int,
-                dtype) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
+    def prepare(
+        self, batch: int, new_tokens: int, attention_mask, position_ids, num_heads: int, dtype
+    ) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
         """Positions `[rows, 1]` (each row's length) for one new token per running row; no shared bias."""
         if new_tokens != 1 or batch != self.rows or attention_mask is not None or position_ids is not None:
             raise ValueError("A RowCache step takes exactly one new token per running row, unpadded.")
@@ -191,11 +207,19 @@ class RowCache:
         self._bias = None
         return self._positions.unsqueeze(1), None
 
-    def attend(self, layer: int, query: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, rotary: Rotary,
-               attention_bias: Optional[paddle.Tensor]) -> paddle.Tensor:
+    def attend(
+        self,
+        layer: int,
+        query: paddle.Tensor,
+        keys: paddle.Tensor,
+        values: paddle.Tensor,
+        rotary: Rotary,
+        attention_bias: Optional[paddle.Tensor],
+    ) -> paddle.Tensor:
         """Layer `layer`: write each row's new key/value at its own position and attend over its filled columns."""
-        attended = decode_cpu.decode_attention(query, keys, values, rotary, self.keys[layer], self.values[layer],
-                                               0, None, positions=self._positions)
+        attended = decode_cpu.decode_attention(
+            query, keys, values, rotary, self.keys[layer], self.values[layer], 0, None, positions=self._positions
+        )
         if attended is not None:
             return attended
         query, keys = rotate_query_and_keys(query, keys, rotary)

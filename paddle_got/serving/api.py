@@ -28,17 +28,25 @@ from ..processing import parse_box
 from ..render import to_html, to_markdown
 from .service import OCRJob, OCRService, RequestError, RunningJob
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 411: "invalid_request_error", 413: "request_too_large",
-               503: "server_overloaded", 504: "timeout"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    411: "invalid_request_error",
+    413: "request_too_large",
+    503: "server_overloaded",
+    504: "timeout",
+}
 BOOLEAN_FIELDS = ("multi_crop", "multi_page", "repetition_guard", "stream")
 RESPONSE_FORMATS = ("text", "markdown", "html")
 
 
 def error_response(status: int, message: str, param: Optional[str] = None) -> JSONResponse:
     """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`; 503 says when to retry."""
-    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": status}}
+    body = {
+        "error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param, "code": status}
+    }
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -68,9 +76,12 @@ def parse_options(fields: Dict[str, Any]) -> Dict[str, Any]:
     for name in BOOLEAN_FIELDS[:3]:
         if fields.get(name) is not None:
             options[name] = parse_bool(fields[name], name)
-    for field_name, option in (("max_crops", "max_crops"), ("max_tokens", "max_new_tokens"),
-                               ("max_completion_tokens", "max_new_tokens"),
-                               ("no_repeat_ngram_size", "no_repeat_ngram_size")):
+    for field_name, option in (
+        ("max_crops", "max_crops"),
+        ("max_tokens", "max_new_tokens"),
+        ("max_completion_tokens", "max_new_tokens"),
+        ("no_repeat_ngram_size", "no_repeat_ngram_size"),
+    ):
         if fields.get(field_name) is not None:
             options[option] = parse_int(fields[field_name], field_name, minimum=0 if option.startswith("no_") else 1)
     box = fields.get("box")
@@ -90,8 +101,9 @@ def parse_response_format(value) -> str:
     if kind is None:
         return "text"
     if kind not in RESPONSE_FORMATS:
-        raise RequestError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {kind!r}.",
-                           param="response_format")
+        raise RequestError(
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {kind!r}.", param="response_format"
+        )
     return kind
 
 
@@ -219,8 +231,10 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
         rejected["count"] += 1
-        message = {404: f"There is no route {request.url.path}.",
-                   405: f"{request.method} is not allowed on {request.url.path}."}.get(err.status_code, str(err.detail))
+        message = {
+            404: f"There is no route {request.url.path}.",
+            405: f"{request.method} is not allowed on {request.url.path}.",
+        }.get(err.status_code, str(err.detail))
         return error_response(err.status_code, message)
 
     @app.exception_handler(Exception)
@@ -234,8 +248,10 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "paddle_got"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "paddle_got"}],
+        }
 
     @app.get("/metrics")
     async def metrics():
@@ -252,15 +268,19 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
             ("queue_depth", "gauge", stats["waiting"], "Requests waiting for a row"),
             ("running_rows", "gauge", stats["running"], "Requests being generated"),
         ):
-            lines += [f"# HELP paddle_got_{name} {text}.", f"# TYPE paddle_got_{name} {kind}",
-                      f"paddle_got_{name} {value}"]
+            lines += [
+                f"# HELP paddle_got_{name} {text}.",
+                f"# TYPE paddle_got_{name} {kind}",
+                f"paddle_got_{name} {value}",
+            ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     def check_model(body: Dict[str, Any]) -> None:
         requested = body.get("model")
         if requested is not None and requested != model_name:
-            raise RequestError(f"The model {requested!r} does not exist: this server serves {model_name!r}.", 404,
-                               "model")
+            raise RequestError(
+                f"The model {requested!r} does not exist: this server serves {model_name!r}.", 404, "model"
+            )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -275,8 +295,10 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
         stream = parse_bool(body["stream"], "stream") if body.get("stream") is not None else False
         response_format = parse_response_format(body.get("response_format"))
         if stream and response_format != "text":
-            raise RequestError(f"A {response_format} answer is rendered from the whole text: ask for it without "
-                               "stream.", param="response_format")
+            raise RequestError(
+                f"A {response_format} answer is rendered from the whole text: ask for it without stream.",
+                param="response_format",
+            )
         urls, text = user_parts(body)
         options = parse_options(body)
         if text is not None:
@@ -285,8 +307,13 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
         job_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: Dict[str, Any], finish_reason: Optional[str] = None) -> str:
-            payload = {"id": job_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            payload = {
+                "id": job_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
         if not stream:
@@ -297,17 +324,28 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
                 return Response(status_code=499)
             if result.error is not None:
                 raise RequestError(result.error, 500)
-            return {"id": job_id, "object": "chat.completion", "created": created, "model": model_name,
-                    "choices": [{"index": 0, "message": {"role": "assistant",
-                                                         "content": rendered(result.text, response_format, images[0])},
-                                 "finish_reason": result.finish_reason}],
-                    "usage": usage(job)}
+            return {
+                "id": job_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model_name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": rendered(result.text, response_format, images[0])},
+                        "finish_reason": result.finish_reason,
+                    }
+                ],
+                "usage": usage(job),
+            }
 
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
-        job = service.submit(OCRJob(images, **options),
-                             on_text=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece),
-                             on_finish=lambda handle: loop.call_soon_threadsafe(pieces.put_nowait, None))
+        job = service.submit(
+            OCRJob(images, **options),
+            on_text=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece),
+            on_finish=lambda handle: loop.call_soon_threadsafe(pieces.put_nowait, None),
+        )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events():
@@ -330,13 +368,19 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
                 if result.error is not None:
                     yield f"data: {json.dumps({'error': {'message': result.error, 'type': 'server_error'}})}\n\n"
                 else:
-                    rest = result.text[job.streamer.written:]
+                    rest = result.text[job.streamer.written :]
                     if rest:
                         yield chunk({"content": rest})
                     yield chunk({}, result.finish_reason)
                     if include_usage:
-                        payload = {"id": job_id, "object": "chat.completion.chunk", "created": created,
-                                   "model": model_name, "choices": [], "usage": usage(job)}
+                        payload = {
+                            "id": job_id,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model_name,
+                            "choices": [],
+                            "usage": usage(job),
+                        }
                         yield f"data: {json.dumps(payload)}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
@@ -353,8 +397,9 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
         if not declared.isdigit():
             raise RequestError("An upload needs a Content-Length header.", 411)
         if int(declared) > limits.max_body_bytes:
-            raise RequestError(f"The upload is {declared} bytes, more than the server's limit of "
-                               f"{limits.max_body_bytes}.", 413)
+            raise RequestError(
+                f"The upload is {declared} bytes, more than the server's limit of {limits.max_body_bytes}.", 413
+            )
         form = await request.form()
         upload = form.get("file")
         if upload is None or isinstance(upload, str):

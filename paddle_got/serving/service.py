@@ -67,13 +67,23 @@ class OCRJob:
     def check(self) -> None:
         """RequestError (400) for options that cannot work together or a box outside its image."""
         try:
-            check_read_options(self.ocr_type, self.box, self.color, self.multi_crop, self.max_crops, self.multi_page,
-                               self.query, self.max_new_tokens)
+            check_read_options(
+                self.ocr_type,
+                self.box,
+                self.color,
+                self.multi_crop,
+                self.max_crops,
+                self.multi_page,
+                self.query,
+                self.max_new_tokens,
+            )
             if not self.images:
                 raise BadInputError("The request holds no image.")
             if len(self.images) > 1 and not self.multi_page:
-                raise BadInputError(f"The request holds {len(self.images)} images: several images are read as one "
-                                    "document only with multi_page (or send them one per request).")
+                raise BadInputError(
+                    f"The request holds {len(self.images)} images: several images are read as one "
+                    "document only with multi_page (or send them one per request)."
+                )
             if self.box is not None:
                 check_box_inside(self.box, *self.images[0].size)
         except GOTError as err:
@@ -83,12 +93,24 @@ class OCRJob:
 class OCRService:
     """A loaded GOT and the engine that serves it (started on a background thread)."""
 
-    def __init__(self, ocr: GOT, limits: ServingLimits, max_rows: int = 8, max_waiting: int = 64,
-                 max_cached_tokens: Optional[int] = None, fixed_batches: bool = False):
+    def __init__(
+        self,
+        ocr: GOT,
+        limits: ServingLimits,
+        max_rows: int = 8,
+        max_waiting: int = 64,
+        max_cached_tokens: Optional[int] = None,
+        fixed_batches: bool = False,
+    ):
         self.ocr = ocr
         self.limits = limits
-        self.engine = Engine(ocr.model, max_rows=max_rows, max_waiting=max_waiting,
-                             max_cached_tokens=max_cached_tokens, fixed_batches=fixed_batches)
+        self.engine = Engine(
+            ocr.model,
+            max_rows=max_rows,
+            max_waiting=max_waiting,
+            max_cached_tokens=max_cached_tokens,
+            fixed_batches=fixed_batches,
+        )
         self.lock = threading.Lock()
         self.counters = {"requests": 0, "failed_requests": 0, "prompt_tokens": 0, "generated_tokens": 0}
 
@@ -135,17 +157,21 @@ class OCRService:
             return self.image_from_bytes(data, "the image")
         if url.startswith(("http://", "https://")):
             if not self.limits.allow_remote_images:
-                raise RequestError("Remote image URLs are off on this server (start it with --allow_remote_images), "
-                                   "send the image as a data: URL.")
+                raise RequestError(
+                    "Remote image URLs are off on this server (start it with --allow_remote_images), "
+                    "send the image as a data: URL."
+                )
             return self.image_from_bytes(self._fetch(url), url)
         return self.image_from_bytes(self._read_local(url), url)
 
     def _read_local(self, url: str) -> bytes:
-        path = url[len("file://"):] if url.startswith("file://") else url
+        path = url[len("file://") :] if url.startswith("file://") else url
         allowed = self.limits.allowed_local_dir
         if allowed is None:
-            raise RequestError("Local image paths are off on this server (start it with --allowed_local_dir), send "
-                               "the image as a data: URL.")
+            raise RequestError(
+                "Local image paths are off on this server (start it with --allowed_local_dir), send "
+                "the image as a data: URL."
+            )
         real, root = os.path.realpath(path), os.path.realpath(allowed)
         if os.path.commonpath([real, root]) != root:
             raise RequestError(f"{path} is outside the directory this server may read ({allowed}).", 403)
@@ -166,16 +192,21 @@ class OCRService:
                 for chunk in response.iter_bytes():
                     data += chunk
                     if len(data) > self.limits.max_body_bytes:
-                        raise RequestError(f"{url} is larger than the server's limit of "
-                                           f"{self.limits.max_body_bytes} bytes.", 413)
+                        raise RequestError(
+                            f"{url} is larger than the server's limit of {self.limits.max_body_bytes} bytes.", 413
+                        )
                 return bytes(data)
         except httpx.HTTPError as err:
             raise RequestError(f"Cannot fetch {url}: {err}.") from err
 
     # --- jobs ------------------------------------------------------------------------------------------------
 
-    def submit(self, job: OCRJob, on_text: Optional[Callable[[str], None]] = None,
-               on_finish: Optional[Callable[[RequestHandle], None]] = None) -> "RunningJob":
+    def submit(
+        self,
+        job: OCRJob,
+        on_text: Optional[Callable[[str], None]] = None,
+        on_finish: Optional[Callable[[RequestHandle], None]] = None,
+    ) -> "RunningJob":
         """Queue a checked job on the engine; `on_text(piece)` receives the text as it is generated.
 
         RequestError 503 when the queue is full, 400 when the job cannot fit the cache at all.
@@ -184,8 +215,15 @@ class OCRService:
         ngram = job.no_repeat_ngram_size
         if ngram is None:
             ngram = default_ngram_size(job.multi_crop, job.multi_page)
-        options = dict(ocr_type=job.ocr_type, box=job.box, color=job.color, multi_crop=job.multi_crop,
-                       max_crops=job.max_crops, multi_page=job.multi_page, query=job.query)
+        options = dict(
+            ocr_type=job.ocr_type,
+            box=job.box,
+            color=job.color,
+            multi_crop=job.multi_crop,
+            max_crops=job.max_crops,
+            multi_page=job.multi_page,
+            query=job.query,
+        )
         document = [InputImage(f"<image {index}>", image=image) for index, image in enumerate(job.images)]
         result, request = self.ocr.prepare_document(document, options, job.max_new_tokens, ngram, job.repetition_guard)
         if request is None:
@@ -210,8 +248,7 @@ class OCRService:
 class RunningJob:
     """A job on the engine: `result` is filled (text or error, finish reason, token counts) once it finishes."""
 
-    def __init__(self, service: OCRService, result: OCRResult, handle: RequestHandle,
-                 streamer: Optional[TextStreamer]):
+    def __init__(self, service: OCRService, result: OCRResult, handle: RequestHandle, streamer: Optional[TextStreamer]):
         self.service = service
         self.result = result
         self.handle = handle

@@ -27,8 +27,11 @@ class ModelArguments:
         default=DEFAULT_MODEL, metadata={"help": "checkpoint directory (any layout) or hub id"}
     )
     model_source: Optional[str] = field(
-        default=None, metadata={"help": f"where a hub id comes from: {', '.join(MODEL_SOURCES)} (default: "
-                                        f"${SOURCE_VARIABLE}, else huggingface)"}
+        default=None,
+        metadata={
+            "help": f"where a hub id comes from: {', '.join(MODEL_SOURCES)} (default: "
+            f"${SOURCE_VARIABLE}, else huggingface)"
+        },
     )
     from_scratch: bool = field(
         default=False, metadata={"help": "random weights from the directory's config.json (tiny experiments)"}

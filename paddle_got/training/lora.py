@@ -21,8 +21,13 @@ def apply_lora(model, rank: int, alpha: int) -> None:
                 if linear is None:
                     continue
                 in_features, out_features = linear.weight.shape
-                adapter = LoRALinear(in_features, out_features, r=rank, lora_alpha=alpha,
-                                     bias_attr=False if linear.bias is None else None)
+                adapter = LoRALinear(
+                    in_features,
+                    out_features,
+                    r=rank,
+                    lora_alpha=alpha,
+                    bias_attr=False if linear.bias is None else None,
+                )
                 adapter.weight.set_value(linear.weight)
                 if linear.bias is not None:
                     adapter.bias.set_value(linear.bias)

@@ -70,12 +70,15 @@ def check_fresh_output_dir(training_args, resume) -> None:
     output_dir = training_args.output_dir
     if resume is not None or training_args.overwrite_output_dir or not os.path.isdir(output_dir):
         return
-    earlier = get_last_checkpoint(output_dir) or (output_dir if os.path.isfile(os.path.join(output_dir, CONFIG_NAME))
-                                                   else None)
+    earlier = get_last_checkpoint(output_dir) or (
+        output_dir if os.path.isfile(os.path.join(output_dir, CONFIG_NAME)) else None
+    )
     if earlier is not None:
-        raise GOTError(f"{output_dir} already holds a training run ({os.path.basename(earlier)}): pass "
-                       "--resume_from_checkpoint true to continue it, --overwrite_output_dir True to train over it, "
-                       "or another --output_dir.")
+        raise GOTError(
+            f"{output_dir} already holds a training run ({os.path.basename(earlier)}): pass "
+            "--resume_from_checkpoint true to continue it, --overwrite_output_dir True to train over it, "
+            "or another --output_dir."
+        )
 
 
 def check_precision(training_args) -> None:
@@ -129,8 +132,10 @@ def learned_prompt(dataset: GOTDataset, system_message) -> PromptConfig:
     if prompt.query is not None:
         logger.info(f"Training with the query {prompt.query!r}: the saved model reads with it by default.")
     elif len(prompt.queries) > 1:
-        logger.info(f"The training data asks {len(prompt.queries)} different queries: the saved model keeps the "
-                    "reference prompts as its defaults.")
+        logger.info(
+            f"The training data asks {len(prompt.queries)} different queries: the saved model keeps the "
+            "reference prompts as its defaults."
+        )
     return prompt
 
 

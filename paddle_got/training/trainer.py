@@ -126,8 +126,9 @@ class GOTTrainer(Trainer):
             return
         path = os.path.join(resume_from_checkpoint, SAFETENSORS_NAME)
         if not os.path.isfile(path):
-            raise GOTError(f"{resume_from_checkpoint} is not a checkpoint of this trainer: it has no "
-                           f"{SAFETENSORS_NAME}.")
+            raise GOTError(
+                f"{resume_from_checkpoint} is not a checkpoint of this trainer: it has no {SAFETENSORS_NAME}."
+            )
         logger.info(f"Loading the weights of {resume_from_checkpoint}")
         self._unwrapped_model().set_state_dict(load_file(path))
 

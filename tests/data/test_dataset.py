@@ -44,10 +44,18 @@ def test_labels_supervise_only_the_answer_and_im_end(processor, tmp_path):
     tokenizer = processor.tokenizer
     special = tokenizer.token_id
     prompt = (
-        [special("<|im_start|>")] + tokenizer.encode("system\n" + SYSTEM) + [special("<|im_end|>")]
-        + [special("<|im_start|>")] + tokenizer.encode("user\n") + [special("<img>")]
-        + [special("<imgpad>")] * processor.tokens_per_tile + [special("</img>")] + tokenizer.encode("\nOCR:")
-        + [special("<|im_end|>")] + [special("<|im_start|>")] + tokenizer.encode("assistant\n")
+        [special("<|im_start|>")]
+        + tokenizer.encode("system\n" + SYSTEM)
+        + [special("<|im_end|>")]
+        + [special("<|im_start|>")]
+        + tokenizer.encode("user\n")
+        + [special("<img>")]
+        + [special("<imgpad>")] * processor.tokens_per_tile
+        + [special("</img>")]
+        + tokenizer.encode("\nOCR:")
+        + [special("<|im_end|>")]
+        + [special("<|im_start|>")]
+        + tokenizer.encode("assistant\n")
     )
     answer = tokenizer.encode("Hello 42") + [special("<|im_end|>")]
     assert example["input_ids"] == prompt + answer
@@ -62,8 +70,8 @@ def test_second_turn_is_supervised_too(processor, tmp_path):
     tokenizer = processor.tokenizer
     second_prompt = tokenizer.encode("<|im_start|>user\nAgain?<|im_end|><|im_start|>assistant\n")
     tail = second_prompt + tokenizer.encode("Yes") + [tokenizer.token_id("<|im_end|>")]
-    assert example["input_ids"][-len(tail):] == tail
-    assert example["labels"][-len(tail):] == [-100] * len(second_prompt) + tail[len(second_prompt):]
+    assert example["input_ids"][-len(tail) :] == tail
+    assert example["labels"][-len(tail) :] == [-100] * len(second_prompt) + tail[len(second_prompt) :]
 
 
 def test_image_list_is_one_multi_page_document(processor, tmp_path):
@@ -107,10 +115,22 @@ def test_missing_images_are_counted_named_and_skipped(processor, tmp_path, caplo
     "content, message",
     [
         ('{"image": "a.png", "conversations": []}\n{"image": ', r"ann\.jsonl line 1: \"conversations\" must be"),
-        ('\n\n{"image": "a.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt"', r"ann\.jsonl line 3: malformed JSON"),  # noqa: E501
-        ('{"conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]}', r"line 1: \"image\" must be"),  # noqa: E501
-        ('{"image": "a.png", "conversations": [{"from": "gpt", "value": "<image>"}, {"from": "human", "value": "x"}]}', r"line 1: turns must alternate"),  # noqa: E501
-        ('{"image": "a.png", "conversations": [{"from": "human", "value": "OCR:"}, {"from": "gpt", "value": "x"}]}', r"line 1: the first human turn must contain <image>"),  # noqa: E501
+        (
+            '\n\n{"image": "a.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt"',
+            r"ann\.jsonl line 3: malformed JSON",
+        ),
+        (
+            '{"conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]}',
+            r"line 1: \"image\" must be",
+        ),
+        (
+            '{"image": "a.png", "conversations": [{"from": "gpt", "value": "<image>"}, {"from": "human", "value": "x"}]}',  # noqa: E501
+            r"line 1: turns must alternate",
+        ),
+        (
+            '{"image": "a.png", "conversations": [{"from": "human", "value": "OCR:"}, {"from": "gpt", "value": "x"}]}',
+            r"line 1: the first human turn must contain <image>",
+        ),
     ],
 )
 def test_malformed_jsonl_names_file_and_line(content, message, tmp_path):

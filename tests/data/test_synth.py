@@ -16,8 +16,10 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
     texts = [[r.turns[0][1] for r in load_meta(meta)] for meta in (first, second, third)]
     assert texts[0] == texts[1] != texts[2]
     image = json.load(open(os.path.join(tmp_path, "a", "annotations.json")))[0]["image"]
-    with open(os.path.join(tmp_path, "a", "images", image), "rb") as a, open(
-            os.path.join(tmp_path, "b", "images", image), "rb") as b:
+    with (
+        open(os.path.join(tmp_path, "a", "images", image), "rb") as a,
+        open(os.path.join(tmp_path, "b", "images", image), "rb") as b,
+    ):
         assert a.read() == b.read()
     assert [r.turns[0][0] for r in load_meta(first)] == ["<image>\nOCR:"] * 4
 

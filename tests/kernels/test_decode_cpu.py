@@ -87,8 +87,12 @@ def test_matmul_equals_float64_numpy(rows, in_features, out_features, weight_is_
     bias = random((out_features,), 2)
     stored = np.ascontiguousarray(weight.T) if weight_is_out_by_in else weight
     with paddle.no_grad():
-        ours = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(stored), paddle.to_tensor(bias),
-                                 weight_is_out_by_in=weight_is_out_by_in)
+        ours = decode_cpu.matmul(
+            paddle.to_tensor(x),
+            paddle.to_tensor(stored),
+            paddle.to_tensor(bias),
+            weight_is_out_by_in=weight_is_out_by_in,
+        )
     expected = x.astype("float64") @ weight.astype("float64") + bias
     assert ours.shape == [rows, 1, out_features]
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5, atol=1e-5 * np.sqrt(in_features))
@@ -104,8 +108,11 @@ def test_the_attention_argument_struct_matches_the_cpp_one():
     source = decode_cpu.SOURCE.read_text()
     body = re.search(r"struct DecodeAttentionArgs \{(.*?)\};", source, re.S).group(1)
     declared = re.findall(r"^\s*(?:const )?(\w+)(\*?) ([\w, ]+);", body, re.M)  # `int64_t a, b;` declares two
-    kinds = [(name, ctypes.c_void_p if pointer else {"int64_t": ctypes.c_int64}[type_name])
-             for type_name, pointer, names in declared for name in names.split(", ")]
+    kinds = [
+        (name, ctypes.c_void_p if pointer else {"int64_t": ctypes.c_int64}[type_name])
+        for type_name, pointer, names in declared
+        for name in names.split(", ")
+    ]
     assert len(kinds) == 20 and kinds == list(decode_cpu.DecodeAttentionArgs._fields_)
 
 
@@ -139,8 +146,9 @@ def test_decode_attention_step_equals_float64_numpy(batch, heads, kv_heads, padd
     """Rotary on the new query and key, the key and value written into the cache's next column, attention over the
     filled columns only (the free ones hold NaN and huge values), grouped KV heads and left padding."""
     head_dim, capacity, position, theta = 16, 40, 28, 1e4
-    query, new_keys, new_values = (random((batch, count, head_dim, 1), seed)
-                                   for count, seed in ((heads, 0), (kv_heads, 1), (kv_heads, 2)))
+    query, new_keys, new_values = (
+        random((batch, count, head_dim, 1), seed) for count, seed in ((heads, 0), (kv_heads, 1), (kv_heads, 2))
+    )
     keys, values = random((batch, kv_heads, head_dim, capacity), 3), random((batch, kv_heads, head_dim, capacity), 4)
     keys[..., position:], values[..., position:] = 1e30, np.nan
     mask = np.ones((batch, position + 1), dtype="int64")
@@ -152,9 +160,16 @@ def test_decode_attention_step_equals_float64_numpy(batch, heads, kv_heads, padd
     bias = build_attention_bias(paddle.to_tensor(mask), 1, position, capacity, heads, "float32")
     key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
     with paddle.no_grad():
-        ours = decode_cpu.decode_attention(paddle.to_tensor(query), paddle.to_tensor(new_keys),
-                                           paddle.to_tensor(new_values), rotary, key_buffer, value_buffer, position,
-                                           bias).numpy()
+        ours = decode_cpu.decode_attention(
+            paddle.to_tensor(query),
+            paddle.to_tensor(new_keys),
+            paddle.to_tensor(new_values),
+            rotary,
+            key_buffer,
+            value_buffer,
+            position,
+            bias,
+        ).numpy()
 
     token_positions = positions.numpy()[:, 0].astype("float64")
     rotated_keys = rotated(new_keys[..., 0].astype("float64"), token_positions, theta)
@@ -182,8 +197,9 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
     (the spare slot and every row's free columns hold NaN and huge values and must stay untouched)."""
     batch, slots, head_dim, capacity, theta = 3, 4, 16, 40, 1e4
     row_positions = np.array([5, 31, 17], dtype="int64")
-    query, new_keys, new_values = (random((batch, count, head_dim, 1), seed)
-                                   for count, seed in ((heads, 10), (kv_heads, 11), (kv_heads, 12)))
+    query, new_keys, new_values = (
+        random((batch, count, head_dim, 1), seed) for count, seed in ((heads, 10), (kv_heads, 11), (kv_heads, 12))
+    )
     keys, values = random((slots, kv_heads, head_dim, capacity), 13), random((slots, kv_heads, head_dim, capacity), 14)
     for row, position in enumerate(row_positions):
         keys[row, ..., position:], values[row, ..., position:] = 1e30, np.nan
@@ -192,9 +208,17 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
     rotary = tuple(tuple(broadcastable_to_heads(table, count) for table in tables) for count in (heads, kv_heads))
     key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
     with paddle.no_grad():
-        ours = decode_cpu.decode_attention(paddle.to_tensor(query), paddle.to_tensor(new_keys),
-                                           paddle.to_tensor(new_values), rotary, key_buffer, value_buffer, 0, None,
-                                           positions=paddle.to_tensor(row_positions)).numpy()
+        ours = decode_cpu.decode_attention(
+            paddle.to_tensor(query),
+            paddle.to_tensor(new_keys),
+            paddle.to_tensor(new_values),
+            rotary,
+            key_buffer,
+            value_buffer,
+            0,
+            None,
+            positions=paddle.to_tensor(row_positions),
+        ).numpy()
     written_keys, written_values = key_buffer.numpy(), value_buffer.numpy()
     rotated_keys = rotated(new_keys[..., 0].astype("float64"), row_positions.astype("float64"), theta)
     rotated_queries = rotated(query[..., 0].astype("float64"), row_positions.astype("float64"), theta)
@@ -209,8 +233,9 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
             value = values[row, h // group, :, : position + 1].astype("float64")
             scores = rotated_queries[row, h] @ key / np.sqrt(head_dim)
             probabilities = np.exp(scores - scores.max())
-            np.testing.assert_allclose(ours[row, h, :, 0], value @ (probabilities / probabilities.sum()), rtol=1e-5,
-                                       atol=1e-6)
+            np.testing.assert_allclose(
+                ours[row, h, :, 0], value @ (probabilities / probabilities.sum()), rtol=1e-5, atol=1e-6
+            )
     assert np.isnan(written_keys[batch:]).all() and (written_values[batch:] == 1e30).all()
 
 
@@ -237,16 +262,18 @@ def cached_logits(model, full_ids, full_mask, prompt_length, growth=None):
     with paddle.no_grad():
         for end in range(prompt_length, full_ids.shape[1] + 1):
             start = 0 if end == prompt_length else end - 1
-            output = model(paddle.to_tensor(full_ids[:, start:end]),
-                           attention_mask=paddle.to_tensor(full_mask[:, :end]), past_key_values=cache,
-                           last_logits_only=True)
+            output = model(
+                paddle.to_tensor(full_ids[:, start:end]),
+                attention_mask=paddle.to_tensor(full_mask[:, :end]),
+                past_key_values=cache,
+                last_logits_only=True,
+            )
             stepped.append(output.logits.numpy()[:, 0])
     return np.stack(stepped, axis=1)
 
 
 @pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
-def test_cached_decoding_through_the_kernels_matches_the_reference(shape, reference_models, tmp_path,
-                                                                   counting_library):
+def test_cached_decoding_through_the_kernels_matches_the_reference(shape, reference_models, tmp_path, counting_library):
     """Prefill, then one token at a time for a left-padded batch without gradients (our kernels on every linear
     layer, the head and attention): the logits of the transformers reference run over the whole sequence."""
     torch_model = reference_models(shape)
@@ -318,16 +345,21 @@ def bfloat16_values(array):
 @pytest.mark.parametrize("rows", [1, 3, 8])
 @pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003)])
 @pytest.mark.parametrize("weight_is_out_by_in", [False, True], ids=["in_by_out", "out_by_in"])
-def test_bfloat16_weight_matmul_equals_float64_numpy(rows, in_features, out_features, weight_is_out_by_in, threads,
-                                                     counting_library):
+def test_bfloat16_weight_matmul_equals_float64_numpy(
+    rows, in_features, out_features, weight_is_out_by_in, threads, counting_library
+):
     """A bfloat16 weight widened in registers: the float64 product of its exact values."""
     x = random((rows, 1, in_features), 0)
     weight = bfloat16_values(random((in_features, out_features), 1))
     bias = random((out_features,), 2)
     stored = np.ascontiguousarray(weight.T) if weight_is_out_by_in else weight
     with paddle.no_grad():
-        ours = decode_cpu.matmul(paddle.to_tensor(x), paddle.to_tensor(stored).astype("bfloat16"),
-                                 paddle.to_tensor(bias), weight_is_out_by_in=weight_is_out_by_in)
+        ours = decode_cpu.matmul(
+            paddle.to_tensor(x),
+            paddle.to_tensor(stored).astype("bfloat16"),
+            paddle.to_tensor(bias),
+            weight_is_out_by_in=weight_is_out_by_in,
+        )
     expected = x.astype("float64") @ weight.astype("float64") + bias
     assert ours.dtype == paddle.float32
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-5, atol=1e-5 * np.sqrt(in_features))

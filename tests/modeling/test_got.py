@@ -123,8 +123,13 @@ def test_generated_imgpad_token_without_images_is_an_ordinary_token(checkpoint_d
     embed it like any token when there are no pixels."""
     shape = SHAPES[0]
     model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(shape, "hf"))
-    ids = np.array([reference.prompt_ids(0, shape, 4, 3, seed=8)[:4] + [shape.img_pad_id] * 2
-                    + reference.prompt_ids(0, shape, 4, 3, seed=8)[4:]])
+    ids = np.array(
+        [
+            reference.prompt_ids(0, shape, 4, 3, seed=8)[:4]
+            + [shape.img_pad_id] * 2
+            + reference.prompt_ids(0, shape, 4, 3, seed=8)[4:]
+        ]
+    )
     expected, _ = reference.reference_forward(reference_models(shape), ids, np.ones_like(ids))
     logits, _ = run_ours(model, ids)
     assert reference.relative_error(logits, expected) <= LOGITS_TOLERANCE
@@ -164,11 +169,16 @@ def test_gradients_match_reference_for_a_right_padded_training_batch(checkpoint_
     pixels = np.concatenate([reference.random_pixels(1, shape, 1), reference.random_pixels(2, shape, 2)])
     torch_model = reference_models(shape)
     torch_model.zero_grad()
-    torch_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                pixel_values=torch.from_numpy(pixels), labels=torch.from_numpy(labels)).loss.backward()
+    torch_model(
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        pixel_values=torch.from_numpy(pixels),
+        labels=torch.from_numpy(labels),
+    ).loss.backward()
     ours = {name: p for name, p in model.named_parameters()}
-    loss = model(paddle.to_tensor(ids), paddle.to_tensor(pixels), paddle.to_tensor(mask),
-                 labels=paddle.to_tensor(labels)).loss
+    loss = model(
+        paddle.to_tensor(ids), paddle.to_tensor(pixels), paddle.to_tensor(mask), labels=paddle.to_tensor(labels)
+    ).loss
     loss.backward()
     compared = 0
     for name, parameter in torch_model.named_parameters():
@@ -180,4 +190,3 @@ def test_gradients_match_reference_for_a_right_padded_training_batch(checkpoint_
         assert reference.relative_error(ours[_hf_name(name)].grad.numpy(), expected) <= 1e-4, name
         compared += 1
     assert compared == len(ours)
-

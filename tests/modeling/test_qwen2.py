@@ -76,8 +76,11 @@ def test_attention_bias_hides_a_caches_free_columns():
 def cached_logits(model, ids, mask, continuation):
     """Logits of a left-padded prompt, then of two cached one-token steps: `[B, 3, vocab]` numpy."""
     cache = KVCache(model.config)
-    logits = [model(paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask), past_key_values=cache,
-                    last_logits_only=True).logits.numpy()[:, 0]]
+    logits = [
+        model(
+            paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask), past_key_values=cache, last_logits_only=True
+        ).logits.numpy()[:, 0]
+    ]
     for step in range(2):
         mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
         token = paddle.to_tensor(continuation[:, step : step + 1])

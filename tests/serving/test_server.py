@@ -41,8 +41,17 @@ class Server:
     def __init__(self, checkpoint, *args):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, SERVE, "--model_name_or_path", checkpoint, "--served_model_name", MODEL,
-                   "--port", str(self.port), *args]
+        command = [
+            sys.executable,
+            SERVE,
+            "--model_name_or_path",
+            checkpoint,
+            "--served_model_name",
+            MODEL,
+            "--port",
+            str(self.port),
+            *args,
+        ]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -63,8 +72,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(ocr_checkpoint):
-    running = Server(ocr_checkpoint.directory, "--max_rows", "4", "--max_image_pixels", "1000000",
-                     "--max_body_bytes", "2000000")
+    running = Server(
+        ocr_checkpoint.directory, "--max_rows", "4", "--max_image_pixels", "1000000", "--max_body_bytes", "2000000"
+    )
     yield running
     stderr = running.stop()
     assert "Traceback" not in stderr, stderr
@@ -132,8 +142,9 @@ CASES = [
 @pytest.mark.parametrize("extra, options, ngram", CASES, ids=["plain", "format", "box", "color", "multi_crop"])
 def test_openai_client_gets_the_reference_text(extra, options, ngram, client, pictures, ocr_checkpoint):
     body = chat_body([pictures[0]])
-    response = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=MAX_TOKENS,
-                                              extra_body=extra)
+    response = client.chat.completions.create(
+        model=MODEL, messages=body["messages"], max_tokens=MAX_TOKENS, extra_body=extra
+    )
     (expected,) = reference.expected_texts(ocr_checkpoint, [OCRRequest([pictures[0]], **options)], ngram, MAX_TOKENS)
     assert expected and response.choices[0].message.content == expected
     assert response.choices[0].finish_reason in ("stop", "length") and response.model == MODEL
@@ -143,26 +154,31 @@ def test_openai_client_gets_the_reference_text(extra, options, ngram, client, pi
 
 def test_several_images_are_one_multi_page_document(client, pictures, ocr_checkpoint):
     body = chat_body(pictures[:2])
-    response = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=MAX_TOKENS,
-                                              extra_body={"multi_page": True, "ocr_type": "format"})
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=body["messages"],
+        max_tokens=MAX_TOKENS,
+        extra_body={"multi_page": True, "ocr_type": "format"},
+    )
     request = OCRRequest(pictures[:2], ocr_type="format", multi_page=True)
-    assert response.choices[0].message.content == reference.expected_texts(ocr_checkpoint, [request], 0,
-                                                                            MAX_TOKENS)[0]
+    assert response.choices[0].message.content == reference.expected_texts(ocr_checkpoint, [request], 0, MAX_TOKENS)[0]
 
 
 def test_text_part_is_the_query(client, pictures, ocr_checkpoint):
     body = chat_body([pictures[2]], text="OCR:")
     response = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=MAX_TOKENS)
     request = OCRRequest([pictures[2]], query="OCR:")
-    assert response.choices[0].message.content == reference.expected_texts(ocr_checkpoint, [request], 20,
-                                                                            MAX_TOKENS)[0]
+    assert response.choices[0].message.content == reference.expected_texts(ocr_checkpoint, [request], 20, MAX_TOKENS)[0]
 
 
 def test_streaming_equals_not_streaming(client, pictures):
     messages = chat_body([pictures[1]])["messages"]
     whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_TOKENS)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_TOKENS, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=MAX_TOKENS, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content and len([c for c in chunks if c.choices]) > 3
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
@@ -172,8 +188,9 @@ def test_streaming_equals_not_streaming(client, pictures):
 def test_markdown_and_html_answers_are_the_rendered_reference_text(server, pictures, ocr_checkpoint, tmp_path):
     from paddle_got.render import to_markdown
 
-    (expected,) = reference.expected_texts(ocr_checkpoint, [OCRRequest([pictures[0]], ocr_type="format")], 20,
-                                           MAX_TOKENS)
+    (expected,) = reference.expected_texts(
+        ocr_checkpoint, [OCRRequest([pictures[0]], ocr_type="format")], 20, MAX_TOKENS
+    )
     answers = {}
     for kind in ("markdown", "html"):
         body = {**chat_body([pictures[0]], ocr_type="format"), "response_format": {"type": kind}}
@@ -186,35 +203,60 @@ def test_markdown_and_html_answers_are_the_rendered_reference_text(server, pictu
     assert "<script" not in page and html.escape(expected.split()[0]) in page
     pdf = tmp_path / "doc.pdf"
     pictures[0].save(pdf, save_all=True, append_images=[pictures[1]])
-    response = httpx.post(server.url + "/v1/ocr", files={"file": ("doc.pdf", pdf.read_bytes(), "application/pdf")},
-                          data={"max_tokens": str(MAX_TOKENS), "ocr_type": "format", "response_format": "markdown"},
-                          timeout=120)
+    response = httpx.post(
+        server.url + "/v1/ocr",
+        files={"file": ("doc.pdf", pdf.read_bytes(), "application/pdf")},
+        data={"max_tokens": str(MAX_TOKENS), "ocr_type": "format", "response_format": "markdown"},
+        timeout=120,
+    )
     assert [r["markdown"] == to_markdown(r["text"]) for r in response.json()["results"]] == [True, True]
 
 
 def test_concurrent_requests_equal_sequential_ones(server, pictures):
-    bodies = [chat_body([image], ocr_type=kind, max_tokens=tokens) for image in pictures
-              for kind, tokens in (("ocr", 6), ("format", 30))]
+    bodies = [
+        chat_body([image], ocr_type=kind, max_tokens=tokens)
+        for image in pictures
+        for kind, tokens in (("ocr", 6), ("format", 30))
+    ]
     sequential = [httpx.post(server.url + "/v1/chat/completions", json=b, timeout=120).json() for b in bodies]
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
-        concurrent_results = list(pool.map(
-            lambda b: httpx.post(server.url + "/v1/chat/completions", json=b, timeout=120).json(), bodies))
-    contents = [[r["choices"][0]["message"]["content"] for r in results] for results in (sequential,
-                                                                                          concurrent_results)]
+        concurrent_results = list(
+            pool.map(lambda b: httpx.post(server.url + "/v1/chat/completions", json=b, timeout=120).json(), bodies)
+        )
+    contents = [
+        [r["choices"][0]["message"]["content"] for r in results] for results in (sequential, concurrent_results)
+    ]
     assert contents[0] == contents[1] and len(set(contents[0])) > 1
 
 
 def test_ocr_route_reads_every_pdf_page_as_infer_does(server, pictures, ocr_checkpoint, tmp_path):
     pdf = tmp_path / "doc.pdf"
     pictures[0].save(pdf, save_all=True, append_images=[pictures[1]])
-    response = httpx.post(server.url + "/v1/ocr", files={"file": ("doc.pdf", pdf.read_bytes(), "application/pdf")},
-                          data={"max_tokens": str(MAX_TOKENS), "ocr_type": "format"}, timeout=120)
+    response = httpx.post(
+        server.url + "/v1/ocr",
+        files={"file": ("doc.pdf", pdf.read_bytes(), "application/pdf")},
+        data={"max_tokens": str(MAX_TOKENS), "ocr_type": "format"},
+        timeout=120,
+    )
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     printed = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "infer.py"), "--image_file", str(pdf), "--ocr_type", "format",
-         "--max_new_tokens", str(MAX_TOKENS), "--model_name_or_path", ocr_checkpoint.directory],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "infer.py"),
+            "--image_file",
+            str(pdf),
+            "--ocr_type",
+            "format",
+            "--max_new_tokens",
+            str(MAX_TOKENS),
+            "--model_name_or_path",
+            ocr_checkpoint.directory,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     expected = [json.loads(line) for line in printed.stdout.splitlines()]
     assert [(r["page"], r["text"]) for r in results] == [(e["page"], e["text"]) for e in expected]
 
@@ -245,12 +287,27 @@ def bad_requests(pictures):
     return {
         "malformed JSON": (b"{not json", 400, "The request body is not valid JSON."),
         "no image": (text_only, 400, "The user message holds no image: send an image_url content part."),
-        "bad base64": ({**good, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}]}, 400,
-            "The image data URL holds invalid base64."),
-        "not an image": ({**good, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": not_image}}]}]}, 400,
-            "the image: cannot read the image (file is corrupt or not an image)."),
+        "bad base64": (
+            {
+                **good,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}],
+                    }
+                ],
+            },
+            400,
+            "The image data URL holds invalid base64.",
+        ),
+        "not an image": (
+            {
+                **good,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": not_image}}]}],
+            },
+            400,
+            "the image: cannot read the image (file is corrupt or not an image).",
+        ),
         "unknown mode": ({**good, "ocr_type": "latex"}, 400, "Unknown OCR type 'latex': choose ocr or format."),
         "malformed box": ({**good, "box": "[1,2,3]"}, 400, "Malformed box '[1,2,3]'"),
         "box outside": ({**good, "box": [0, 0, 301, 10]}, 400, "is outside the 300x400 image or empty"),
@@ -259,22 +316,60 @@ def bad_requests(pictures):
         "body too large": ({**good, "padding": "x" * 2_100_000}, 413, "more than the server's limit of 2000000"),
         "several images": (chat_body(pictures[:2]), 400, "several images are read as one document only with"),
         "unknown model": ({**good, "model": "gpt-4o"}, 404, "The model 'gpt-4o' does not exist"),
-        "remote image": ({**good, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}]}]}, 400,
-            "Remote image URLs are off on this server"),
-        "local path": ({**good, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 400, "Local image paths are off"),
+        "remote image": (
+            {
+                **good,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}],
+                    }
+                ],
+            },
+            400,
+            "Remote image URLs are off on this server",
+        ),
+        "local path": (
+            {
+                **good,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}],
+            },
+            400,
+            "Local image paths are off",
+        ),
         "zero max_tokens": ({**good, "max_tokens": 0}, 400, "max_tokens must be a whole number of at least 1."),
-        "json response_format": ({**good, "response_format": {"type": "json_object"}}, 400,
-                                 "response_format must be one of text, markdown, html, got 'json_object'."),
-        "stream as html": ({**good, "stream": True, "response_format": {"type": "html"}}, 400,
-                           "A html answer is rendered from the whole text: ask for it without stream."),
+        "json response_format": (
+            {**good, "response_format": {"type": "json_object"}},
+            400,
+            "response_format must be one of text, markdown, html, got 'json_object'.",
+        ),
+        "stream as html": (
+            {**good, "stream": True, "response_format": {"type": "html"}},
+            400,
+            "A html answer is rendered from the whole text: ask for it without stream.",
+        ),
     }
 
 
-BAD_CASES = ["malformed JSON", "no image", "bad base64", "not an image", "unknown mode", "malformed box",
-             "box outside", "inverted box", "image too large", "body too large", "several images", "unknown model",
-             "remote image", "local path", "zero max_tokens", "json response_format", "stream as html"]
+BAD_CASES = [
+    "malformed JSON",
+    "no image",
+    "bad base64",
+    "not an image",
+    "unknown mode",
+    "malformed box",
+    "box outside",
+    "inverted box",
+    "image too large",
+    "body too large",
+    "several images",
+    "unknown model",
+    "remote image",
+    "local path",
+    "zero max_tokens",
+    "json response_format",
+    "stream as html",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -286,8 +381,12 @@ def test_bad_request_is_one_sentence_in_openai_shape(case, server, pictures):
     error = response.json()["error"]
     assert message in error["message"] and "\n" not in error["message"] and error["type"]
     assert "Traceback" not in response.text
-    assert httpx.post(server.url + "/v1/chat/completions", json=chat_body([pictures[2]], max_tokens=2),
-                      timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            server.url + "/v1/chat/completions", json=chat_body([pictures[2]], max_tokens=2), timeout=60
+        ).status_code
+        == 200
+    )
 
 
 def test_unknown_route_and_bad_upload(server):
@@ -304,11 +403,13 @@ def test_api_key_is_required_except_for_health(ocr_checkpoint, pictures):
         messages = chat_body([pictures[2]])["messages"]
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=secured.url + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
-                model=MODEL, messages=messages, max_tokens=2)
+                model=MODEL, messages=messages, max_tokens=2
+            )
         assert httpx.get(secured.url + "/v1/models").status_code == 401
         assert httpx.get(secured.url + "/health").status_code == 200
         response = OpenAI(base_url=secured.url + "/v1", api_key="s3cret", max_retries=0).chat.completions.create(
-            model=MODEL, messages=messages, max_tokens=2)
+            model=MODEL, messages=messages, max_tokens=2
+        )
         assert response.choices[0].message.content is not None
     finally:
         secured.stop()
@@ -351,8 +452,12 @@ def test_request_over_the_time_limit_is_504(ocr_checkpoint, pictures, endless_pi
         response = httpx.post(slow.url + "/v1/chat/completions", json=body, timeout=60)
         assert response.status_code == 504
         assert response.json()["error"]["message"] == "The request took longer than the server's limit of 0.5 s."
-        assert httpx.post(slow.url + "/v1/chat/completions", json=chat_body([pictures[1]], max_tokens=2),
-                          timeout=60).status_code == 200
+        assert (
+            httpx.post(
+                slow.url + "/v1/chat/completions", json=chat_body([pictures[1]], max_tokens=2), timeout=60
+            ).status_code
+            == 200
+        )
     finally:
         slow.stop()
 
@@ -371,8 +476,9 @@ def check_readme_examples(server):
         readme = f.read()
     section = readme[readme.index("## Serving") : readme.index("\n## ", readme.index("## Serving") + 5)]
     curl = next(line for line in section.splitlines() if line.startswith("curl "))
-    printed = subprocess.run(curl.replace("http://127.0.0.1:8000", server.url).split(), capture_output=True,
-                             text=True, timeout=300, cwd=REPO)
+    printed = subprocess.run(
+        curl.replace("http://127.0.0.1:8000", server.url).split(), capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     results = json.loads(printed.stdout)["results"]  # the demo PDF's two pages
     assert [r["page"] for r in results] == [1, 2] and all(isinstance(r["text"], str) for r in results)
     snippet = re.search(r"```python\n(.*?)\n```", section, flags=re.S).group(1)

@@ -52,7 +52,8 @@ def test_existing_destination_is_kept_unless_overwrite(checkpoint_dirs, tmp_path
     refused = run_tool("--src", source, "--dst", str(tmp_path / "dst"))
     assert refused.returncode == 2 and refused.stderr == (
         f"error: {tmp_path / 'dst'} already exists and is not empty: give another --dst, or --overwrite to replace "
-        "the files it shares with the conversion.\n")
+        "the files it shares with the conversion.\n"
+    )
     assert os.listdir(tmp_path / "dst") == ["notes.txt"]
     replaced = run_tool("--src", source, "--dst", str(tmp_path / "dst"), "--overwrite", "--dtype", "bfloat16")
     assert replaced.returncode == 0, replaced.stderr

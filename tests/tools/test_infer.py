@@ -23,8 +23,9 @@ def run_infer(*args, model=None, check_exit=None):
     command = [sys.executable, INFER, *args, "--max_new_tokens", str(MAX_NEW_TOKENS)]
     if model is not None:
         command += ["--model_name_or_path", model]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert "Traceback" not in result.stderr, result.stderr
     if check_exit is not None:
         assert result.returncode == check_exit, result.stderr
@@ -77,8 +78,16 @@ def test_single_input_prints_the_reference_text(args, request_options, ngram, im
 
 
 def test_multi_page_reads_all_inputs_as_one_document(images, ocr_checkpoint):
-    result = run_infer("--image_file", images["page"], images["wide"], "--multi_page", "--ocr_type", "format",
-                       model=ocr_checkpoint.directory, check_exit=0)
+    result = run_infer(
+        "--image_file",
+        images["page"],
+        images["wide"],
+        "--multi_page",
+        "--ocr_type",
+        "format",
+        model=ocr_checkpoint.directory,
+        check_exit=0,
+    )
     request = OCRRequest([load(images["page"]), load(images["wide"])], ocr_type="format", multi_page=True)
     assert result.stdout == reference.expected_texts(ocr_checkpoint, [request], 0, MAX_NEW_TOKENS)[0] + "\n"
 
@@ -86,8 +95,9 @@ def test_multi_page_reads_all_inputs_as_one_document(images, ocr_checkpoint):
 def test_batch_of_mixed_sizes_equals_one_by_one(images, ocr_checkpoint):
     """Three inputs with 1, 3 and 5 tiles in one batch: JSON lines in input order, each the reference's text."""
     paths = [images["slide"], images["wide"], images["page"]]
-    result = run_infer("--image_file", *paths, "--multi_crop", "--batch_size", "3",
-                       model=ocr_checkpoint.directory, check_exit=0)
+    result = run_infer(
+        "--image_file", *paths, "--multi_crop", "--batch_size", "3", model=ocr_checkpoint.directory, check_exit=0
+    )
     records = [json.loads(line) for line in result.stdout.splitlines()]
     requests = [OCRRequest([load(path)], multi_crop=True) for path in paths]
     texts = reference.expected_texts(ocr_checkpoint, requests, 0, MAX_NEW_TOKENS)
@@ -98,8 +108,7 @@ def test_pdf_pages_are_inputs_and_outputs_are_written(images, ocr_checkpoint, tm
     pdf = tmp_path / "doc.pdf"
     load(images["page"]).save(pdf, save_all=True, append_images=[load(images["wide"])])
     out_dir = tmp_path / "out"
-    result = run_infer("--image_file", str(pdf), "--output", str(out_dir), model=ocr_checkpoint.directory,
-                       check_exit=0)
+    result = run_infer("--image_file", str(pdf), "--output", str(out_dir), model=ocr_checkpoint.directory, check_exit=0)
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["image"], r["page"]) for r in records] == [(str(pdf), 1), (str(pdf), 2)]
     assert sorted(os.listdir(out_dir)) == ["doc_page1.txt", "doc_page2.txt"]
@@ -109,16 +118,30 @@ def test_pdf_pages_are_inputs_and_outputs_are_written(images, ocr_checkpoint, tm
 
 def test_stream_prints_the_same_text(images, ocr_checkpoint, tmp_path):
     plain = run_infer("--image_file", images["slide"], model=ocr_checkpoint.directory, check_exit=0)
-    streamed = run_infer("--image_file", images["slide"], "--stream", "--output", str(tmp_path / "r.jsonl"),
-                         model=ocr_checkpoint.directory, check_exit=0)
+    streamed = run_infer(
+        "--image_file",
+        images["slide"],
+        "--stream",
+        "--output",
+        str(tmp_path / "r.jsonl"),
+        model=ocr_checkpoint.directory,
+        check_exit=0,
+    )
     assert streamed.stdout == plain.stdout
     assert json.loads((tmp_path / "r.jsonl").read_text()) == {"image": images["slide"], "text": plain.stdout[:-1]}
 
 
 def test_one_bad_file_is_reported_and_the_others_written(images, ocr_checkpoint, tmp_path):
     missing = str(tmp_path / "missing.png")
-    result = run_infer("--image_file", images["slide"], missing, "--output", str(tmp_path / "r.jsonl"),
-                       model=ocr_checkpoint.directory, check_exit=2)
+    result = run_infer(
+        "--image_file",
+        images["slide"],
+        missing,
+        "--output",
+        str(tmp_path / "r.jsonl"),
+        model=ocr_checkpoint.directory,
+        check_exit=2,
+    )
     assert result.stderr.count("error:") == 1 and f"error: {missing}: no such file." in result.stderr
     (record,) = [json.loads(line) for line in result.stdout.splitlines()]
     assert record["image"] == images["slide"] and record["text"]
@@ -158,8 +181,16 @@ def bad_files(folder):
     return files
 
 
-BAD_FILE_CASES = ["empty file", "not an image", "truncated", "1x1", "too large", "encrypted pdf", "empty pdf",
-                  "missing"]
+BAD_FILE_CASES = [
+    "empty file",
+    "not an image",
+    "truncated",
+    "1x1",
+    "too large",
+    "encrypted pdf",
+    "empty pdf",
+    "missing",
+]
 
 
 @pytest.mark.parametrize("case", BAD_FILE_CASES)
@@ -200,8 +231,15 @@ def test_missing_model_says_what_to_download(images):
 
 
 def test_output_file_for_several_inputs_is_refused(images, ocr_checkpoint, tmp_path):
-    result = run_infer("--image_file", images["page"], images["slide"], "--output", str(tmp_path / "all.txt"),
-                       model=ocr_checkpoint.directory, check_exit=2)
+    result = run_infer(
+        "--image_file",
+        images["page"],
+        images["slide"],
+        "--output",
+        str(tmp_path / "all.txt"),
+        model=ocr_checkpoint.directory,
+        check_exit=2,
+    )
     assert "give a directory or a .jsonl file" in result.stderr
     assert not (tmp_path / "all.txt").exists()
 
@@ -222,8 +260,17 @@ def test_output_file_for_several_inputs_is_refused(images, ocr_checkpoint, tmp_p
         (["--box", "[0,0,30,10]", "--query", "OCR:"], "error: A custom query replaces the box or colour query"),
         (["SECOND", "--stream"], "error: Streaming reads one document at a time: give a single input"),
     ],
-    ids=["max_new_tokens_0", "max_new_tokens_negative", "num_threads_0", "batch_size_0", "abbreviation",
-         "inverted_box", "box_outside", "query_with_box", "stream_several"],
+    ids=[
+        "max_new_tokens_0",
+        "max_new_tokens_negative",
+        "num_threads_0",
+        "batch_size_0",
+        "abbreviation",
+        "inverted_box",
+        "box_outside",
+        "query_with_box",
+        "stream_several",
+    ],
 )
 def test_bad_arguments_are_refused_before_the_model_loads(args, message, images, tmp_path):
     """The model path does not exist: an error about the argument proves the check ran first."""
@@ -235,15 +282,19 @@ def test_bad_arguments_are_refused_before_the_model_loads(args, message, images,
     assert "Model directory" not in result.stderr
 
 
-@pytest.mark.parametrize("relative, message", [
-    ("absent/dir/x.jsonl", "cannot be written: the directory {tmp}/absent/dir does not exist."),
-    ("notes.txt/x.jsonl", "cannot be written: {tmp}/notes.txt is a file, not a directory."),
-])
+@pytest.mark.parametrize(
+    "relative, message",
+    [
+        ("absent/dir/x.jsonl", "cannot be written: the directory {tmp}/absent/dir does not exist."),
+        ("notes.txt/x.jsonl", "cannot be written: {tmp}/notes.txt is a file, not a directory."),
+    ],
+)
 def test_unwritable_output_is_refused_before_reading(relative, message, images, tmp_path):
     (tmp_path / "notes.txt").write_text("a file")
     output = str(tmp_path / relative)
-    result = run_infer("--image_file", images["page"], "--output", output, model=str(tmp_path / "no_model"),
-                       check_exit=2)
+    result = run_infer(
+        "--image_file", images["page"], "--output", output, model=str(tmp_path / "no_model"), check_exit=2
+    )
     assert result.stderr.strip() == f"error: --output {output} " + message.format(tmp=tmp_path)
     assert not (tmp_path / "absent").exists()
 
@@ -260,9 +311,21 @@ def test_help_shows_choices_and_defaults():
 def test_repetition_guard_flag_cuts_a_loop_the_plain_run_keeps(ocr_checkpoint, tmp_path):
     """Without the n-gram ban this tiny model loops: the guard ends the text there, a prefix of the plain one."""
     path = picture(tmp_path / "loop.png", 200, 200, 10)
-    command = [sys.executable, INFER, "--image_file", path, "--no_repeat_ngram_size", "0", "--max_new_tokens", "200",
-               "--model_name_or_path", ocr_checkpoint.directory]
-    plain, guarded = (subprocess.run(command + extra, capture_output=True, text=True, timeout=300)
-                      for extra in ([], ["--repetition_guard"]))
+    command = [
+        sys.executable,
+        INFER,
+        "--image_file",
+        path,
+        "--no_repeat_ngram_size",
+        "0",
+        "--max_new_tokens",
+        "200",
+        "--model_name_or_path",
+        ocr_checkpoint.directory,
+    ]
+    plain, guarded = (
+        subprocess.run(command + extra, capture_output=True, text=True, timeout=300)
+        for extra in ([], ["--repetition_guard"])
+    )
     assert plain.returncode == guarded.returncode == 0, guarded.stderr
     assert plain.stdout.startswith(guarded.stdout.rstrip("\n")) and 0 < len(guarded.stdout) < len(plain.stdout)

@@ -44,14 +44,32 @@ def archive(tmp_path_factory, ocr_checkpoint):
 
 
 def infer_command(checkpoint, *args):
-    return [sys.executable, INFER, "--model_name_or_path", checkpoint.directory, "--max_new_tokens",
-            str(MAX_NEW_TOKENS), *args]
+    return [
+        sys.executable,
+        INFER,
+        "--model_name_or_path",
+        checkpoint.directory,
+        "--max_new_tokens",
+        str(MAX_NEW_TOKENS),
+        *args,
+    ]
 
 
 def launch_command(command, log_dir, nproc=2, nodes=()):
     """`command` (a tools/infer.py command line) under paddle.distributed.launch with `nproc` processes."""
-    return [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING", *nodes, "--nproc_per_node",
-            str(nproc), "--log_dir", str(log_dir), *command[1:]]
+    return [
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--log_level",
+        "WARNING",
+        *nodes,
+        "--nproc_per_node",
+        str(nproc),
+        "--log_dir",
+        str(log_dir),
+        *command[1:],
+    ]
 
 
 def run(command, check_exit=0):
@@ -85,8 +103,12 @@ def test_two_processes_read_a_recursive_tree_as_one_does(ocr_checkpoint, archive
     result = run(launch_command(command, tmp_path / "logs"), check_exit=2)
     assert_reference_texts(output, archive)
     errors = results(str(output) + ".errors.jsonl")
-    assert errors == [{"image": archive["broken"], "error": f"{archive['broken']}: cannot read the image (file is "
-                                                           "corrupt or not an image)."}]
+    assert errors == [
+        {
+            "image": archive["broken"],
+            "error": f"{archive['broken']}: cannot read the image (file is corrupt or not an image).",
+        }
+    ]
     report = json.load(open(str(output) + ".report.json"))
     assert report["total"]["inputs"] == NUM_PAGES + 1 and report["total"]["done"] == NUM_PAGES
     assert report["total"]["failed"] == 1 and report["total"]["skipped"] == 0
@@ -111,7 +133,7 @@ def test_killed_run_resumes_with_another_process_count(ocr_checkpoint, archive, 
     kept = output.read_text().count('"text"')
     assert 4 <= kept < NUM_PAGES
     with open(output, "a", encoding="utf-8") as f:
-        f.write('{"image": "' + archive["root"] + '/page0')  # what a kill in the middle of a line leaves
+        f.write('{"image": "' + archive["root"] + "/page0")  # what a kill in the middle of a line leaves
     resumed = run(launch_command(command + ["--resume"], tmp_path / "logs"), check_exit=2)
     assert_reference_texts(output, archive)
     report = json.load(open(str(output) + ".report.json"))
@@ -130,15 +152,31 @@ def test_resume_refuses_other_options_unless_overwrite(ocr_checkpoint, archive, 
     output = tmp_path / "out.jsonl"
     pages = [os.path.join(archive["root"], f"page0{index}.png") for index in range(3)]
     run(infer_command(ocr_checkpoint, "--image_file", *pages, "--output", str(output)))
-    refused = run(infer_command(ocr_checkpoint, "--image_file", *pages, "--output", str(output), "--resume",
-                                "--ocr_type", "format"), check_exit=2)
+    refused = run(
+        infer_command(
+            ocr_checkpoint, "--image_file", *pages, "--output", str(output), "--resume", "--ocr_type", "format"
+        ),
+        check_exit=2,
+    )
     assert refused.stderr.strip().splitlines() == [
         f"error: {output} was read with other options (ocr_type 'ocr' -> 'format'): rerun with the same options, "
-        "or add --overwrite to read everything again."]
+        "or add --overwrite to read everything again."
+    ]
     assert_first = results(output)
     assert [r["text"] for r in assert_first] == [archive["texts"][page] for page in pages]
-    run(infer_command(ocr_checkpoint, "--image_file", *pages, "--output", str(output), "--resume", "--ocr_type",
-                      "format", "--overwrite"))
+    run(
+        infer_command(
+            ocr_checkpoint,
+            "--image_file",
+            *pages,
+            "--output",
+            str(output),
+            "--resume",
+            "--ocr_type",
+            "format",
+            "--overwrite",
+        )
+    )
     report = json.load(open(str(output) + ".report.json"))
     assert report["settings"]["ocr_type"] == "format" and report["total"]["done"] == 3
 
@@ -146,42 +184,66 @@ def test_resume_refuses_other_options_unless_overwrite(ocr_checkpoint, archive, 
 def test_manifest_directory_output_and_error_budget(ocr_checkpoint, archive, tmp_path):
     manifest = tmp_path / "pages.txt"
     listed = [f"page0{index}.png" for index in range(4)]
-    manifest.write_text("# a manifest of the archive\n" + "\n".join(
-        [os.path.join(archive["root"], name) for name in listed] + ["nowhere.png", archive["broken"]]) + "\n")
+    manifest.write_text(
+        "# a manifest of the archive\n"
+        + "\n".join([os.path.join(archive["root"], name) for name in listed] + ["nowhere.png", archive["broken"]])
+        + "\n"
+    )
     out_dir = tmp_path / "texts"
     run(infer_command(ocr_checkpoint, "--image_file", str(manifest), "--output", str(out_dir)), check_exit=2)
     assert sorted(os.listdir(out_dir)) == [name.replace(".png", ".txt") for name in listed]
     for name in listed:
         assert (out_dir / name.replace(".png", ".txt")).read_text() == archive["texts"][
-            os.path.join(archive["root"], name)] + "\n"
+            os.path.join(archive["root"], name)
+        ] + "\n"
     errors = results(str(out_dir) + ".errors.jsonl")
-    assert [e["error"] for e in errors] == [f"{tmp_path}/nowhere.png: no such file.",
-                                            f"{archive['broken']}: cannot read the image (file is corrupt or not an "
-                                            "image)."]
+    assert [e["error"] for e in errors] == [
+        f"{tmp_path}/nowhere.png: no such file.",
+        f"{archive['broken']}: cannot read the image (file is corrupt or not an image).",
+    ]
 
     (out_dir / "page01.txt").unlink()
-    resumed = run(infer_command(ocr_checkpoint, "--image_file", str(manifest), "--output", str(out_dir), "--resume"),
-                  check_exit=2)
+    resumed = run(
+        infer_command(ocr_checkpoint, "--image_file", str(manifest), "--output", str(out_dir), "--resume"), check_exit=2
+    )
     assert resumed.stderr.strip().splitlines()[-1].startswith("Read 1 of 6 inputs (1 pages)")
     assert (out_dir / "page01.txt").read_text() == archive["texts"][os.path.join(archive["root"], "page01.png")] + "\n"
 
-    stopped = run(infer_command(ocr_checkpoint, "--image_file", str(manifest), "--output", str(tmp_path / "b.jsonl"),
-                                "--max_error_rate", "0.2"), check_exit=2)
+    stopped = run(
+        infer_command(
+            ocr_checkpoint,
+            "--image_file",
+            str(manifest),
+            "--output",
+            str(tmp_path / "b.jsonl"),
+            "--max_error_rate",
+            "0.2",
+        ),
+        check_exit=2,
+    )
     assert stopped.stderr.strip().splitlines()[-1] == (
         "error: Stopping: 2 of 6 inputs failed, more than --max_error_rate 0.2 allows; the results so far are kept "
-        "(rerun with --resume to go on).")
+        "(rerun with --resume to go on)."
+    )
     assert [r["text"] for r in results(tmp_path / "b.jsonl") if "text" in r] == [
-        archive["texts"][os.path.join(archive["root"], name)] for name in listed]
+        archive["texts"][os.path.join(archive["root"], name)] for name in listed
+    ]
 
 
 def test_two_nodes_on_localhost(ocr_checkpoint, archive, tmp_path):
     output = tmp_path / "out.jsonl"
     command = infer_command(ocr_checkpoint, "--image_file", archive["root"], "--recursive", "--output", str(output))
     master = f"127.0.0.1:{free_port()}"
-    nodes = [subprocess.Popen(launch_command(command, tmp_path / f"node{node}", nproc=1,
-                                             nodes=("--nnodes", "2", "--master", master)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=ENV)
-             for node in range(2)]
+    nodes = [
+        subprocess.Popen(
+            launch_command(command, tmp_path / f"node{node}", nproc=1, nodes=("--nnodes", "2", "--master", master)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            env=ENV,
+        )
+        for node in range(2)
+    ]
     codes = sorted(node.wait(timeout=600) for node in nodes)
     assert codes == [0, 2]  # rank 0 reports the broken file; the other rank's node ends cleanly
     assert_reference_texts(output, archive)

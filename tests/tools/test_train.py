@@ -17,14 +17,25 @@ TRAIN = os.path.join(REPO, "tools", "train.py")
 
 
 def train_command(meta_path, output_dir, *extra):
-    return [sys.executable, TRAIN, "--config", os.path.join(REPO, "configs", "tiny_cpu.yaml"),
-            "--model_name_or_path", os.path.join(REPO, "configs", "tiny_got"), "--meta_path", meta_path,
-            "--output_dir", str(output_dir), *extra]
+    return [
+        sys.executable,
+        TRAIN,
+        "--config",
+        os.path.join(REPO, "configs", "tiny_cpu.yaml"),
+        "--model_name_or_path",
+        os.path.join(REPO, "configs", "tiny_got"),
+        "--meta_path",
+        meta_path,
+        "--output_dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 def run_train(meta_path, output_dir, *extra, check_exit=0):
-    result = subprocess.run(train_command(meta_path, output_dir, *extra), capture_output=True, text=True,
-                            timeout=600, cwd=REPO)
+    result = subprocess.run(
+        train_command(meta_path, output_dir, *extra), capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     if check_exit is not None:
         assert result.returncode == check_exit, result.stderr[-3000:]
@@ -45,15 +56,27 @@ def assert_same_weights(first, second, atol):
 def test_output_is_a_checkpoint_infer_reads(synth_data, tmp_path):
     result = run_train(synth_data, tmp_path / "out")
     assert {"config.json", "model.safetensors", "qwen.tiktoken", "checkpoint-2", "checkpoint-4"} <= set(
-        os.listdir(tmp_path / "out"))
+        os.listdir(tmp_path / "out")
+    )
     # Plain log lines: no colour codes, no DEBUG dump of every argument (it claimed `device : gpu` on CPU).
     assert "\x1b[" not in result.stderr and "DEBUG" not in result.stderr and "gpu" not in result.stderr
     assert len(result.stderr.splitlines()) < 60
     image = json.load(open(os.path.join(os.path.dirname(synth_data), "annotations.json")))[0]["image"]
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "infer.py"), "--model_name_or_path", str(tmp_path / "out"),
-         "--image_file", os.path.join(os.path.dirname(synth_data), "images", image), "--max_new_tokens", "4"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "infer.py"),
+            "--model_name_or_path",
+            str(tmp_path / "out"),
+            "--image_file",
+            os.path.join(os.path.dirname(synth_data), "images", image),
+            "--max_new_tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n")
 
@@ -62,8 +85,12 @@ def test_output_is_a_checkpoint_infer_reads(synth_data, tmp_path):
 def test_killed_and_resumed_run_ends_with_the_same_weights(lora, synth_data, tmp_path):
     steps = ["--max_steps", "16", "--save_steps", "2", "--lora", str(lora)]
     run_train(synth_data, tmp_path / "straight", *steps)
-    process = subprocess.Popen(train_command(synth_data, tmp_path / "killed", *steps), cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        train_command(synth_data, tmp_path / "killed", *steps),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not os.path.isdir(tmp_path / "killed" / "checkpoint-2") and time.time() < deadline:
         time.sleep(0.02)
@@ -82,25 +109,57 @@ def test_two_cpu_processes_equal_one_with_the_same_global_batch(synth_data, tmp_
     run_train(synth_data, tmp_path / "one", "--per_device_train_batch_size", "2", *rate)
     environment = {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable}
     result = subprocess.run(
-        ["sh", os.path.join(REPO, "run_train.sh"), "--model_name_or_path", "configs/tiny_got",
-         "--meta_path", synth_data, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "1",
-         *rate],
-        capture_output=True, text=True, timeout=600, env=environment)
+        [
+            "sh",
+            os.path.join(REPO, "run_train.sh"),
+            "--model_name_or_path",
+            "configs/tiny_got",
+            "--meta_path",
+            synth_data,
+            "--output_dir",
+            str(tmp_path / "two"),
+            "--per_device_train_batch_size",
+            "1",
+            *rate,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(f for f in os.listdir(tmp_path / "two" / "logs") if f.startswith("workerlog")) == [
-        "workerlog.0", "workerlog.1"]
+        "workerlog.0",
+        "workerlog.1",
+    ]
     assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
 
     # Two "machines" on localhost: one launcher each (NNODES, MASTER), one process each, the same output directory.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         master = f"127.0.0.1:{probe.getsockname()[1]}"
-    nodes = [subprocess.Popen(
-        ["sh", os.path.join(REPO, "run_train.sh"), "--model_name_or_path", "configs/tiny_got", "--meta_path",
-         synth_data, "--output_dir", str(tmp_path / "nodes"), "--per_device_train_batch_size", "1", *rate],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**environment, "GPUS": "1", "NNODES": "2", "MASTER": master, "LOG_DIR": str(tmp_path / f"logs{node}")})
-        for node in range(2)]
+    nodes = [
+        subprocess.Popen(
+            [
+                "sh",
+                os.path.join(REPO, "run_train.sh"),
+                "--model_name_or_path",
+                "configs/tiny_got",
+                "--meta_path",
+                synth_data,
+                "--output_dir",
+                str(tmp_path / "nodes"),
+                "--per_device_train_batch_size",
+                "1",
+                *rate,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**environment, "GPUS": "1", "NNODES": "2", "MASTER": master, "LOG_DIR": str(tmp_path / f"logs{node}")},
+        )
+        for node in range(2)
+    ]
     for node in nodes:
         assert node.wait(timeout=600) == 0, node.stderr.read()[-3000:]
     assert_same_weights(tmp_path / "one", tmp_path / "nodes", atol=1e-5)
@@ -112,8 +171,9 @@ def corrupt_copy(synth_data, tmp_path, edit):
     records = json.load(open(os.path.join(folder, "annotations.json")))
     lines = edit(records)
     (tmp_path / "ann.jsonl").write_text("".join(lines))
-    (tmp_path / "meta.json").write_text(json.dumps(
-        {"synth": {"images": os.path.join(folder, "images"), "annotations": "ann.jsonl"}}))
+    (tmp_path / "meta.json").write_text(
+        json.dumps({"synth": {"images": os.path.join(folder, "images"), "annotations": "ann.jsonl"}})
+    )
     return str(tmp_path / "meta.json")
 
 
@@ -142,8 +202,19 @@ def test_missing_images_are_skipped_or_fatal_with_strict(synth_data, tmp_path):
 
 
 def test_non_finite_loss_stops_without_saving(synth_data, tmp_path):
-    result = run_train(synth_data, tmp_path / "out", "--learning_rate", "1e30", "--max_steps", "4",
-                       "--save_steps", "1", "--max_grad_norm", "0", check_exit=2)
+    result = run_train(
+        synth_data,
+        tmp_path / "out",
+        "--learning_rate",
+        "1e30",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "1",
+        "--max_grad_norm",
+        "0",
+        check_exit=2,
+    )
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: The training loss became ") and "before saving non-finite weights" in last
     for checkpoint in os.listdir(tmp_path / "out"):
@@ -156,7 +227,8 @@ def test_non_finite_loss_stops_without_saving(synth_data, tmp_path):
 def test_half_precision_training_on_cpu_is_refused(flag, synth_data, tmp_path):
     result = run_train(synth_data, tmp_path / "out", flag, "True", check_exit=2)
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: bf16/fp16 training needs a GPU: Paddle's CPU kernels have no half-precision matmul.")
+        "error: bf16/fp16 training needs a GPU: Paddle's CPU kernels have no half-precision matmul."
+    )
 
 
 def test_fine_tuned_model_reads_with_its_training_prompt(tmp_path):
@@ -173,15 +245,40 @@ def test_fine_tuned_model_reads_with_its_training_prompt(tmp_path):
     for record in records:
         image = str(tmp_path / "data" / "images" / record["image"])
         result = subprocess.run(
-            [sys.executable, os.path.join(REPO, "tools", "infer.py"), "--model_name_or_path", str(tmp_path / "out"),
-             "--image_file", image, "--max_new_tokens", "16"], capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                os.path.join(REPO, "tools", "infer.py"),
+                "--model_name_or_path",
+                str(tmp_path / "out"),
+                "--image_file",
+                image,
+                "--max_new_tokens",
+                "16",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr
         assert "Reading with the prompt this model was trained with: query 'OCR:'" in result.stderr
         assert result.stdout == record["conversations"][1]["value"] + "\n"
     evaluated = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "eval.py"), "--model_name_or_path", str(tmp_path / "out"),
-         "--meta_path", meta, "--max_new_tokens", "16", "--report", str(tmp_path / "report.json")],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "eval.py"),
+            "--model_name_or_path",
+            str(tmp_path / "out"),
+            "--meta_path",
+            meta,
+            "--max_new_tokens",
+            "16",
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((tmp_path / "report.json").read_text())["acc"] == 1.0
 
@@ -189,13 +286,22 @@ def test_fine_tuned_model_reads_with_its_training_prompt(tmp_path):
 @pytest.mark.parametrize(
     "extra, yaml_text, message",
     [
-        (["--foo", "1"], None,
-         "error: Unknown training argument 'foo' on the command line (see tools/train.py --help)."),
-        (["--max_step", "3"], None, "error: Unknown training argument 'max_step' on the command line: did you mean "
-                                    "'max_steps'?"),
+        (
+            ["--foo", "1"],
+            None,
+            "error: Unknown training argument 'foo' on the command line (see tools/train.py --help).",
+        ),
+        (
+            ["--max_step", "3"],
+            None,
+            "error: Unknown training argument 'max_step' on the command line: did you mean 'max_steps'?",
+        ),
         ([], "max_stepz: 3\n", "error: Unknown training argument 'max_stepz' in {yaml}: did you mean 'max_steps'?"),
-        (["--freeze_vision_tower", "maybe"], None,
-         "error: Bad value for 'freeze_vision_tower' on the command line: Truthy value expected: got maybe"),
+        (
+            ["--freeze_vision_tower", "maybe"],
+            None,
+            "error: Bad value for 'freeze_vision_tower' on the command line: Truthy value expected: got maybe",
+        ),
         ([], "max_steps: many\n", "error: Bad value for 'max_steps' in {yaml}: invalid int value: 'many'."),
     ],
     ids=["unknown", "misspelt", "misspelt_yaml", "bad_bool", "bad_int_yaml"],
@@ -219,7 +325,8 @@ def test_rerun_into_a_finished_run_is_refused(synth_data, tmp_path):
     result = run_train(synth_data, tmp_path / "out", "--max_steps", "2", check_exit=2)
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'out'} already holds a training run (checkpoint-2): pass --resume_from_checkpoint true "
-        "to continue it, --overwrite_output_dir True to train over it, or another --output_dir.")
+        "to continue it, --overwrite_output_dir True to train over it, or another --output_dir."
+    )
     assert sorted(os.listdir(tmp_path / "out")) == before
     run_train(synth_data, tmp_path / "out", "--max_steps", "2", "--overwrite_output_dir", "True")
 
@@ -228,14 +335,28 @@ def test_run_train_sh_reports_a_failure_once(tmp_path):
     environment = {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable}
     missing = str(tmp_path / "none" / "meta.json")
     result = subprocess.run(
-        ["sh", os.path.join(REPO, "run_train.sh"), "--model_name_or_path", "configs/tiny_got", "--meta_path", missing,
-         "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=environment)
+        [
+            "sh",
+            os.path.join(REPO, "run_train.sh"),
+            "--model_name_or_path",
+            "configs/tiny_got",
+            "--meta_path",
+            missing,
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert errors == [f"error: Cannot read the meta file {missing}: No such file or directory."], result.stderr
     assert "LAUNCH INFO" not in result.stderr and "ERROR LOG DETAIL" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"run_train.sh: training failed; the logs are in {tmp_path / 'out' / 'logs'}")
+        f"run_train.sh: training failed; the logs are in {tmp_path / 'out' / 'logs'}"
+    )
 
 
 def worker_pids(output_dir):
@@ -247,8 +368,11 @@ def worker_pids(output_dir):
             environment = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
         except OSError:
             continue
-        if b"tools/train.py" in command and b"paddle.distributed.launch" not in command and str(
-                output_dir).encode() in command:
+        if (
+            b"tools/train.py" in command
+            and b"paddle.distributed.launch" not in command
+            and str(output_dir).encode() in command
+        ):
             rank = next((v.split(b"=")[1] for v in environment if v.startswith(b"PADDLE_TRAINER_ID=")), None)
             if rank is not None:
                 pids[int(rank)] = int(entry)
@@ -259,9 +383,25 @@ def test_run_train_sh_names_the_signal_that_killed_a_worker(synth_data, tmp_path
     environment = {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable}
     output = tmp_path / "out"
     process = subprocess.Popen(
-        ["sh", os.path.join(REPO, "run_train.sh"), "--model_name_or_path", "configs/tiny_got", "--meta_path",
-         synth_data, "--output_dir", str(output), "--max_steps", "400", "--save_steps", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment)
+        [
+            "sh",
+            os.path.join(REPO, "run_train.sh"),
+            "--model_name_or_path",
+            "configs/tiny_got",
+            "--meta_path",
+            synth_data,
+            "--output_dir",
+            str(output),
+            "--max_steps",
+            "400",
+            "--save_steps",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
     deadline = time.time() + 300
     while not os.path.isdir(output / "checkpoint-2") and time.time() < deadline:
         time.sleep(0.05)

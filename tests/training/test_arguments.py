@@ -8,8 +8,10 @@ from paddle_got.training.arguments import parse_training_arguments
 
 def test_cli_overrides_yaml_which_overrides_defaults(tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text("meta_path: data/meta.json\nlearning_rate: 3.0e-4\nfreeze_vision_tower: False\n"
-                      "max_steps: 7\noutput_dir: " + str(tmp_path / "out") + "\n")
+    config.write_text(
+        "meta_path: data/meta.json\nlearning_rate: 3.0e-4\nfreeze_vision_tower: False\n"
+        "max_steps: 7\noutput_dir: " + str(tmp_path / "out") + "\n"
+    )
     model, data, training = parse_training_arguments(
         ["--config", str(config), "--freeze_vision_tower", "True", "--learning_rate", "1e-5"]
     )

@@ -40,11 +40,26 @@ def parameters(model):
 @pytest.mark.parametrize("freeze", [False, True], ids=["stage2", "stage3"])
 def test_stage_2_trains_the_encoder_and_stage_3_freezes_it(freeze, ocr_checkpoint, synth_data, tmp_path):
     before = parameters(GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory))
-    arguments = parse_training_arguments([
-        "--model_name_or_path", ocr_checkpoint.directory, "--meta_path", synth_data,
-        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "2",
-        "--learning_rate", "1e-3", "--save_steps", "100", "--freeze_vision_tower", str(freeze),
-    ])
+    arguments = parse_training_arguments(
+        [
+            "--model_name_or_path",
+            ocr_checkpoint.directory,
+            "--meta_path",
+            synth_data,
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            "--save_steps",
+            "100",
+            "--freeze_vision_tower",
+            str(freeze),
+        ]
+    )
     after = parameters(train(*arguments).model)
     changed = {name for name in before if not np.array_equal(before[name], after[name])}
     encoder = {name for name in before if ".vision_tower_high." in name}
@@ -114,19 +129,36 @@ def test_merged_lora_weights_give_the_adapted_model(ocr_checkpoint):
 
 def test_lora_training_saves_merged_weights_and_resumable_adapters(ocr_checkpoint, synth_data, tmp_path):
     before = parameters(GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory))
-    arguments = parse_training_arguments([
-        "--model_name_or_path", ocr_checkpoint.directory, "--meta_path", synth_data, "--output_dir",
-        str(tmp_path / "out"), "--max_steps", "2", "--save_steps", "1", "--per_device_train_batch_size", "2",
-        "--learning_rate", "1e-2", "--lora", "True", "--lora_rank", "4",
-    ])
+    arguments = parse_training_arguments(
+        [
+            "--model_name_or_path",
+            ocr_checkpoint.directory,
+            "--meta_path",
+            synth_data,
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            "--save_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+            "--learning_rate",
+            "1e-2",
+            "--lora",
+            "True",
+            "--lora_rank",
+            "4",
+        ]
+    )
     train(*arguments)
     merged = parameters(GOTQwenForCausalLM.from_pretrained(str(tmp_path / "out")))
     assert merged.keys() == before.keys()
-    assert not np.array_equal(merged["qwen2.layers.0.self_attn.q_proj.weight"],
-                              before["qwen2.layers.0.self_attn.q_proj.weight"])
+    assert not np.array_equal(
+        merged["qwen2.layers.0.self_attn.q_proj.weight"], before["qwen2.layers.0.self_attn.q_proj.weight"]
+    )
     for name in before:
         if not any(target in name for target in ("_proj.weight",)) or ".vision_tower_high." in name:
             np.testing.assert_array_equal(merged[name], before[name], err_msg=name)
     checkpoint = load_file(str(tmp_path / "out" / "checkpoint-2" / "model.safetensors"))
     assert "qwen2.layers.0.self_attn.q_proj.lora_A" in checkpoint
-
