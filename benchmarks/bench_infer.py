@@ -131,9 +131,7 @@ def run_ours(directory: str, args, bfloat16: bool) -> dict:
     from paddle_got.modeling.kv_cache import KVCache
 
     set_cpu_threads(args.threads)
-    model = GOTQwenForCausalLM.from_pretrained(directory)
-    if bfloat16:
-        model.keep_decoder_weights_in_bfloat16()
+    model = GOTQwenForCausalLM.from_pretrained(directory, bfloat16_decode_weights=bfloat16)
     config = model.config
     ids, pixel_array = read_inputs(directory)
     pixels = paddle.to_tensor(pixel_array)

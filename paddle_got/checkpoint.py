@@ -30,6 +30,8 @@ LM_HEAD_NAME = "lm_head.weight"
 # Buffers some exports carry that our model recomputes.
 IGNORED_NAME_PATTERN = re.compile(r"rotary_emb\.inv_freq$")
 LISTED_NAMES = 5
+# The safetensors header's dtype names -> ours.
+SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64", "I64": "int64"}
 
 # Hugging Face -> ours, applied in order to names that start with the key.
 _HF_PREFIXES = (
@@ -156,6 +158,13 @@ class WeightSource:
         """Every parameter name in the checkpoint."""
         return list(self._where)
 
+    def dtype(self, name: str) -> str:
+        """One tensor's dtype ("float32", "bfloat16", ...): from the safetensors header, or the loaded tensor."""
+        if name in self._cache:
+            return str(self._cache[name].dtype).replace("paddle.", "")
+        with self._open_safetensors(self._where[name]) as handle:
+            return SAFETENSORS_DTYPES[handle.get_slice(name).get_dtype()]
+
     def get(self, name: str) -> paddle.Tensor:
         """One tensor, read from disk on demand."""
         if name in self._cache:
@@ -206,6 +215,10 @@ class CheckpointWeights:
                 logger.info("lm_head.weight differs from the token embedding: keeping it as an untied output head.")
         self.config.tie_word_embeddings = tied
 
+    def stored_dtype(self, our_name: str) -> str:
+        """The dtype our parameter `our_name` is stored in (e.g. "bfloat16"), read without loading the tensor."""
+        return self.source.dtype(self.stored_names[our_name])
+
     def tensor(self, our_name: str) -> paddle.Tensor:
         """The stored tensor for our parameter `our_name`, Linear weights as `[in, out]`, in its stored dtype."""
         tensor = self.source.get(self.stored_names[our_name])
@@ -238,12 +251,14 @@ class CheckpointWeights:
                     f"the checkpoint has {list(tensor.shape)}."
                 )
             parameter.set_value(tensor.astype(parameter.dtype))
-        model.to(dtype=dtype)
+        if dtype != "float32":  # the model is built in float32, and may hold some weights in bfloat16 on purpose
+            model.to(dtype=dtype)
         model.eval()
         model.tokenizer_files = tokenizer_files(self.path)
         stored = "/".join(sorted(stored_dtypes))
         model.stored_dtype = stored
-        held = stored if stored == dtype else f"stored as {stored}, loaded as {dtype}"
+        loaded = "/".join(sorted({str(p.dtype).replace("paddle.", "") for p in model.parameters()}))
+        held = stored if stored == loaded else f"stored as {stored}, loaded as {loaded}"
         logger.info(f"Loaded {self.path} ({self.layout} layout, {self.source.fmt}, {len(parameters)} tensors, {held}).")
 
 

@@ -11,6 +11,8 @@ result with `error` set; the others are still read.
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import paddle
+
 from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
 from .device import gpu_compute_capability, resolve_dtype, set_cpu_threads
 from .engine import ERROR, Engine, GenerationRequest, RequestHandle
@@ -138,20 +140,15 @@ class GOT:
             set_cpu_threads(num_threads)
         path = resolve_model_path(name_or_path, source)
         processor = GOTProcessor.from_pretrained(path)
-        model = GOTQwenForCausalLM.from_pretrained(path, dtype=dtype)
+        on_cpu = dtype == "float32" and gpu_compute_capability() is None
+        if bfloat16_decode_weights and not on_cpu:
+            raise GOTError("bfloat16 decode weights are for float32 inference on CPU.")
+        if bfloat16_decode_weights is None and (not on_cpu or decode_cpu.load_library() is None):
+            bfloat16_decode_weights = False
+        model = GOTQwenForCausalLM.from_pretrained(path, dtype=dtype, bfloat16_decode_weights=bfloat16_decode_weights)
         if model.config.im_patch_token != processor.tokenizer.token_id(IMG_PAD):
             raise GOTError(f"The tokenizer and config.json of {path} disagree on the <imgpad> token id.")
-        if bfloat16_decode_weights is None:
-            bfloat16_decode_weights = (
-                dtype == "float32"
-                and gpu_compute_capability() is None
-                and getattr(model, "stored_dtype", None) == "bfloat16"
-                and decode_cpu.load_library() is not None
-            )
-        if bfloat16_decode_weights:
-            if dtype != "float32" or gpu_compute_capability() is not None:
-                raise GOTError("bfloat16 decode weights are for float32 inference on CPU.")
-            model.keep_decoder_weights_in_bfloat16()
+        if model.qwen2.embed_tokens.weight.dtype == paddle.bfloat16 and dtype == "float32":
             logger.info("Decoding with the decoder's weights in bfloat16 (widened exactly by the CPU kernels).")
         return cls(model, processor)
 

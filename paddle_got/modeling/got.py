@@ -10,9 +10,10 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..checkpoint import CheckpointWeights, check_dtype, save_pretrained
+from ..checkpoint import EMBEDDING_NAME, CheckpointWeights, check_dtype, save_pretrained
 from ..config import GOTConfig
 from ..constants import IGNORE_INDEX
+from ..errors import CheckpointError
 from ..kernels import decode_cpu
 from .kv_cache import KVCache
 from .qwen2 import Qwen2Model
@@ -82,12 +83,25 @@ class GOTQwenForCausalLM(nn.Layer):
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: str = "float32") -> "GOTQwenForCausalLM":
-        """Load a local checkpoint directory in any supported layout (see `paddle_got.checkpoint`)."""
+    def from_pretrained(
+        cls, path: str, dtype: str = "float32", bfloat16_decode_weights: Optional[bool] = False
+    ) -> "GOTQwenForCausalLM":
+        """Load a local checkpoint directory in any supported layout (see `paddle_got.checkpoint`).
+
+        `bfloat16_decode_weights` (float32 only) fills the decoder's product weights in bfloat16 straight from the
+        checkpoint (see `keep_decoder_weights_in_bfloat16`; a float32 copy of them is never made); None does so when
+        the checkpoint stores them in bfloat16.
+        """
         check_dtype(dtype)
         weights = CheckpointWeights(path)
+        if bfloat16_decode_weights is None:
+            bfloat16_decode_weights = weights.stored_dtype(EMBEDDING_NAME) == "bfloat16"
+        if bfloat16_decode_weights and dtype != "float32":
+            raise CheckpointError(f"bfloat16 decoder weights are for float32 inference, not {dtype}.")
         with paddle.LazyGuard():
             model = cls(weights.config)
+            if bfloat16_decode_weights:
+                model.keep_decoder_weights_in_bfloat16()
         weights.load_into(model, dtype)
         return model
 
@@ -106,19 +120,18 @@ class GOTQwenForCausalLM(nn.Layer):
 
         Our decode kernels widen them in registers, which is exact: a step reads half the bytes and only the
         summation order changes. Paddle's kernels get them widened per call (`decode_cpu.weight_in`). A checkpoint
-        released in bfloat16 loses nothing; any other is rounded to bfloat16.
+        released in bfloat16 loses nothing; any other is rounded to bfloat16. On a model built under
+        `paddle.LazyGuard` the new parameters stay empty until loading fills them.
         """
         for layer in self.decoder_product_layers():
-            bias = getattr(layer, "bias", None)
-            bias_values = None if bias is None else bias.numpy()
-            layer.to(dtype="bfloat16")
-            if bias_values is not None:
-                layer.bias = self.create_parameter(
-                    list(bias_values.shape),
-                    dtype="float32",
-                    is_bias=True,
-                    default_initializer=nn.initializer.Assign(bias_values),
-                )
+            weight = layer.weight
+            held = layer.create_parameter(
+                weight.shape, dtype="bfloat16", default_initializer=nn.initializer.Constant(0.0)
+            )
+            held.stop_gradient = weight.stop_gradient
+            if weight._is_initialized():
+                held.set_value(weight.astype("bfloat16"))
+            layer.weight = held
 
     def compute_logits(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         """`[B, L, hidden]` -> float32 logits `[B, L, vocab]` (tied to the embedding unless an lm_head exists)."""

@@ -7,7 +7,7 @@ import pytest
 import reference
 from reference import SHAPES, TinyShape
 
-from paddle_got import GOTQwenForCausalLM
+from paddle_got import CheckpointError, GOTQwenForCausalLM
 
 LOGITS_TOLERANCE = 1e-4
 LOSS_TOLERANCE = 1e-5
@@ -109,6 +109,33 @@ def test_untied_output_head_matches_reference(tmp_path):
     expected, _ = reference.reference_forward(model_ref, ids, pixels=pixels)
     logits, _ = run_ours(model, ids, pixels=pixels)
     assert reference.relative_error(logits, expected) <= LOGITS_TOLERANCE
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
+def test_bfloat16_decode_weights_are_filled_straight_from_a_bfloat16_checkpoint(shape, tmp_path):
+    """Loading with bfloat16_decode_weights gives the parameters of loading in float32 and then keeping the
+    decoder's product weights in bfloat16, bit for bit; None chooses it for a bfloat16 checkpoint only."""
+    import torch
+
+    torch_model = reference.build_reference(shape, seed=5)
+    bf16_dir = reference.save_got(torch_model.to(torch.bfloat16), shape, str(tmp_path / "bf16"))
+    f32_dir = reference.save_got(torch_model.to(torch.float32), shape, str(tmp_path / "f32"))
+    two_steps = GOTQwenForCausalLM.from_pretrained(bf16_dir)
+    two_steps.keep_decoder_weights_in_bfloat16()
+    direct = GOTQwenForCausalLM.from_pretrained(bf16_dir, bfloat16_decode_weights=True)
+    expected, held = two_steps.state_dict(), direct.state_dict()
+    assert expected.keys() == held.keys()
+    for name, value in expected.items():
+        assert held[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(held[name].astype("float32").numpy(), value.astype("float32").numpy(), name)
+    assert held["qwen2.layers.0.mlp.down_proj.weight"].dtype == paddle.bfloat16
+    assert held["qwen2.layers.0.self_attn.q_proj.bias"].dtype == paddle.float32
+    assert held["qwen2.vision_tower_high.blocks.0.attn.qkv.weight"].dtype == paddle.float32
+    automatic = {d: GOTQwenForCausalLM.from_pretrained(d, bfloat16_decode_weights=None) for d in (bf16_dir, f32_dir)}
+    assert automatic[bf16_dir].qwen2.embed_tokens.weight.dtype == paddle.bfloat16
+    assert automatic[f32_dir].qwen2.embed_tokens.weight.dtype == paddle.float32
+    with pytest.raises(CheckpointError, match="bfloat16 decoder weights are for float32 inference, not float16"):
+        GOTQwenForCausalLM.from_pretrained(bf16_dir, dtype="float16", bfloat16_decode_weights=True)
 
 
 def test_tied_release_head_is_tied(checkpoint_dirs):
