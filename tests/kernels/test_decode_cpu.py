@@ -78,7 +78,8 @@ def random(shape, seed):
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
-@pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003), (5, 3)])
+# Weight rows shorter and longer than 4 KB (kLongRowBytes: read one or eight at a time), and every kind of remainder.
+@pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003), (130, 2100), (5, 3)])
 @pytest.mark.parametrize("weight_is_out_by_in", [False, True], ids=["in_by_out", "out_by_in"])
 def test_matmul_equals_float64_numpy(rows, in_features, out_features, weight_is_out_by_in, threads, counting_library):
     """`[B, 1, in] @ W + bias` for both weight layouts, column/row counts that leave every kind of remainder."""
@@ -343,7 +344,7 @@ def bfloat16_values(array):
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])
-@pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003)])
+@pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003), (130, 2100)])
 @pytest.mark.parametrize("weight_is_out_by_in", [False, True], ids=["in_by_out", "out_by_in"])
 def test_bfloat16_weight_matmul_equals_float64_numpy(
     rows, in_features, out_features, weight_is_out_by_in, threads, counting_library
