@@ -78,3 +78,9 @@ TOKENIZER_FILES = (
     "generation_config.json",
     PROMPT_CONFIG_FILE,
 )
+
+# A Paddle Inference export of the vision encoder + projector (paddle_got/export.py, tools/export_model.py): the
+# program and weights `paddle.jit.save` writes under this prefix, what it expects, and where it goes by default.
+INFERENCE_PREFIX = "inference"
+INFERENCE_METADATA = "inference.yml"
+INFERENCE_DIR = "inference"

@@ -1,10 +1,12 @@
-"""Where and how the model runs: CPU threads (Paddle defaults to one on CPU) and the dtype for the device."""
+"""Where and how the model runs: CPU threads (Paddle defaults to one on CPU), the CPU's feature flags, and the dtype
+for the device."""
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Set
 
 import paddle
 
+from ._cpu_setup import CPUINFO
 from .constants import DTYPES
 from .errors import GOTError
 
@@ -15,6 +17,19 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def cpu_flags() -> Set[str]:
+    """The feature flags `CPUINFO` lists for the first processor (`avx2`, `amx_bf16`, ...); empty where the file
+    cannot be read or has none."""
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 _cpu_threads = 1

@@ -17,6 +17,10 @@ class CheckpointError(GOTError):
     """A checkpoint directory cannot be read, recognised or matched to the model."""
 
 
+class ExportError(GOTError):
+    """A Paddle Inference export cannot be written, read or run as asked (e.g. bfloat16 on a CPU without it)."""
+
+
 def reason(err: BaseException) -> str:
     """An exception's message as the end of a sentence: first line only, trailing full stops dropped (the caller
     adds one)."""
