@@ -71,11 +71,15 @@ def main():
         features = encoder(pixels).numpy()
     difference = np.abs(features - expected)
     print(f"export {export_s:.1f} s; predictor load (with its first run) {load_s:.1f} s")
-    print(f"one {size}x{size} tile, float32: dygraph {dygraph_s:.2f} s, Paddle Inference (oneDNN) {predictor_s:.2f} s "
-          f"({dygraph_s / predictor_s:.2f}x)")
-    print(f"output {list(features.shape)}: max |difference| {difference.max():.3g} "
-          f"({difference.max() / np.abs(expected).max():.3g} of max |dygraph|), "
-          f"relative L2 {np.linalg.norm(features - expected) / np.linalg.norm(expected):.3g}")
+    print(
+        f"one {size}x{size} tile, float32: dygraph {dygraph_s:.2f} s, Paddle Inference (oneDNN) {predictor_s:.2f} s "
+        f"({dygraph_s / predictor_s:.2f}x)"
+    )
+    print(
+        f"output {list(features.shape)}: max |difference| {difference.max():.3g} "
+        f"({difference.max() / np.abs(expected).max():.3g} of max |dygraph|), "
+        f"relative L2 {np.linalg.norm(features - expected) / np.linalg.norm(expected):.3g}"
+    )
 
 
 if __name__ == "__main__":

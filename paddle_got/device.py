@@ -6,9 +6,9 @@ from typing import Callable, Optional, Set
 
 import paddle
 
-from ._cpu_setup import CPUINFO
 from .constants import DTYPES
 from .errors import GOTError
+from .process import CPUINFO
 
 
 def available_cores() -> int:

@@ -26,6 +26,7 @@ from .checkpoint import move_into, staging_dir
 from .constants import CLIP_MEAN, CLIP_STD, INFERENCE_DIR, INFERENCE_METADATA, INFERENCE_PREFIX
 from .errors import BadInputError, CheckpointError, ExportError, reason
 from .logger import logger
+from .modeling.got import GOTQwenForCausalLM
 
 TILES_PER_RUN = 1
 INPUT_NAME = "pixel_values"
@@ -64,7 +65,7 @@ def export_metadata(config, source_checkpoint: Optional[str]) -> dict:
             "shape": [TILES_PER_RUN, config.vision_config.num_channels, size, size],
             "dtype": "float32",
             "preprocessing": f"already applied (GOTProcessor's tiles): RGB resized to {size}x{size} (bicubic), "
-                             "divided by 255, then minus mean and divided by std per channel",
+            "divided by 255, then minus mean and divided by std per channel",
             "mean": list(CLIP_MEAN),
             "std": list(CLIP_STD),
         },
@@ -114,8 +115,6 @@ def export_encoder(model, output_dir: str, source_checkpoint: Optional[str] = No
 def export_checkpoint(checkpoint: str, output_dir: Optional[str] = None) -> str:
     """Load the checkpoint directory `checkpoint` (any layout) in float32 and export its encoder + projector into
     `output_dir` (default `<checkpoint>/inference`) with `export_encoder`; returns the output directory."""
-    from .modeling.got import GOTQwenForCausalLM
-
     if not os.path.isdir(checkpoint):
         raise CheckpointError(f"Checkpoint directory {checkpoint} does not exist.")
     output_dir = output_dir or os.path.join(checkpoint, INFERENCE_DIR)
@@ -130,8 +129,9 @@ def read_metadata(directory: str) -> dict:
     names = [INFERENCE_PREFIX + ".json", INFERENCE_PREFIX + ".pdiparams", INFERENCE_METADATA]
     missing = [name for name in names if not os.path.isfile(os.path.join(directory, name))]
     if missing:
-        raise ExportError(f"No exported encoder in {directory}: {', '.join(missing)} missing (write one with "
-                          "tools/export_model.py).")
+        raise ExportError(
+            f"No exported encoder in {directory}: {', '.join(missing)} missing (write one with tools/export_model.py)."
+        )
     path = os.path.join(directory, INFERENCE_METADATA)
     try:
         with open(path, encoding="utf-8") as f:
@@ -140,8 +140,9 @@ def read_metadata(directory: str) -> dict:
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
         raise ExportError(f"Cannot read {path}: {reason(err)}.") from err
     if len(shape) != 4 or shape[0] != TILES_PER_RUN:
-        raise ExportError(f"Cannot read {path}: the input shape {shape} is not [{TILES_PER_RUN}, channels, height, "
-                          "width].")
+        raise ExportError(
+            f"Cannot read {path}: the input shape {shape} is not [{TILES_PER_RUN}, channels, height, width]."
+        )
     return metadata
 
 
@@ -187,8 +188,10 @@ class InferenceEncoder:
             check_bfloat16_cpu()
         self.metadata = read_metadata(directory)
         self.input_shape = [int(size) for size in self.metadata["input"]["shape"]]
-        config = inference.Config(os.path.join(directory, INFERENCE_PREFIX + ".json"),
-                                  os.path.join(directory, INFERENCE_PREFIX + ".pdiparams"))
+        config = inference.Config(
+            os.path.join(directory, INFERENCE_PREFIX + ".json"),
+            os.path.join(directory, INFERENCE_PREFIX + ".pdiparams"),
+        )
         config.disable_gpu()
         config.enable_onednn()
         config.set_cpu_math_library_num_threads(num_threads or device.cores_per_process())
@@ -199,17 +202,23 @@ class InferenceEncoder:
         self.predictor = inference.create_predictor(config)
         with native_stdout_to_stderr():
             self.predictor.run([paddle.zeros(self.input_shape, "float32")])
-        logger.info(f"Loaded the exported encoder in {directory} ({precision}, oneDNN, "
-                    f"{config.cpu_math_library_num_threads()} threads).")
+        logger.info(
+            f"Loaded the exported encoder in {directory} ({precision}, oneDNN, "
+            f"{config.cpu_math_library_num_threads()} threads)."
+        )
 
     def __call__(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
         """Tiles `[T, 3, S, S]` (cast to float32), T >= 1 -> features `[T, tokens_per_tile, hidden]` float32 on CPU;
         `S` is the exported size. The tiles run one at a time (`TILES_PER_RUN`). BadInputError for any other shape."""
         tile_shape = self.input_shape[1:]
         if pixel_values.ndim != 4 or pixel_values.shape[0] < 1 or list(pixel_values.shape[1:]) != tile_shape:
-            raise BadInputError(f"The exported encoder takes tiles [T, {', '.join(map(str, tile_shape))}], "
-                                f"got {list(pixel_values.shape)}.")
+            raise BadInputError(
+                f"The exported encoder takes tiles [T, {', '.join(map(str, tile_shape))}], "
+                f"got {list(pixel_values.shape)}."
+            )
         tiles = pixel_values.astype("float32").cpu()
-        features = [self.predictor.run([tiles[index:index + TILES_PER_RUN]])[0]
-                    for index in range(0, tiles.shape[0], TILES_PER_RUN)]
+        features = [
+            self.predictor.run([tiles[index : index + TILES_PER_RUN]])[0]
+            for index in range(0, tiles.shape[0], TILES_PER_RUN)
+        ]
         return features[0] if len(features) == 1 else paddle.concat(features)

@@ -20,8 +20,10 @@ AMX_CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 av
 
 
 def no_bf16_sentence(cpuinfo) -> str:
-    return ("Precision bfloat16 runs on oneDNN's bfloat16 kernels, which need a CPU with AMX or AVX512-BF16 "
-            f"(flag amx_bf16 or avx512_bf16 in {cpuinfo}), and this one has neither: use float32.")
+    return (
+        "Precision bfloat16 runs on oneDNN's bfloat16 kernels, which need a CPU with AMX or AVX512-BF16 "
+        f"(flag amx_bf16 or avx512_bf16 in {cpuinfo}), and this one has neither: use float32."
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +93,10 @@ def test_tiles_of_another_size_are_refused(exported):
 def test_a_directory_without_an_export_is_named(tmp_path):
     with pytest.raises(ExportError) as raised:
         InferenceEncoder(str(tmp_path))
-    assert str(raised.value) == (f"No exported encoder in {tmp_path}: inference.json, inference.pdiparams, "
-                                 "inference.yml missing (write one with tools/export_model.py).")
+    assert str(raised.value) == (
+        f"No exported encoder in {tmp_path}: inference.json, inference.pdiparams, "
+        "inference.yml missing (write one with tools/export_model.py)."
+    )
 
 
 def test_a_bfloat16_model_is_not_exported(ocr_checkpoint, tmp_path):

@@ -8,6 +8,10 @@ hidden] float32, the source checkpoint and the Paddle version. The files appear 
 export with paddle_got.export.InferenceEncoder.
 """
 
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads (paddle_got/process.py)
+
 from paddle_got.cli import ArgumentParser, run_cli
 from paddle_got.device import set_cpu_threads
 from paddle_got.export import export_checkpoint
