@@ -14,11 +14,13 @@ import tempfile
 import time
 
 import numpy as np
-from bench_infer import timed
 
+from bench_infer import timed
 from bench_serve import cpu_description
 
-import paddle_got  # noqa: F401  (first: it configures MKL and malloc before paddle loads)
+from paddle_got.process import tune_process
+
+tune_process()  # before Paddle loads, as the tools do
 
 WEIGHT_NOISE = 0.02  # as benchmarks/bench_infer.py: weights ~ N(0, 0.02), norm scales ~ 1 + N(0, 0.02)
 
