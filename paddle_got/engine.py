@@ -20,7 +20,7 @@ from typing import Callable, Deque, List, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
-from .errors import GOTError
+from .errors import EngineFull, GOTError, RequestTooLarge
 from .generation import NoRepeatNGram, RepetitionGuard
 from .logger import logger
 from .modeling.kv_cache import KVCache, RowCache
@@ -39,14 +39,6 @@ class GenerationRequest:
     end_token_ids: Tuple[int, ...]
     no_repeat_ngram_size: int = 0
     repetition_guard: bool = False
-
-
-class EngineFull(GOTError):
-    """The engine's waiting queue is full: try again later."""
-
-
-class RequestTooLarge(GOTError):
-    """A request that can never fit the engine's cache budget."""
 
 
 class RequestHandle:

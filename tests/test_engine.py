@@ -13,10 +13,9 @@ from paddle_got.engine import (
     REPETITION,
     STOP,
     Engine,
-    EngineFull,
     GenerationRequest,
-    RequestTooLarge,
 )
+from paddle_got.errors import EngineFull, RequestTooLarge
 from paddle_got.kernels import decode_cpu
 
 

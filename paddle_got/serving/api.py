@@ -22,11 +22,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import GOTError
+from ..errors import GOTError, RequestError
 from ..logger import logger
 from ..processing import parse_box
 from ..render import to_html, to_markdown
-from .service import OCRJob, OCRService, RequestError, RunningJob
+from .service import OCRJob, OCRService, RunningJob
 
 ERROR_TYPES = {
     400: "invalid_request_error",

@@ -18,21 +18,12 @@ from PIL import Image
 
 from ..constants import MAX_CROPS, MAX_NEW_TOKENS
 from ..engine import Engine, RequestHandle
-from ..errors import BadInputError, GOTError
+from ..errors import BadInputError, GOTError, RequestError
 from ..inputs import MAX_IMAGE_PIXELS, InputImage, decode_image, render_pdf_bytes
 from ..pipeline import GOT, OCRResult, TextStreamer, check_read_options, default_ngram_size
 from ..processing import check_box_inside
 
 PDF_MAGIC = b"%PDF"
-
-
-class RequestError(GOTError):
-    """A request that cannot be served as sent: `status` is the HTTP status to answer with (4xx)."""
-
-    def __init__(self, message: str, status: int = 400, param: Optional[str] = None):
-        super().__init__(message)
-        self.status = status
-        self.param = param
 
 
 @dataclass
