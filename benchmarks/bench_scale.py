@@ -97,18 +97,8 @@ def main():
         ]
 
     def launched(command):
-        return [
-            sys.executable,
-            "-m",
-            "paddle.distributed.launch",
-            "--log_level",
-            "WARNING",
-            "--nproc_per_node",
-            "2",
-            "--log_dir",
-            os.path.join(scratch, "logs"),
-            *command[1:],
-        ]
+        launcher = [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING"]
+        return [*launcher, "--nproc_per_node", "2", "--log_dir", os.path.join(scratch, "logs"), *command[1:]]
 
     runs = {}
     for name, command in (

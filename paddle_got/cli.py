@@ -3,9 +3,11 @@ argument parser that shows defaults, takes no abbreviations and reports a bad ar
 
 import argparse
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
+from .constants import DTYPES
 from .errors import GOTError
+from .hub import DEFAULT_MODEL, MODEL_SOURCES
 from .logger import log_to_stderr
 
 EXIT_BAD_INPUT = 2
@@ -54,6 +56,28 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, help: str, default: Optional[str] = DEFAULT_MODEL) -> None:
+    """--model_name_or_path (`help`, `default`) and --model_source, as every tool that loads or fetches GOT takes
+    them."""
+    parser.add_argument("--model_name_or_path", default=default, help=help)
+    parser.add_argument(
+        "--model_source",
+        metavar="{" + ",".join(MODEL_SOURCES) + "}",
+        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)",
+    )
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --num_threads, as every tool that runs the model takes them."""
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        metavar="{" + ",".join(("auto",) + DTYPES) + "}",
+        help="auto: bfloat16/float16 on GPU, float32 on CPU",
+    )
+    parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
 
 
 def plain_paddlenlp_logs() -> None:

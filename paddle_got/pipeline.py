@@ -82,19 +82,10 @@ class TextStreamer:
             self.written = len(text)
 
 
-def check_read_options(
-    ocr_type: str = "ocr",
-    box=None,
-    color=None,
-    multi_crop: bool = False,
-    max_crops: int = MAX_CROPS,
-    multi_page: bool = False,
-    query: Optional[str] = None,
-    max_new_tokens: int = MAX_NEW_TOKENS,
-    batch_size: int = 1,
-) -> None:
-    """GOTError for reading options that cannot work together (checked before any model or image is loaded)."""
-    validate_options(ocr_type, box, color, multi_crop, max_crops, multi_page, query)
+def check_read_options(max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 1, **options) -> None:
+    """GOTError for reading options that cannot work together (checked before any model or image is loaded);
+    `options` are `validate_options`' keyword arguments."""
+    validate_options(**options)
     if batch_size < 1:
         raise GOTError("batch_size must be at least 1.")
     if max_new_tokens < 1:
@@ -177,10 +168,6 @@ class GOT:
         mode's query text (a model fine-tuned with its own prompt is read with that prompt).
         `repetition_guard` ends a text caught in a loop early, keeping what came before the loop.
         """
-        check_read_options(ocr_type, box, color, multi_crop, max_crops, multi_page, query, max_new_tokens, batch_size)
-        inputs = expand_inputs(images)
-        if no_repeat_ngram_size is None:
-            no_repeat_ngram_size = default_ngram_size(multi_crop, multi_page)
         options = dict(
             ocr_type=ocr_type,
             box=box,
@@ -190,6 +177,10 @@ class GOT:
             multi_page=multi_page,
             query=query,
         )
+        check_read_options(max_new_tokens, batch_size, **options)
+        inputs = expand_inputs(images)
+        if no_repeat_ngram_size is None:
+            no_repeat_ngram_size = default_ngram_size(multi_crop, multi_page)
         documents = [inputs] if multi_page else [[inp] for inp in inputs]
         if stream is not None:
             check_stream(len(documents))

@@ -183,17 +183,17 @@ def validate_options(
         raise BadInputError(f"max_crops must be at least {MIN_CROPS}.")
 
 
+READ_OPTION_NAMES = ("ocr_type", "box", "color", "multi_crop", "max_crops", "multi_page", "query")
+
+
+def read_options(holder) -> dict:
+    """The reading options (`READ_OPTION_NAMES`, `validate_options`' arguments) of a request-like object."""
+    return {name: getattr(holder, name) for name in READ_OPTION_NAMES}
+
+
 def validate_request(request: OCRRequest) -> None:
     """BadInputError for a request whose options or image count do not fit together."""
-    validate_options(
-        request.ocr_type,
-        request.box,
-        request.color,
-        request.multi_crop,
-        request.max_crops,
-        request.multi_page,
-        request.query,
-    )
+    validate_options(**read_options(request))
     if not request.images:
         raise BadInputError("The request holds no image.")
     if not request.multi_page and len(request.images) != 1:

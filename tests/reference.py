@@ -350,3 +350,27 @@ def expected_texts(checkpoint, requests, no_repeat_ngram_size, max_new_tokens):
         )[0]
         texts.append(tokenizer.decode(tokens).strip())
     return texts
+
+
+# The official demo's system message, written out here rather than taken from paddle_got.constants.
+SYSTEM_MESSAGE = "You should follow the instructions carefully and explain your answers in detail."
+
+
+def hand_prompt(processor, num_pads, query):
+    """The spec's template, segment by segment: specials by id, plain text through the tokenizer."""
+    tokenizer = processor.tokenizer
+    special = tokenizer.token_id
+    return (
+        [special("<|im_start|>")]
+        + tokenizer.encode("system\n" + SYSTEM_MESSAGE)
+        + [special("<|im_end|>")]
+        + [special("<|im_start|>")]
+        + tokenizer.encode("user\n")
+        + [special("<img>")]
+        + [special("<imgpad>")] * num_pads
+        + [special("</img>")]
+        + tokenizer.encode("\n" + query)
+        + [special("<|im_end|>")]
+        + [special("<|im_start|>")]
+        + tokenizer.encode("assistant\n")
+    )

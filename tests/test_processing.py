@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reference import SYSTEM_MESSAGE, hand_prompt
+
 from paddle_got.errors import BadInputError, GOTError
 from paddle_got.processing import GOTProcessor, OCRRequest, PromptConfig, choose_grid, parse_box
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
-SYSTEM = "You should follow the instructions carefully and explain your answers in detail."
 
 
 @pytest.fixture(scope="module")
@@ -20,26 +21,6 @@ def processor(ocr_checkpoint):
 def gradient_image(width, height, seed=0):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def hand_prompt(processor, num_pads, query):
-    """The spec's template, segment by segment: specials by id, plain text through the tokenizer."""
-    tokenizer = processor.tokenizer
-    special = tokenizer.token_id
-    return (
-        [special("<|im_start|>")]
-        + tokenizer.encode("system\n" + SYSTEM)
-        + [special("<|im_end|>")]
-        + [special("<|im_start|>")]
-        + tokenizer.encode("user\n")
-        + [special("<img>")]
-        + [special("<imgpad>")] * num_pads
-        + [special("</img>")]
-        + tokenizer.encode("\n" + query)
-        + [special("<|im_end|>")]
-        + [special("<|im_start|>")]
-        + tokenizer.encode("assistant\n")
-    )
 
 
 def direct_pixels(image, size):
@@ -187,7 +168,7 @@ def test_trained_prompt_is_the_plain_default_and_leaves_other_modes_alone(ocr_ch
 )
 def test_prompt_learned_from_training_turns(turns, query, queries):
     prompt = PromptConfig.from_training_turns(turns)
-    assert (prompt.query, prompt.queries, prompt.system_message) == (query, queries, SYSTEM)
+    assert (prompt.query, prompt.queries, prompt.system_message) == (query, queries, SYSTEM_MESSAGE)
 
 
 def test_unreadable_prompt_config_is_one_sentence(ocr_checkpoint, tmp_path):

@@ -14,19 +14,14 @@ tune_process()  # before Paddle loads (paddle_got/process.py)
 import os
 import shutil
 
-from paddle_got.cli import ArgumentParser, run_cli
+from paddle_got.cli import ArgumentParser, add_model_arguments, run_cli
 from paddle_got.errors import GOTError
-from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source, resolve_model_path
+from paddle_got.hub import model_source, resolve_model_path
 
 
 def parse_args():
     parser = ArgumentParser(__doc__)
-    parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="hub id")
-    parser.add_argument(
-        "--model_source",
-        metavar="{" + ",".join(MODEL_SOURCES) + "}",
-        help="where to fetch it from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)",
-    )
+    add_model_arguments(parser, "hub id")
     parser.add_argument("--local_dir", required=True, help="folder to copy the checkpoint into (must not exist)")
     return parser.parse_args()
 

@@ -10,11 +10,11 @@ from paddle_got.process import tune_process
 
 tune_process()  # before Paddle loads (paddle_got/process.py)
 
-from paddle_got.cli import ArgumentParser, positive_int, run_cli
+from paddle_got.cli import ArgumentParser, add_model_arguments, positive_int, run_cli
 from paddle_got.constants import MAX_NEW_TOKENS, OCR_TYPES
 from paddle_got.errors import GOTError
 from paddle_got.evaluation import evaluate_model, evaluate_predictions, format_table, write_report
-from paddle_got.hub import MODEL_SOURCES, model_source
+from paddle_got.hub import model_source
 from paddle_got.outputs import check_output
 
 
@@ -22,12 +22,7 @@ def parse_args():
     parser = ArgumentParser(__doc__)
     parser.add_argument("--predictions", help="predictions JSONL written by tools/infer.py")
     parser.add_argument("--references", help="annotations (training format, .json or .jsonl) to score against")
-    parser.add_argument("--model_name_or_path", help="read the images of --meta_path with this model")
-    parser.add_argument(
-        "--model_source",
-        metavar="{" + ",".join(MODEL_SOURCES) + "}",
-        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)",
-    )
+    add_model_arguments(parser, "read the images of --meta_path with this model", default=None)
     parser.add_argument("--meta_path", help="annotated dataset (training format) to read and score")
     parser.add_argument(
         "--level",

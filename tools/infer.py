@@ -26,11 +26,19 @@ import sys
 
 from tqdm import tqdm
 
-from paddle_got.cli import EXIT_BAD_INPUT, ArgumentParser, positive_int, run_cli, share
-from paddle_got.constants import COLORS, DTYPES, MAX_CROPS, MAX_NEW_TOKENS, OCR_TYPES
+from paddle_got.cli import (
+    EXIT_BAD_INPUT,
+    ArgumentParser,
+    add_device_arguments,
+    add_model_arguments,
+    positive_int,
+    run_cli,
+    share,
+)
+from paddle_got.constants import COLORS, MAX_CROPS, MAX_NEW_TOKENS, OCR_TYPES
 from paddle_got.device import join_launch, leave_launch
 from paddle_got.errors import GOTError
-from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source
+from paddle_got.hub import model_source
 from paddle_got.inputs import expand_inputs, mark_box_misfits
 from paddle_got.outputs import RENDERINGS, check_output, json_line, output_kind, write_results
 from paddle_got.pipeline import GOT, check_read_options, check_stream, default_ngram_size
@@ -40,14 +48,7 @@ from paddle_got.runs import RunStore, Shard, documents_by_key, read_run, summary
 
 def parse_args():
     parser = ArgumentParser(__doc__)
-    parser.add_argument(
-        "--model_name_or_path", default=DEFAULT_MODEL, help="checkpoint directory (any layout) or hub id"
-    )
-    parser.add_argument(
-        "--model_source",
-        metavar="{" + ",".join(MODEL_SOURCES) + "}",
-        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)",
-    )
+    add_model_arguments(parser, "checkpoint directory (any layout) or hub id")
     parser.add_argument(
         "--image_file",
         nargs="+",
@@ -87,13 +88,7 @@ def parse_args():
         action="store_true",
         help="end a text caught in a loop (GOT's failure on dense tables), keeping what came before",
     )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        metavar="{" + ",".join(("auto",) + DTYPES) + "}",
-        help="auto: bfloat16/float16 on GPU, float32 on CPU",
-    )
-    parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
+    add_device_arguments(parser)
     parser.add_argument("--output", help="also write results: a .jsonl file, a directory (one .txt/.md each) or a file")
     parser.add_argument(
         "--render",

@@ -15,10 +15,9 @@ tune_process()  # before Paddle loads (paddle_got/process.py)
 import os
 import sys
 
-from paddle_got.cli import ArgumentParser, positive_int, run_cli
-from paddle_got.constants import DTYPES
+from paddle_got.cli import ArgumentParser, add_device_arguments, add_model_arguments, positive_int, run_cli
 from paddle_got.errors import GOTError
-from paddle_got.hub import DEFAULT_MODEL, MODEL_SOURCES, model_source
+from paddle_got.hub import model_source
 from paddle_got.serving.service import ServingLimits
 
 API_KEY_VARIABLE = "PADDLE_GOT_API_KEY"
@@ -27,12 +26,7 @@ API_KEY_VARIABLE = "PADDLE_GOT_API_KEY"
 def parse_args():
     defaults = ServingLimits()
     parser = ArgumentParser(__doc__)
-    parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="checkpoint directory or hub id")
-    parser.add_argument(
-        "--model_source",
-        metavar="{" + ",".join(MODEL_SOURCES) + "}",
-        help="where a hub id is fetched from (default: $PADDLE_GOT_MODEL_SOURCE, else huggingface)",
-    )
+    add_model_arguments(parser, "checkpoint directory or hub id")
     parser.add_argument("--served_model_name", help="the model id clients send (default: the checkpoint's name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (0: any free port)")
@@ -69,13 +63,7 @@ def parse_args():
     )
     parser.add_argument("--allowed_local_dir", help="image_url may name files under this directory")
     parser.add_argument("--allow_remote_images", action="store_true", help="image_url may be an http(s) URL")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        metavar="{" + ",".join(("auto",) + DTYPES) + "}",
-        help="auto: bfloat16/float16 on GPU, float32 on CPU",
-    )
-    parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
+    add_device_arguments(parser)
     return parser.parse_args()
 
 

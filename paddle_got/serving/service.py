@@ -21,7 +21,7 @@ from ..engine import Engine, RequestHandle
 from ..errors import BadInputError, GOTError, RequestError
 from ..inputs import MAX_IMAGE_PIXELS, InputImage, decode_image, render_pdf_bytes
 from ..pipeline import GOT, OCRResult, TextStreamer, check_read_options, default_ngram_size
-from ..processing import check_box_inside
+from ..processing import check_box_inside, read_options
 
 PDF_MAGIC = b"%PDF"
 
@@ -58,16 +58,7 @@ class OCRJob:
     def check(self) -> None:
         """RequestError (400) for options that cannot work together or a box outside its image."""
         try:
-            check_read_options(
-                self.ocr_type,
-                self.box,
-                self.color,
-                self.multi_crop,
-                self.max_crops,
-                self.multi_page,
-                self.query,
-                self.max_new_tokens,
-            )
+            check_read_options(**read_options(self), max_new_tokens=self.max_new_tokens)
             if not self.images:
                 raise BadInputError("The request holds no image.")
             if len(self.images) > 1 and not self.multi_page:
@@ -206,15 +197,7 @@ class OCRService:
         ngram = job.no_repeat_ngram_size
         if ngram is None:
             ngram = default_ngram_size(job.multi_crop, job.multi_page)
-        options = dict(
-            ocr_type=job.ocr_type,
-            box=job.box,
-            color=job.color,
-            multi_crop=job.multi_crop,
-            max_crops=job.max_crops,
-            multi_page=job.multi_page,
-            query=job.query,
-        )
+        options = read_options(job)
         document = [InputImage(f"<image {index}>", image=image) for index, image in enumerate(job.images)]
         result, request = self.ocr.prepare_document(document, options, job.max_new_tokens, ngram, job.repetition_guard)
         if request is None:

@@ -6,12 +6,12 @@ import os
 import pytest
 from PIL import Image
 
+from reference import hand_prompt
+
 from paddle_got.data.annotations import load_meta
 from paddle_got.data.dataset import GOTDataset, collate_right_padded
 from paddle_got.errors import DataError
 from paddle_got.processing import GOTProcessor
-
-SYSTEM = "You should follow the instructions carefully and explain your answers in detail."
 
 
 @pytest.fixture(scope="module")
@@ -42,22 +42,8 @@ def test_labels_supervise_only_the_answer_and_im_end(processor, tmp_path):
     dataset = GOTDataset(load_meta(write_data(tmp_path, [sample()])), processor)
     example = dataset[0]
     tokenizer = processor.tokenizer
-    special = tokenizer.token_id
-    prompt = (
-        [special("<|im_start|>")]
-        + tokenizer.encode("system\n" + SYSTEM)
-        + [special("<|im_end|>")]
-        + [special("<|im_start|>")]
-        + tokenizer.encode("user\n")
-        + [special("<img>")]
-        + [special("<imgpad>")] * processor.tokens_per_tile
-        + [special("</img>")]
-        + tokenizer.encode("\nOCR:")
-        + [special("<|im_end|>")]
-        + [special("<|im_start|>")]
-        + tokenizer.encode("assistant\n")
-    )
-    answer = tokenizer.encode("Hello 42") + [special("<|im_end|>")]
+    prompt = hand_prompt(processor, processor.tokens_per_tile, "OCR:")
+    answer = tokenizer.encode("Hello 42") + [tokenizer.token_id("<|im_end|>")]
     assert example["input_ids"] == prompt + answer
     assert example["labels"] == [-100] * len(prompt) + answer
     assert example["pixel_values"].shape == (1, 3, 64, 64)

@@ -161,16 +161,8 @@ def test_decode_attention_step_equals_float64_numpy(batch, heads, kv_heads, padd
     bias = build_attention_bias(paddle.to_tensor(mask), 1, position, capacity, heads, "float32")
     key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
     with paddle.no_grad():
-        ours = decode_cpu.decode_attention(
-            paddle.to_tensor(query),
-            paddle.to_tensor(new_keys),
-            paddle.to_tensor(new_values),
-            rotary,
-            key_buffer,
-            value_buffer,
-            position,
-            bias,
-        ).numpy()
+        new_token = [paddle.to_tensor(array) for array in (query, new_keys, new_values)]
+        ours = decode_cpu.decode_attention(*new_token, rotary, key_buffer, value_buffer, position, bias).numpy()
 
     token_positions = positions.numpy()[:, 0].astype("float64")
     rotated_keys = rotated(new_keys[..., 0].astype("float64"), token_positions, theta)
@@ -209,17 +201,9 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
     rotary = tuple(tuple(broadcastable_to_heads(table, count) for table in tables) for count in (heads, kv_heads))
     key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
     with paddle.no_grad():
-        ours = decode_cpu.decode_attention(
-            paddle.to_tensor(query),
-            paddle.to_tensor(new_keys),
-            paddle.to_tensor(new_values),
-            rotary,
-            key_buffer,
-            value_buffer,
-            0,
-            None,
-            positions=paddle.to_tensor(row_positions),
-        ).numpy()
+        new_token = [paddle.to_tensor(array) for array in (query, new_keys, new_values)]
+        positions = paddle.to_tensor(row_positions)
+        ours = decode_cpu.decode_attention(*new_token, rotary, key_buffer, value_buffer, 0, None, positions).numpy()
     written_keys, written_values = key_buffer.numpy(), value_buffer.numpy()
     rotated_keys = rotated(new_keys[..., 0].astype("float64"), row_positions.astype("float64"), theta)
     rotated_queries = rotated(query[..., 0].astype("float64"), row_positions.astype("float64"), theta)

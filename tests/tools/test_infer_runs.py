@@ -57,19 +57,8 @@ def infer_command(checkpoint, *args):
 
 def launch_command(command, log_dir, nproc=2, nodes=()):
     """`command` (a tools/infer.py command line) under paddle.distributed.launch with `nproc` processes."""
-    return [
-        sys.executable,
-        "-m",
-        "paddle.distributed.launch",
-        "--log_level",
-        "WARNING",
-        *nodes,
-        "--nproc_per_node",
-        str(nproc),
-        "--log_dir",
-        str(log_dir),
-        *command[1:],
-    ]
+    launcher = [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING", *nodes]
+    return [*launcher, "--nproc_per_node", str(nproc), "--log_dir", str(log_dir), *command[1:]]
 
 
 def run(command, check_exit=0):

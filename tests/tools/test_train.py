@@ -42,6 +42,24 @@ def run_train(meta_path, output_dir, *extra, check_exit=0):
     return result
 
 
+def run_train_sh_command(meta_path, output_dir, *extra):
+    """`sh run_train.sh` on the tiny model, as a user types it (CONFIG and GPUS come from the environment)."""
+    launcher = ["sh", os.path.join(REPO, "run_train.sh"), "--model_name_or_path", "configs/tiny_got"]
+    return [*launcher, "--meta_path", meta_path, "--output_dir", str(output_dir), *extra]
+
+
+def two_process_environment(**extra):
+    """The environment for run_train.sh on CPU: two processes (GPUS=2) with the tiny config, then `extra`."""
+    return {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable, **extra}
+
+
+def read_with(model_dir, image, max_new_tokens):
+    """tools/infer.py reading `image` with the model in `model_dir` (a finished run or a checkpoint)."""
+    command = [sys.executable, os.path.join(REPO, "tools", "infer.py"), "--model_name_or_path", str(model_dir)]
+    command += ["--image_file", image, "--max_new_tokens", str(max_new_tokens)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def weights(directory):
     return load_file(os.path.join(directory, "model.safetensors"))
 
@@ -62,21 +80,7 @@ def test_output_is_a_checkpoint_infer_reads(synth_data, tmp_path):
     assert "\x1b[" not in result.stderr and "DEBUG" not in result.stderr and "gpu" not in result.stderr
     assert len(result.stderr.splitlines()) < 60
     image = json.load(open(os.path.join(os.path.dirname(synth_data), "annotations.json")))[0]["image"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "infer.py"),
-            "--model_name_or_path",
-            str(tmp_path / "out"),
-            "--image_file",
-            os.path.join(os.path.dirname(synth_data), "images", image),
-            "--max_new_tokens",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = read_with(tmp_path / "out", os.path.join(os.path.dirname(synth_data), "images", image), 4)
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n")
 
@@ -107,25 +111,12 @@ def test_two_cpu_processes_equal_one_with_the_same_global_batch(synth_data, tmp_
     # with tiny gradients that becomes a share of the learning rate: weight differences scale with it.
     rate = ["--learning_rate", "1e-4"]
     run_train(synth_data, tmp_path / "one", "--per_device_train_batch_size", "2", *rate)
-    environment = {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable}
     result = subprocess.run(
-        [
-            "sh",
-            os.path.join(REPO, "run_train.sh"),
-            "--model_name_or_path",
-            "configs/tiny_got",
-            "--meta_path",
-            synth_data,
-            "--output_dir",
-            str(tmp_path / "two"),
-            "--per_device_train_batch_size",
-            "1",
-            *rate,
-        ],
+        run_train_sh_command(synth_data, tmp_path / "two", "--per_device_train_batch_size", "1", *rate),
         capture_output=True,
         text=True,
         timeout=600,
-        env=environment,
+        env=two_process_environment(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(f for f in os.listdir(tmp_path / "two" / "logs") if f.startswith("workerlog")) == [
@@ -140,23 +131,11 @@ def test_two_cpu_processes_equal_one_with_the_same_global_batch(synth_data, tmp_
         master = f"127.0.0.1:{probe.getsockname()[1]}"
     nodes = [
         subprocess.Popen(
-            [
-                "sh",
-                os.path.join(REPO, "run_train.sh"),
-                "--model_name_or_path",
-                "configs/tiny_got",
-                "--meta_path",
-                synth_data,
-                "--output_dir",
-                str(tmp_path / "nodes"),
-                "--per_device_train_batch_size",
-                "1",
-                *rate,
-            ],
+            run_train_sh_command(synth_data, tmp_path / "nodes", "--per_device_train_batch_size", "1", *rate),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**environment, "GPUS": "1", "NNODES": "2", "MASTER": master, "LOG_DIR": str(tmp_path / f"logs{node}")},
+            env=two_process_environment(GPUS="1", NNODES="2", MASTER=master, LOG_DIR=str(tmp_path / f"logs{node}")),
         )
         for node in range(2)
     ]
@@ -244,21 +223,7 @@ def test_fine_tuned_model_reads_with_its_training_prompt(tmp_path):
         assert prompt["query"] == "OCR:" and prompt["queries"] == {"OCR:": 2}, directory
     for record in records:
         image = str(tmp_path / "data" / "images" / record["image"])
-        result = subprocess.run(
-            [
-                sys.executable,
-                os.path.join(REPO, "tools", "infer.py"),
-                "--model_name_or_path",
-                str(tmp_path / "out"),
-                "--image_file",
-                image,
-                "--max_new_tokens",
-                "16",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = read_with(tmp_path / "out", image, 16)
         assert result.returncode == 0, result.stderr
         assert "Reading with the prompt this model was trained with: query 'OCR:'" in result.stderr
         assert result.stdout == record["conversations"][1]["value"] + "\n"
@@ -332,23 +297,13 @@ def test_rerun_into_a_finished_run_is_refused(synth_data, tmp_path):
 
 
 def test_run_train_sh_reports_a_failure_once(tmp_path):
-    environment = {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable}
     missing = str(tmp_path / "none" / "meta.json")
     result = subprocess.run(
-        [
-            "sh",
-            os.path.join(REPO, "run_train.sh"),
-            "--model_name_or_path",
-            "configs/tiny_got",
-            "--meta_path",
-            missing,
-            "--output_dir",
-            str(tmp_path / "out"),
-        ],
+        run_train_sh_command(missing, tmp_path / "out"),
         capture_output=True,
         text=True,
         timeout=600,
-        env=environment,
+        env=two_process_environment(),
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
@@ -380,27 +335,13 @@ def worker_pids(output_dir):
 
 
 def test_run_train_sh_names_the_signal_that_killed_a_worker(synth_data, tmp_path):
-    environment = {**os.environ, "GPUS": "2", "CONFIG": "configs/tiny_cpu.yaml", "PYTHON": sys.executable}
     output = tmp_path / "out"
     process = subprocess.Popen(
-        [
-            "sh",
-            os.path.join(REPO, "run_train.sh"),
-            "--model_name_or_path",
-            "configs/tiny_got",
-            "--meta_path",
-            synth_data,
-            "--output_dir",
-            str(output),
-            "--max_steps",
-            "400",
-            "--save_steps",
-            "2",
-        ],
+        run_train_sh_command(synth_data, output, "--max_steps", "400", "--save_steps", "2"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=environment,
+        env=two_process_environment(),
     )
     deadline = time.time() + 300
     while not os.path.isdir(output / "checkpoint-2") and time.time() < deadline:

@@ -37,29 +37,17 @@ def parameters(model):
     return {name: p.numpy().copy() for name, p in model.named_parameters()}
 
 
+def two_step_arguments(checkpoint, meta_path, output_dir, *extra):
+    """Training arguments for two steps of batch 2 on `checkpoint`'s model, then `extra`."""
+    common = ["--model_name_or_path", checkpoint.directory, "--meta_path", meta_path, "--output_dir", str(output_dir)]
+    return parse_training_arguments([*common, "--max_steps", "2", "--per_device_train_batch_size", "2", *extra])
+
+
 @pytest.mark.parametrize("freeze", [False, True], ids=["stage2", "stage3"])
 def test_stage_2_trains_the_encoder_and_stage_3_freezes_it(freeze, ocr_checkpoint, synth_data, tmp_path):
     before = parameters(GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory))
-    arguments = parse_training_arguments(
-        [
-            "--model_name_or_path",
-            ocr_checkpoint.directory,
-            "--meta_path",
-            synth_data,
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--max_steps",
-            "2",
-            "--per_device_train_batch_size",
-            "2",
-            "--learning_rate",
-            "1e-3",
-            "--save_steps",
-            "100",
-            "--freeze_vision_tower",
-            str(freeze),
-        ]
-    )
+    extra = ["--learning_rate", "1e-3", "--save_steps", "100", "--freeze_vision_tower", str(freeze)]
+    arguments = two_step_arguments(ocr_checkpoint, synth_data, tmp_path / "out", *extra)
     after = parameters(train(*arguments).model)
     changed = {name for name in before if not np.array_equal(before[name], after[name])}
     encoder = {name for name in before if ".vision_tower_high." in name}
@@ -129,28 +117,8 @@ def test_merged_lora_weights_give_the_adapted_model(ocr_checkpoint):
 
 def test_lora_training_saves_merged_weights_and_resumable_adapters(ocr_checkpoint, synth_data, tmp_path):
     before = parameters(GOTQwenForCausalLM.from_pretrained(ocr_checkpoint.directory))
-    arguments = parse_training_arguments(
-        [
-            "--model_name_or_path",
-            ocr_checkpoint.directory,
-            "--meta_path",
-            synth_data,
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--max_steps",
-            "2",
-            "--save_steps",
-            "1",
-            "--per_device_train_batch_size",
-            "2",
-            "--learning_rate",
-            "1e-2",
-            "--lora",
-            "True",
-            "--lora_rank",
-            "4",
-        ]
-    )
+    extra = ["--learning_rate", "1e-2", "--save_steps", "1", "--lora", "True", "--lora_rank", "4"]
+    arguments = two_step_arguments(ocr_checkpoint, synth_data, tmp_path / "out", *extra)
     train(*arguments)
     merged = parameters(GOTQwenForCausalLM.from_pretrained(str(tmp_path / "out")))
     assert merged.keys() == before.keys()
