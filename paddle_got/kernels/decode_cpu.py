@@ -182,20 +182,18 @@ def linear(layer: nn.Layer, rows: paddle.Tensor) -> paddle.Tensor:
 class DecodeAttentionArgs(ctypes.Structure):
     """Pointers and sizes for `decode_attention` in decode_cpu.cpp (the same fields, in the same order)."""
 
-    # Each field is a pointer (P) or a 64-bit size (N), in the C++ struct's order.
-    _LAYOUT = (
-        "P query new_keys new_values query_cos query_sin key_cos key_sin",
-        "N table_row_stride",
-        "P keys values",
-        "N capacity position",
-        "P positions bias",
-        "N bias_row_stride batch heads kv_heads head_dim",
-        "P out",
-    )
     _fields_ = [
-        (name, ctypes.c_void_p if group.split()[0] == "P" else ctypes.c_int64)
-        for group in _LAYOUT
-        for name in group.split()[1:]
+        (name, ctype)
+        for ctype, names in (
+            (ctypes.c_void_p, "query new_keys new_values query_cos query_sin key_cos key_sin"),
+            (ctypes.c_int64, "table_row_stride"),
+            (ctypes.c_void_p, "keys values"),
+            (ctypes.c_int64, "capacity position"),
+            (ctypes.c_void_p, "positions bias"),
+            (ctypes.c_int64, "bias_row_stride batch heads kv_heads head_dim"),
+            (ctypes.c_void_p, "out"),
+        )
+        for name in names.split()
     ]
 
 
