@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -175,6 +176,20 @@ def run_workload(url: str, workload, rows: int) -> dict:
     }
 
 
+def engine_work(url: str) -> dict:
+    """The server's work counters so far (its /metrics): prefill and decode time, steps, mean rows per step."""
+    import httpx
+
+    text = httpx.get(url + "/metrics").text
+    value = {name: float(number) for name, number in re.findall(r"^paddle_got_(\w+) (\S+)$", text, flags=re.M)}
+    return {
+        "prefill_s": value["prefill_seconds_total"],
+        "decode_s": value["decode_seconds_total"],
+        "decode_steps": value["decode_steps_total"],
+        "rows_per_step": value["decode_rows_total"] / max(value["decode_steps_total"], 1.0),
+    }
+
+
 def short_request_probe(url: str, rows: int, seed: int) -> dict:
     """A short request alone, then the same once `rows - 1` long requests are generating: each has streamed its
     first text (with fixed batches the short one then waits for their batch to end)."""
@@ -222,6 +237,7 @@ def main():
         try:
             print(f"{scheduling}: {args.requests} requests from {args.rows} clients ...", file=sys.stderr, flush=True)
             report[scheduling] = run_workload(url, workload, args.rows)
+            report[scheduling].update(engine_work(url))
             if not args.skip_probe:
                 report[scheduling].update(short_request_probe(url, args.rows, seed=1000))
         finally:
@@ -235,6 +251,10 @@ def main():
         ("p95 latency (s)", "p95_latency_s", 1),
         ("p50 time to first token (s)", "p50_ttft_s", 1),
         ("wall time (s)", "wall_s", 1),
+        ("of which encoder + prefill (s)", "prefill_s", 1),
+        ("of which decode steps (s)", "decode_s", 1),
+        ("decode steps", "decode_steps", 0),
+        ("mean rows per decode step", "rows_per_step", 2),
     ]
     if not args.skip_probe:
         rows += [

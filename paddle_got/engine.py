@@ -13,6 +13,7 @@ guard) and hands every token to its request as it is made. A request's tokens ar
 """
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Deque, List, Optional, Sequence, Tuple
@@ -237,6 +238,7 @@ class Engine:
         self._wake = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
+        self._work = {"prefill_seconds": 0.0, "prefills": 0, "decode_seconds": 0.0, "decode_steps": 0, "decode_rows": 0}
 
     def submit(
         self,
@@ -257,6 +259,7 @@ class Engine:
         """Admit and prefill newcomers, then one decode step for every row still running."""
         scheduler = self.scheduler
         for handle in scheduler.admit():
+            started = time.perf_counter()
             try:
                 with paddle.no_grad():
                     logits = self.runner.prefill(handle.request)
@@ -269,11 +272,13 @@ class Engine:
             with scheduler.lock:
                 scheduler.prefilling.remove(handle)
                 scheduler.running.append(handle)
+                self._count(prefill_seconds=time.perf_counter() - started, prefills=1)
             if handle.take(handle.choose(logits)):
                 self._retire([len(scheduler.running) - 1])
         self._retire([row for row, h in enumerate(scheduler.running) if h._cancelled.is_set()], CANCELLED)
         if not scheduler.running:
             return
+        started = time.perf_counter()
         try:
             with paddle.no_grad():
                 logits = self.runner.decode([handle.tokens[-1] for handle in scheduler.running])
@@ -284,6 +289,8 @@ class Engine:
                 scheduler.running[row]._finish(ERROR, f"Generation failed: {err}")
             self._retire(rows)
             return
+        with scheduler.lock:
+            self._count(decode_seconds=time.perf_counter() - started, decode_steps=1, decode_rows=len(logits))
         finished = [row for row, handle in enumerate(scheduler.running) if handle.take(handle.choose(logits[row]))]
         self._retire(finished)
 
@@ -340,8 +347,15 @@ class Engine:
                     return
             self.step()
 
+    def _count(self, **amounts) -> None:
+        """Add to the work counters (the caller holds the scheduler's lock)."""
+        for name, amount in amounts.items():
+            self._work[name] += amount
+
     def stats(self) -> dict:
-        """`running` (prefilling included) and `waiting` counts (for metrics)."""
+        """For metrics: `running` (prefilling included) and `waiting` counts now, and the work done so far:
+        `prefills` and `prefill_seconds` (images encoded + prompts run), `decode_steps`, `decode_seconds` and
+        `decode_rows` (rows summed over the steps, so `decode_rows / decode_steps` is the mean batch)."""
         with self.scheduler.lock:
             running = len(self.scheduler.running) + len(self.scheduler.prefilling)
-            return {"running": running, "waiting": len(self.scheduler.waiting)}
+            return {"running": running, "waiting": len(self.scheduler.waiting), **self._work}

@@ -207,3 +207,18 @@ def test_fixed_batches_wait_for_the_whole_batch(model, requests, ocr_checkpoint)
     engine.run_until_idle()
     for handle, request in zip(handles, batch):
         assert handle.tokens == expected_tokens(ocr_checkpoint, request)
+
+
+def test_stats_count_the_work_done(model, requests):
+    """Every request is prefilled once (its first token) and then takes one row of each decode step until it ends."""
+    engine = Engine(model, max_rows=2)
+    handles = [engine.submit(request) for request in (requests[1], requests[5])]
+    engine.run_until_idle()
+    stats = engine.stats()
+    lengths = [len(handle.tokens) for handle in handles]
+    assert min(lengths) > 1
+    assert stats["prefills"] == 2
+    assert stats["decode_steps"] == max(lengths) - 1
+    assert stats["decode_rows"] == sum(lengths) - 2
+    assert stats["prefill_seconds"] > 0 and stats["decode_seconds"] > 0
+    assert (stats["running"], stats["waiting"]) == (0, 0)

@@ -267,6 +267,11 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
             ("generated_tokens_total", "counter", counters["generated_tokens"], "Tokens generated"),
             ("queue_depth", "gauge", stats["waiting"], "Requests waiting for a row"),
             ("running_rows", "gauge", stats["running"], "Requests being generated"),
+            ("prefills_total", "counter", stats["prefills"], "Requests prefilled (images encoded, prompt run)"),
+            ("prefill_seconds_total", "counter", stats["prefill_seconds"], "Time spent in prefills"),
+            ("decode_steps_total", "counter", stats["decode_steps"], "Decode steps over the running rows"),
+            ("decode_seconds_total", "counter", stats["decode_seconds"], "Time spent in decode steps"),
+            ("decode_rows_total", "counter", stats["decode_rows"], "Rows summed over the decode steps"),
         ):
             lines += [
                 f"# HELP paddle_got_{name} {text}.",

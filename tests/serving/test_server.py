@@ -271,9 +271,18 @@ def test_health_models_and_metrics(server):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == MODEL
     metrics = httpx.get(server.url + "/metrics").text
-    for name in ("requests_total", "generated_tokens_total", "queue_depth", "running_rows"):
+    for name in (
+        "requests_total",
+        "generated_tokens_total",
+        "queue_depth",
+        "running_rows",
+        "prefill_seconds_total",
+        "decode_steps_total",
+    ):
         assert f"\n# TYPE paddle_got_{name} " in "\n" + metrics
     assert metric(server, "requests_total") > 0
+    assert metric(server, "prefills_total") >= metric(server, "requests_total")
+    assert metric(server, "decode_rows_total") >= metric(server, "decode_steps_total") > 0
 
 
 # --- bad requests: a 4xx with one sentence in OpenAI's error shape, and the server keeps serving ---------------
