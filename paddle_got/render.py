@@ -44,7 +44,7 @@ _MATH = re.compile(
     rf"|\$\$(?P<display_dollar>{_IN_FORMULA}+?)\$\$"
     rf"|\\\((?P<inline>{_IN_FORMULA}*?)\\\)"
     r"|(?<!\$)\$(?P<inline_dollar>[^\s$](?:[^$\n]*?[^\s$\\])?)\$(?!\d)"
-    r"|(?P<broken>\\[(\[].*?(?=\s*(?:\\[(\[]|\n|\Z)))",
+    r"|(?P<broken>(?:\\[(\[]|\$\$).*?(?=\s*(?:\\[(\[]|\n|\Z)))",  # an opening never closed
     re.S,
 )
 # A tabular ends at \end{tabular}; one never closed (GOT ran out of tokens) at the next blank line.

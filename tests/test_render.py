@@ -264,8 +264,11 @@ def test_what_cannot_be_rendered_is_shown_as_source_in_a_marked_box():
     assert [(node.attrs["class"], node.text()) for node in formulas] == [
         ("render-error", "\\(x + y and one the converter rejects:"),
         ("render-error", "\\(\\frac{1}{\\)"),
+        ("render-error", "$$x = 1"),
     ]
-    assert formulas[0].attrs["title"] == "could not render this formula: it is never closed"
+    assert (
+        formulas[0].attrs["title"] == formulas[2].attrs["title"] == "could not render this formula: it is never closed"
+    )
     assert formulas[1].attrs["title"].startswith("could not render this formula: the LaTeX converter failed")
     assert text.all("p")[0].text() == "Before the tables." and text.all("table") == []
 
@@ -282,6 +285,8 @@ def test_a_broken_table_stays_as_its_source_in_a_code_block_in_markdown():
         "\\(x + y and one the converter rejects:"
     ]
     assert paragraph.content.endswith("$\\frac{1}{$.")
+    (display,) = [child.content for child in tokens(markdown, "inline")[2].children if child.type == "code_inline"]
+    assert display == "$$x = 1"
 
 
 def attributes(root: Node) -> list:
