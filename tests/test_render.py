@@ -434,7 +434,7 @@ def test_the_tool_writes_html_pages_with_their_images(predictions, tmp_path):
         str(out / "doc_page2.html"),
         str(out / "nowhere.html"),
     ]
-    assert "error: /elsewhere/gone.png: /elsewhere/gone.png: no such file. (skipped)" in result.stderr.splitlines()
+    assert "error: /elsewhere/gone.png: no such file. (skipped)" in result.stderr.splitlines()
     scan_page = (out / "scan.html").read_text(encoding="utf-8")
     assert decoded(image_sources(scan_page)[0], "image/png") == (tmp_path / "images" / "scan.png").read_bytes()
     assert cells(parse(scan_page).all("table")[0]) == SPANNED

@@ -74,7 +74,7 @@ def main():
         raise GOTError(f"--images_dir {args.images_dir} is not a directory.")
     for record in records:
         if record.get("error") is not None:
-            print(f"error: {record['image']}: {record['error']} (skipped)", file=sys.stderr)
+            print(f"error: {record['error']} (skipped)", file=sys.stderr)
     done = [record for record in records if record.get("error") is None]
     paths = output_paths(done, args.out_dir, SUFFIXES[args.format])
     for record, path in tqdm(list(zip(done, paths, strict=True)), desc="Rendering", unit="page", disable=len(done) < 2):
