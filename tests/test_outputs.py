@@ -1,12 +1,15 @@
-"""Writing results: file modes follow the umask, and --output is checked before any reading starts."""
+"""Writing results: file modes follow the umask, --output is checked before any reading starts, and formatted
+text goes to .md and .html files rendered."""
 
 import os
 import stat
+from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 from paddle_got.errors import GOTError
-from paddle_got.outputs import check_output, write_atomic
+from paddle_got.outputs import check_output, file_suffix, file_text, write_atomic
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -48,3 +51,18 @@ def test_outputs_that_cannot_be_written(tmp_path, relative, message):
         check_output(str(tmp_path / relative), 3)
     assert str(caught.value).endswith(message.format(tmp=tmp_path))
     assert not (tmp_path / "missing").exists()
+
+
+FORMATTED = "\\title{Scores}\n\n\\begin{tabular}{lr}\nGOT & 0.97 \\\\\n\\end{tabular}"
+
+
+def test_formatted_text_is_rendered_for_md_and_html_files_and_plain_text_kept_as_read(tmp_path):
+    Image.new("RGB", (20, 10), "white").save(tmp_path / "scan.png")
+    result = SimpleNamespace(image=str(tmp_path / "scan.png"), page=None, text=FORMATTED)
+    assert [file_suffix("format"), file_suffix("format", "html"), file_suffix("ocr")] == [".md", ".html", ".txt"]
+    assert file_text(result, ".md", "format") == "# Scores\n\n| GOT | 0.97 |\n| --- | ---: |\n"
+    assert file_text(result, ".txt", "ocr") == file_text(result, ".md", "ocr") == FORMATTED + "\n"
+    page = file_text(result, ".html", "format")
+    assert page.startswith("<!DOCTYPE html>") and "<title>scan.png</title>" in page and "<h1>Scores</h1>" in page
+    assert '<tr><th>GOT</th><th style="text-align: right">0.97</th></tr>' in page
+    assert page.count('<img src="data:image/png;base64,') == 1

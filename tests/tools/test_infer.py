@@ -13,6 +13,7 @@ from PIL import Image
 import reference
 
 from paddle_got.processing import OCRRequest
+from paddle_got.render import result_html, to_markdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INFER = os.path.join(REPO, "tools", "infer.py")
@@ -114,6 +115,45 @@ def test_pdf_pages_are_inputs_and_outputs_are_written(images, ocr_checkpoint, tm
     assert sorted(os.listdir(out_dir)) == ["doc_page1.txt", "doc_page2.txt"]
     assert (out_dir / "doc_page2.txt").read_text() == records[1]["text"] + "\n"
     assert records[0]["text"]
+
+
+def test_formatted_text_is_written_rendered(images, ocr_checkpoint, tmp_path):
+    """--output page.md / page.html hold the text rendered; an output directory gets .md files, and with
+    --render html pages with the input image beside the text."""
+    model = ocr_checkpoint.directory
+    for name in ("page.md", "page.html"):
+        text = run_infer(
+            "--image_file",
+            images["page"],
+            "--ocr_type",
+            "format",
+            "--output",
+            str(tmp_path / name),
+            model=model,
+            check_exit=0,
+        ).stdout[:-1]
+    assert (tmp_path / "page.md").read_text() == to_markdown(text) + "\n"
+    page = (tmp_path / "page.html").read_text()
+    assert page == result_html(text, images["page"]) and page.count('<img src="data:image/png;base64,') == 1
+    for folder, extra in (("md", []), ("html", ["--render", "html"])):
+        result = run_infer(
+            "--image_file",
+            images["page"],
+            images["slide"],
+            "--ocr_type",
+            "format",
+            "--output",
+            str(tmp_path / folder),
+            *extra,
+            model=model,
+            check_exit=0,
+        )
+        assert [json.loads(line)["text"] for line in result.stdout.splitlines()][0] == text
+    assert sorted(os.listdir(tmp_path / "md")) == ["page.md", "slide.md"]
+    assert (tmp_path / "md" / "page.md").read_text() == to_markdown(text) + "\n"
+    assert sorted(os.listdir(tmp_path / "html")) == ["page.html", "slide.html"]
+    assert (tmp_path / "html" / "page.html").read_text() == page
+    assert '<img src="data:image/jpeg;base64,' in (tmp_path / "html" / "slide.html").read_text()
 
 
 def test_stream_prints_the_same_text(images, ocr_checkpoint, tmp_path):
