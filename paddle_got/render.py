@@ -5,10 +5,10 @@ self-contained HTML page.
     page = to_html(result.text, image="scan.png")  # the page image beside the rendered text
 
 LaTeX `tabular`s become tables, `\\title` / `\\section` / `\\subsection` headings, `\\textbf` / `\\textit` /
-`\\underline` emphasis; math stays math (`$...$` / `$$...$$` in Markdown, MathML in HTML, which browsers draw
-natively); other commands are kept as text. Model output is untrusted: in HTML all of it is escaped, and the page's
-Content-Security-Policy forbids scripts and network loads. A table or formula that cannot be rendered is shown as its
-source in a marked box instead of failing the page.
+`\\underline` emphasis, `itemize` / `enumerate` lists; math stays math (`$...$` / `$$...$$` in Markdown, MathML in
+HTML, which browsers draw natively); other commands are kept as text. Model output is untrusted: in HTML all of it is
+escaped, and the page's Content-Security-Policy forbids scripts and network loads. A table or formula that cannot be
+rendered is shown as its source in a marked box instead of failing the page.
 """
 
 import base64
@@ -59,6 +59,11 @@ _LEADING_RULES = re.compile(
 _OPTIONS = re.compile(r"\s*(?:\[[^\]]*\]\s*)?")
 _COMMAND = re.compile(r"\\(title|section|subsection|subsubsection|textbf|textit|emph|underline)\*?\s*(?=\{)")
 _HEADING_LEVELS = {"title": 1, "section": 2, "subsection": 3, "subsubsection": 4}
+_LIST = re.compile(
+    r"\\begin\{(?P<begin>itemize|enumerate)\}(?:\s*\[[^\]]*\])?"
+    r"|\\end\{(?P<end>itemize|enumerate)\}"
+    r"|\\item(?![a-zA-Z])(?:\s*\[(?P<label>[^\]]*)\])?"
+)
 _GFM_ALIGN = {"l": "---", "c": ":---:", "r": "---:"}
 _HTML_ALIGN = {"c": "center", "r": "right"}
 _HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
@@ -205,6 +210,37 @@ def _commands_to_markdown(text: str, underline=_UNDERLINE_MARKDOWN) -> str:
         position = group[1]
     pieces.append(text[position:])
     return re.sub(r"\n{3,}", "\n\n", "".join(pieces))
+
+
+def _list_marker(kind: str, number: int) -> str:
+    """The Markdown marker of item `number` of an itemize (a bullet) or enumerate (its number)."""
+    return "- " if kind == "itemize" else f"{number}. "
+
+
+def _lists_to_markdown(text: str) -> str:
+    """`text` with `itemize` / `enumerate` environments as Markdown lists, nested ones indented under their item
+    (a list never closed ends with the text, as when GOT runs out of tokens); `text` itself when they do not nest."""
+    pieces, open_lists, position = [], [], 0  # open_lists: [kind, items so far] from the outermost
+    for match in _LIST.finditer(text):
+        between = text[position : match.start()]
+        pieces.append(" ".join(between.split()) if open_lists else between)
+        position = match.end()
+        if match.group("begin"):
+            open_lists.append([match.group("begin"), 0])
+            pieces.append("" if len(open_lists) > 1 else "\n\n")
+        elif match.group("end"):
+            if not open_lists or open_lists.pop()[0] != match.group("end"):
+                return text
+            pieces.append("" if open_lists else "\n\n")
+        elif not open_lists:
+            return text
+        else:
+            indent = "".join(" " * len(_list_marker(*outer)) for outer in open_lists[:-1])
+            open_lists[-1][1] += 1
+            label = (match.group("label") or "").strip()
+            pieces.append(f"\n{indent}{_list_marker(*open_lists[-1])}" + (f"**{label}** " if label else ""))
+    rest = text[position:]
+    return "".join(pieces) + (" ".join(rest.split()) if open_lists else rest)
 
 
 def _format_command(name: str, inner: str, underline) -> str:
@@ -475,13 +511,13 @@ def _gfm_table(table: _Table, formulas: Sequence[_Math]) -> str:
 
 def to_markdown(text: str) -> str:
     """GOT's formatted text as CommonMark/GFM: pipe tables where cells do not span (HTML tables where they do),
-    headings, emphasis, `$...$` / `$$...$$` math. A table that cannot be parsed stays as its source in a code block;
-    raw HTML in the text is escaped, so that it shows as text wherever the Markdown is rendered."""
+    headings, emphasis, lists, `$...$` / `$$...$$` math. A table that cannot be parsed stays as its source in a code
+    block; raw HTML in the text is escaped, so that it shows as text wherever the Markdown is rendered."""
     prose, formulas = _extract_math(text)
     parts = []
     for block in _blocks(prose):
         if isinstance(block, str):
-            markdown = _commands_to_markdown(_escape_raw_html(block))
+            markdown = _commands_to_markdown(_lists_to_markdown(_escape_raw_html(block)))
             parts.append(_fill(markdown, formulas, _math_markdown).strip("\n"))
         elif isinstance(block, _Broken):
             parts.append(_fenced(_fill(block.source, formulas, _math_source)))
@@ -498,7 +534,7 @@ def _text_html(text: str) -> str:
     parts = []
     for block in _blocks(prose):
         if isinstance(block, str):
-            markdown = _commands_to_markdown(block, _UNDERLINE_PLACEHOLDERS)
+            markdown = _commands_to_markdown(_lists_to_markdown(block), _UNDERLINE_PLACEHOLDERS)
             parts.append(_fill_html(_MARKDOWN.render(markdown), formulas, _math_html))
         elif isinstance(block, _Broken):
             parts.append(_error_html("pre", block.reason, _fill(block.source, formulas, _math_source)))

@@ -226,6 +226,41 @@ def test_markdown_lists_and_tables_pass_through():
     assert [th.text() for th in html_text.all("th")] == ["Name", "Value"]
 
 
+def test_latex_lists_become_markdown_lists():
+    markdown = to_markdown(corpus("latex_lists"))
+    assert [token.type for token in MARKDOWN.parse(markdown) if token.type.endswith("list_open")] == [
+        "ordered_list_open",
+        "bullet_list_open",
+    ]
+    assert [token.content for token in tokens(markdown, "inline")] == [
+        "Steps we follow:",
+        "Scan the page at $300$ dpi.",
+        "Read it with **GOT**:",
+        "plain text",
+        "formatted text",
+        "**Last** Check the tables.",
+        "Done.",
+    ]
+    (ordered,) = page_text(corpus("latex_lists")).all("ol")
+    items = [child for child in ordered.children if isinstance(child, Node)]
+    assert [len(item.all("math")) for item in items] == [1, 0, 0]
+    assert [li.text() for li in items[1].all("li")] == ["plain text", "formatted text"]
+    assert items[2].all("strong")[0].text() == "Last"
+
+
+@pytest.mark.parametrize(
+    "text, markdown",
+    [
+        ("\\begin{itemize}\n\\item cut off by\n\\item the token limit", "- cut off by\n- the token limit"),
+        ("\\begin{itemize}\\item a\\end{enumerate}", "\\begin{itemize}\\item a\\end{enumerate}"),
+        ("an \\item outside a list", "an \\item outside a list"),
+    ],
+    ids=["never closed", "mismatched", "outside"],
+)
+def test_a_list_cut_off_is_still_a_list_and_one_that_does_not_nest_stays_text(text, markdown):
+    assert to_markdown(text) == markdown
+
+
 def test_chinese_headings_and_cells():
     markdown = to_markdown(corpus("chinese"))
     assert headings(markdown) == [("h1", "实验报告"), ("h2", "一、数据")]
