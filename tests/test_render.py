@@ -164,6 +164,16 @@ def test_a_plain_tabular_in_html():
     assert len(table.all("msub")) == 1
 
 
+ESCAPED_CELLS = "\\begin{tabular}{|l|r|}\n\\hline\nR\\&D & 5\\% \\\\\nA\\_B & \\$3 \\\\\n\\hline\n\\end{tabular}"
+
+
+def test_escaped_characters_in_a_table_are_text_not_cell_breaks():
+    expected = [["R&D", "5%"], ["A_B", "$3"]]
+    (table,) = parse(MARKDOWN.render(to_markdown(ESCAPED_CELLS))).all("table")
+    assert [[text for _, _, _, text in row] for row in cells(table)] == expected
+    assert [[text for _, _, _, text in row] for row in cells(page_text(ESCAPED_CELLS).all("table")[0])] == expected
+
+
 def test_headings_emphasis_and_unknown_commands_in_markdown():
     markdown = to_markdown(corpus("headings"))
     assert headings(markdown) == [
