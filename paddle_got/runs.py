@@ -165,6 +165,7 @@ class RunStore:
             self.part = os.path.join(self.parts, f"part-{shard.name}.jsonl")
         self._stream = None
         self._seen_offsets: Dict[str, int] = {}
+        self._continuing: Optional[bool] = None
 
     # Before reading -----------------------------------------------------------------------------------------------
 
@@ -182,9 +183,17 @@ class RunStore:
 
     def check_resume(self) -> bool:
         """Whether this run continues an earlier one: True for --resume over a matching earlier run; GOTError when
-        the earlier run used options that change the text, unless --overwrite (then the run starts again)."""
-        if not self.resume:
-            return False
+        the earlier run used options that change the text, unless --overwrite (then the run starts again).
+
+        Decided on the first call and kept: tools/infer.py makes it before the ranks join, so before rank 0 clears
+        the earlier run's files (a rank that looked later would find no settings and keep the earlier texts)."""
+        if self._continuing is None:
+            self._continuing = self.resume and self._matches_earlier_run()
+        return self._continuing
+
+    def _matches_earlier_run(self) -> bool:
+        """True when no earlier run or one with the same settings is there, False with --overwrite when the
+        settings differ, else GOTError."""
         earlier = self.earlier_settings()
         if earlier is None or earlier == self.settings:
             return True

@@ -1,7 +1,25 @@
-"""Run bookkeeping: torn lines, file names in an output directory, which rank owns which document."""
+"""Run bookkeeping: torn lines, file names in an output directory, which rank owns which document, and whole runs
+of several ranks on threads with a reader that names what it reads (no model)."""
 
+import os
+import threading
+
+import pypdfium2
+from PIL import Image
+
+from paddle_got.inputs import expand_inputs
 from paddle_got.outputs import document_key
-from paddle_got.runs import Shard, drop_torn_tail, read_records, unique_file_names
+from paddle_got.pipeline import OCRResult
+from paddle_got.runs import (
+    RunStore,
+    Shard,
+    documents_by_key,
+    drop_torn_tail,
+    read_records,
+    read_run,
+    text_settings,
+    unique_file_names,
+)
 
 
 def test_torn_and_unparsable_lines_are_left_out_and_cut_before_appending(tmp_path):
@@ -27,3 +45,72 @@ def test_every_document_has_exactly_one_owner():
     owners = [[rank for rank in range(3) if Shard(rank, 3).owns(index)] for index in range(7)]
     assert owners == [[0], [1], [2], [0], [1], [2], [0]]
     assert Shard().owns(5) and Shard(1, 3).name == "00001-of-00003"
+
+
+class NamingReader:
+    """Stands in for GOT: reads each input as its file name, page and max_new_tokens, and remembers what it read."""
+
+    def __init__(self):
+        self.read = []
+
+    def iter_recognize(self, images, max_new_tokens, **options):
+        for inp in images:
+            self.read.append((os.path.basename(inp.name), inp.page))
+            yield OCRResult(
+                inp.name, f"{os.path.basename(inp.name)} {inp.page} {max_new_tokens}", inp.page, new_tokens=2
+            )
+
+
+def run_ranks(output, documents, world, max_new_tokens=8, resume=False, overwrite=False):
+    """A run of `world` ranks on threads as tools/infer.py makes it (every rank checks --resume before the ranks
+    join); rank 0 reaches the barrier, and has cleared a fresh run's files, before the other ranks start. Returns
+    what each rank read and rank 0's report of the whole run."""
+    read_options = {"ocr_type": "ocr", "max_new_tokens": max_new_tokens}
+    settings = text_settings(read_options, "model", "float32")
+    stores = [
+        RunStore(str(output), documents_by_key(documents), "ocr", settings, Shard(rank, world), resume, overwrite)
+        for rank in range(world)
+    ]
+    for store in stores:
+        store.check_resume()
+    barrier, rank0_waits = threading.Barrier(world), threading.Event()
+    readers, totals = [NamingReader() for _ in range(world)], {}
+
+    def rank_run(rank):
+        def wait():
+            rank0_waits.set()
+            barrier.wait()
+
+        totals[rank] = read_run(readers[rank], documents, stores[rank], read_options, barrier=wait)[1]
+
+    threads = [threading.Thread(target=rank_run, args=(rank,)) for rank in range(world)]
+    threads[0].start()
+    rank0_waits.wait()
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return [reader.read for reader in readers], totals[0]
+
+
+def pdf_and_picture(folder):
+    """A 5-page PDF and a picture in `folder`: the documents of a run over both (one per page)."""
+    pdf = pypdfium2.PdfDocument.new()
+    for _ in range(5):
+        pdf.new_page(200, 100)
+    pdf.save(str(folder / "doc.pdf"))
+    pdf.close()
+    Image.new("RGB", (40, 30), "white").save(folder / "pic.png")
+    return [[inp] for inp in expand_inputs([str(folder / "doc.pdf"), str(folder / "pic.png")])]
+
+
+def test_overwrite_reads_every_rank_share_again(tmp_path):
+    documents = pdf_and_picture(tmp_path)
+    output = tmp_path / "texts"
+    run_ranks(output, documents, world=2, max_new_tokens=8)
+    read, total = run_ranks(output, documents, world=2, max_new_tokens=4, resume=True, overwrite=True)
+    assert [len(share) for share in read] == [3, 3] and total["total"]["skipped"] == 0
+    assert {name: (output / name).read_text() for name in os.listdir(output)} == {
+        **{f"doc_page{page}.txt": f"doc.pdf {page} 4\n" for page in range(1, 6)},
+        "pic.txt": "pic.png None 4\n",
+    }
