@@ -1,6 +1,7 @@
 """Run bookkeeping: torn lines, file names in an output directory, which rank owns which document, and whole runs
 of several ranks on threads with a reader that names what it reads (no model)."""
 
+import json
 import os
 import threading
 
@@ -102,6 +103,26 @@ def pdf_and_picture(folder):
     pdf.close()
     Image.new("RGB", (40, 30), "white").save(folder / "pic.png")
     return [[inp] for inp in expand_inputs([str(folder / "doc.pdf"), str(folder / "pic.png")])]
+
+
+def test_pdf_pages_are_shared_and_resumed_page_by_page_with_another_rank_count(tmp_path):
+    documents = pdf_and_picture(tmp_path)
+    output = tmp_path / "out.jsonl"
+    read, total = run_ranks(output, documents, world=2)
+    assert read == [
+        [("doc.pdf", 1), ("doc.pdf", 3), ("doc.pdf", 5)],
+        [("doc.pdf", 2), ("doc.pdf", 4), ("pic.png", None)],
+    ]
+    expected = [f"doc.pdf {page} 8" for page in range(1, 6)] + ["pic.png None 8"]
+    assert [record["text"] for record in read_records(str(output))] == expected
+
+    lines = output.read_text().splitlines(keepends=True)
+    output.write_text("".join(lines[:3] + lines[4:]))  # page 4's result is lost
+    read, total = run_ranks(output, documents, world=3, resume=True)
+    assert read == [[("doc.pdf", 4)], [], []]  # document 3 is rank 0's of 3
+    assert [record["text"] for record in read_records(str(output))] == expected
+    assert [(r["inputs"], r["skipped"], r["done"]) for r in total["ranks"]] == [(2, 1, 1), (2, 2, 0), (2, 2, 0)]
+    assert json.loads((tmp_path / "out.jsonl.report.json").read_text()) == total
 
 
 def test_overwrite_reads_every_rank_share_again(tmp_path):
