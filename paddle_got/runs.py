@@ -337,24 +337,26 @@ class RunStore:
 COUNTS = ("inputs", "pages", "done", "skipped", "failed", "new_tokens")
 
 
+def with_speeds(report: dict) -> dict:
+    """`report` (counts and `wall_s`) with pages/s and tokens/s over the wall time it shows (0 for no time)."""
+    wall = report["wall_s"]
+    report["pages_per_s"] = round(report["pages"] / wall, 3) if wall > 0 else 0.0
+    report["tokens_per_s"] = round(report["new_tokens"] / wall, 3) if wall > 0 else 0.0
+    return report
+
+
 def rank_report(shard: Shard, counts: Dict[str, int], wall_s: float) -> dict:
     """One rank's report: its counts (see COUNTS), wall time, and pages/s and tokens/s of what it read."""
-    report = {"rank": shard.rank, **{name: counts.get(name, 0) for name in COUNTS}, "wall_s": round(wall_s, 3)}
-    report["pages_per_s"] = round(report["pages"] / wall_s, 3) if wall_s > 0 else 0.0
-    report["tokens_per_s"] = round(report["new_tokens"] / wall_s, 3) if wall_s > 0 else 0.0
-    return report
+    return with_speeds(
+        {"rank": shard.rank, **{name: counts.get(name, 0) for name in COUNTS}, "wall_s": round(wall_s, 3)}
+    )
 
 
 def total_report(ranks: List[dict], settings: dict) -> dict:
     """Every rank's report, and their sum (wall time: the longest rank's; speeds over it)."""
     total = {name: sum(r[name] for r in ranks) for name in COUNTS}
-    wall = max(r["wall_s"] for r in ranks)
-    total.update(
-        wall_s=wall,
-        pages_per_s=round(total["pages"] / wall, 3) if wall > 0 else 0.0,
-        tokens_per_s=round(total["new_tokens"] / wall, 3) if wall > 0 else 0.0,
-    )
-    return {"total": total, "ranks": ranks, "settings": settings}
+    total["wall_s"] = max(r["wall_s"] for r in ranks)
+    return {"total": with_speeds(total), "ranks": ranks, "settings": settings}
 
 
 def summary_line(counts: dict) -> str:

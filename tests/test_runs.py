@@ -16,9 +16,11 @@ from paddle_got.runs import (
     Shard,
     documents_by_key,
     drop_torn_tail,
+    rank_report,
     read_records,
     read_run,
     text_settings,
+    total_report,
     unique_file_names,
 )
 
@@ -46,6 +48,23 @@ def test_every_document_has_exactly_one_owner():
     owners = [[rank for rank in range(3) if Shard(rank, 3).owns(index)] for index in range(7)]
     assert owners == [[0], [1], [2], [0], [1], [2], [0]]
     assert Shard().owns(5) and Shard(1, 3).name == "00001-of-00003"
+
+
+def test_reports_count_per_rank_and_in_total_with_speeds_over_the_wall_time_shown():
+    first = rank_report(Shard(0, 2), {"inputs": 4, "pages": 3, "done": 3, "failed": 1, "new_tokens": 30}, 1.23456)
+    assert first == {
+        "rank": 0,
+        **{"inputs": 4, "pages": 3, "done": 3, "skipped": 0, "failed": 1, "new_tokens": 30},
+        **{"wall_s": 1.235, "pages_per_s": 2.429, "tokens_per_s": 24.291},
+    }
+    second = rank_report(Shard(1, 2), {"inputs": 4, "pages": 4, "done": 4, "skipped": 2, "new_tokens": 40}, 2.5)
+    report = total_report([first, second], {"max_new_tokens": 8})
+    assert report["total"] == {
+        **{"inputs": 8, "pages": 7, "done": 7, "skipped": 2, "failed": 1, "new_tokens": 70},
+        **{"wall_s": 2.5, "pages_per_s": 2.8, "tokens_per_s": 28.0},
+    }
+    assert report["ranks"] == [first, second] and report["settings"] == {"max_new_tokens": 8}
+    assert total_report([first], {})["total"] == {name: value for name, value in first.items() if name != "rank"}
 
 
 class NamingReader:
