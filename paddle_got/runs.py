@@ -399,7 +399,12 @@ def read_run(
     counts.update(inputs=len(owned), skipped=len(owned) - len(todo))
     allowed_failures = None if max_error_rate is None else max_error_rate * len(owned)
     progress = tqdm(
-        total=len(keys), initial=len(kept), desc="Reading", unit="input", disable=shard.rank != 0, file=sys.stderr
+        total=len(keys),
+        initial=len(kept),
+        desc="Reading",
+        unit="document" if read_options.get("multi_page") else "page",  # a document is one page unless multi-page
+        disable=shard.rank != 0,
+        file=sys.stderr,
     )
     images = [inp for document in todo for inp in document]
     results = ocr.iter_recognize(images, **read_options) if images else ()

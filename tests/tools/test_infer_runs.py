@@ -4,6 +4,7 @@ transformers reference's greedy texts."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -104,8 +105,11 @@ def test_two_processes_read_a_recursive_tree_as_one_does(ocr_checkpoint, archive
     assert [r["inputs"] for r in report["ranks"]] == [7, 6]  # index modulo 2 of 13 documents
     assert sum(r["new_tokens"] for r in report["ranks"]) == report["total"]["new_tokens"] > 0
     assert not os.path.exists(str(output) + ".parts")
-    worker0 = open(tmp_path / "logs" / "workerlog.0", encoding="utf-8").read()
+    worker0, worker1 = (open(tmp_path / "logs" / f"workerlog.{rank}", encoding="utf-8").read() for rank in (0, 1))
     assert "Read 12 of 13 inputs (12 pages)" in worker0 and "1 failed." in worker0
+    # One progress bar, rank 0's, over the whole run: both ranks' pages, their rate and the time left.
+    assert re.search(r"Reading: 100%\|\S+\| 13/13 \[[\d:]+<00:00, +[\d.]+(page/s|s/page)\]", worker0)
+    assert "Reading:" not in worker1
     assert "Traceback" not in worker0 + result.stderr
 
 
