@@ -125,7 +125,8 @@ def test_two_cpu_processes_equal_one_with_the_same_global_batch(synth_data, tmp_
     ]
     assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
 
-    # Two "machines" on localhost: one launcher each (NNODES, MASTER), one process each, the same output directory.
+    # Two "machines" on localhost: one launcher each (NNODES, MASTER, NODE_RANK), one process each, the same output
+    # directory. NODE_RANK=1 on the first launcher: rank 0, the one that saves, runs under the second.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         master = f"127.0.0.1:{probe.getsockname()[1]}"
@@ -135,13 +136,17 @@ def test_two_cpu_processes_equal_one_with_the_same_global_batch(synth_data, tmp_
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=two_process_environment(GPUS="1", NNODES="2", MASTER=master, LOG_DIR=str(tmp_path / f"logs{node}")),
+            env=two_process_environment(
+                GPUS="1", NNODES="2", MASTER=master, NODE_RANK=str(1 - node), LOG_DIR=str(tmp_path / f"logs{node}")
+            ),
         )
         for node in range(2)
     ]
     for node in nodes:
         assert node.wait(timeout=600) == 0, node.stderr.read()[-3000:]
     assert_same_weights(tmp_path / "one", tmp_path / "nodes", atol=1e-5)
+    logs = [open(tmp_path / f"logs{node}" / "workerlog.0", encoding="utf-8").read() for node in range(2)]
+    assert ["Saved the model to" in log for log in logs] == [False, True]
 
 
 def corrupt_copy(synth_data, tmp_path, edit):
@@ -312,6 +317,18 @@ def test_run_train_sh_reports_a_failure_once(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"run_train.sh: training failed; the logs are in {tmp_path / 'out' / 'logs'}"
     )
+
+
+def test_run_train_sh_on_several_machines_needs_the_master(tmp_path):
+    result = subprocess.run(
+        run_train_sh_command(str(tmp_path / "meta.json"), tmp_path / "out"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=two_process_environment(NNODES="2"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["run_train.sh: NNODES=2 needs MASTER=host:port (the first machine)"]
 
 
 def worker_pids(output_dir):
