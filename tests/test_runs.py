@@ -154,3 +154,24 @@ def test_overwrite_reads_every_rank_share_again(tmp_path):
         **{f"doc_page{page}.txt": f"doc.pdf {page} 4\n" for page in range(1, 6)},
         "pic.txt": "pic.png None 4\n",
     }
+
+
+def test_each_text_of_an_output_directory_is_renamed_into_place_as_it_is_made(tmp_path, monkeypatch):
+    documents = pdf_and_picture(tmp_path)
+    output = str(tmp_path / "texts")
+    renames, listings, replace = [], [], os.replace
+
+    def recording_replace(source, target):
+        renames.append((source, target))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    store = RunStore(output, documents_by_key(documents), "ocr", {}, Shard())
+    read_run(
+        NamingReader(), documents, store, {"max_new_tokens": 8}, on_result=lambda _: listings.append(os.listdir(output))
+    )
+    names = [f"doc_page{page}.txt" for page in range(1, 6)] + ["pic.txt"]
+    assert [sorted(listing) for listing in listings] == [sorted(names[: count + 1]) for count in range(6)]
+    texts = [(source, target) for source, target in renames if os.path.dirname(target) == output]
+    assert [os.path.basename(target) for _, target in texts] == names
+    assert all(os.path.dirname(source) == output and ".tmp-" in source for source, _ in texts)
