@@ -308,12 +308,23 @@ class RunStore:
         for path in dict.fromkeys(sources):
             yield from read_records(path)
 
-    def _assemble(self, ranks: List[dict]) -> dict:
+    def latest_records(self) -> Dict[str, dict]:
+        """`document_key -> record` of every document the run's files hold a record of: its result, else its
+        failure."""
         latest: Dict[str, dict] = {}
         for record in self._all_records():
             key = record_key(record)
             if "error" not in record or "error" in latest.get(key, {"error": True}):
                 latest[key] = record
+        return latest
+
+    def write_errors(self, latest: Dict[str, dict]) -> None:
+        """Write `<output>.errors.jsonl`: the failures among `latest` (see `latest_records`), in input order."""
+        errors = [latest[key] for key in self.documents if "error" in latest.get(key, {})]
+        write_atomic(self.output + ERRORS_SUFFIX, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in errors))
+
+    def _assemble(self, ranks: List[dict]) -> dict:
+        latest = self.latest_records()
         kept = self.kept_keys() if self.kind == "directory" else set()
         missing = [key for key in self.documents if key not in latest and key not in kept]
         if missing:
@@ -321,13 +332,12 @@ class RunStore:
                 f"{len(missing)} inputs have no result after every rank finished (the first: {missing[0]}): "
                 f"is {self.parts} on storage that every machine of the run shares?"
             )
-        ordered = [latest[key] for key in self.documents if key in latest]
-        errors = [record for record in ordered if "error" in record]
         if self.kind == "jsonl":
+            ordered = [latest[key] for key in self.documents if key in latest]
             write_atomic(
                 self.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered if "error" not in r)
             )
-        write_atomic(self.output + ERRORS_SUFFIX, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in errors))
+        self.write_errors(latest)
         report = total_report(ranks, self.settings)
         write_atomic(self.output + REPORT_SUFFIX, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         shutil.rmtree(self.parts)
@@ -381,8 +391,8 @@ def read_run(
     earlier run has not read, keeping each result in `store` as it is made and passing it to `on_result`.
 
     `barrier()` waits for every rank (sharded runs). GOTError once more than `max_error_rate` of this rank's
-    documents failed (what was read is kept). Returns `(this rank's report, the whole run's report)`; the second is
-    None except on rank 0.
+    documents failed (what was read is kept, the failures so far listed in `<output>.errors.jsonl`). Returns
+    `(this rank's report, the whole run's report)`; the second is None except on rank 0.
     """
     started = time.perf_counter()
     shard = store.shard
@@ -422,6 +432,7 @@ def read_run(
         progress.update(1 + (store.others_progress() if shard.world > 1 else 0))
         if allowed_failures is not None and counts["failed"] > allowed_failures:
             progress.close()
+            store.write_errors(store.latest_records())
             raise GOTError(
                 f"Stopping: {counts['failed']} of {len(owned)} inputs failed, more than --max_error_rate "
                 f"{max_error_rate:g} allows; the results so far are kept (rerun with --resume to go on)."

@@ -221,6 +221,7 @@ def test_manifest_directory_output_and_error_budget(ocr_checkpoint, archive, tmp
     assert [r["text"] for r in results(tmp_path / "b.jsonl") if "text" in r] == [
         archive["texts"][os.path.join(archive["root"], name)] for name in listed
     ]
+    assert results(str(tmp_path / "b.jsonl") + ".errors.jsonl") == errors  # the failures that stopped it
 
 
 def test_two_nodes_on_localhost(ocr_checkpoint, archive, tmp_path):
