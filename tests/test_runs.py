@@ -50,6 +50,20 @@ def test_every_document_has_exactly_one_owner():
     assert Shard().owns(5) and Shard(1, 3).name == "00001-of-00003"
 
 
+def test_text_settings_leave_out_what_does_not_change_the_text():
+    options = {"ocr_type": "format", "box": (1, 2, 30, 40), "max_new_tokens": 8, "batch_size": 1, "stream": print}
+    settings = text_settings(options, "model", "float32")
+    assert settings == {
+        "ocr_type": "format",
+        "box": [1, 2, 30, 40],
+        "max_new_tokens": 8,
+        "model": "model",
+        "dtype": "float32",
+    }
+    assert text_settings({**options, "batch_size": 8, "stream": None}, "model", "float32") == settings
+    assert json.loads(json.dumps(settings)) == settings  # as the report and settings.json keep them
+
+
 def test_reports_count_per_rank_and_in_total_with_speeds_over_the_wall_time_shown():
     first = rank_report(Shard(0, 2), {"inputs": 4, "pages": 3, "done": 3, "failed": 1, "new_tokens": 30}, 1.23456)
     assert first == {
