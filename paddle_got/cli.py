@@ -75,7 +75,8 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         metavar="{" + ",".join(("auto",) + DTYPES) + "}",
-        help="auto: bfloat16/float16 on GPU, float32 on CPU",
+        help="auto: bfloat16/float16 on GPU, float32 on CPU; bfloat16 on a CPU with AMX or AVX512-BF16 runs the "
+        "encoder on oneDNN's bfloat16 kernels",
     )
     parser.add_argument("--num_threads", type=positive_int, default=None, help="CPU threads (None: all cores)")
 

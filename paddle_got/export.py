@@ -11,6 +11,8 @@ nothing on CPU.
 """
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -25,6 +27,7 @@ from . import __version__, device
 from .checkpoint import move_into, staging_dir
 from .constants import CLIP_MEAN, CLIP_STD, INFERENCE_DIR, INFERENCE_METADATA, INFERENCE_PREFIX
 from .errors import BadInputError, CheckpointError, ExportError, reason
+from .kernels.decode_cpu import cache_directory
 from .logger import logger
 from .modeling.got import GOTQwenForCausalLM
 
@@ -123,6 +126,26 @@ def export_checkpoint(checkpoint: str, output_dir: Optional[str] = None) -> str:
     return output_dir
 
 
+def checkpoint_export_dir(model, checkpoint: str) -> str:
+    """The export of the encoder of `model` (a float32-encoder `GOTQwenForCausalLM` loaded from the directory
+    `checkpoint`) to run: `<checkpoint>/inference` when it holds one, else one in the cache, exported on first use
+    (once for each checkpoint's files and each Paddle / paddle_got version)."""
+    inside = os.path.join(checkpoint, INFERENCE_DIR)
+    if os.path.isfile(os.path.join(inside, INFERENCE_METADATA)):
+        return inside
+    files = sorted(
+        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+        for entry in os.scandir(checkpoint)
+        if entry.is_file()
+    )
+    identity = json.dumps([os.path.abspath(checkpoint), files, paddle.__version__, __version__])
+    cached = str(cache_directory() / "encoders" / hashlib.sha256(identity.encode()).hexdigest()[:16])
+    if not os.path.isfile(os.path.join(cached, INFERENCE_METADATA)):
+        logger.info(f"Exporting the encoder of {checkpoint} for Paddle Inference into {cached} (once).")
+        export_encoder(model, cached, source_checkpoint=checkpoint)
+    return cached
+
+
 def read_metadata(directory: str) -> dict:
     """The metadata (`inference.yml`) of the export in `directory`, as a dict; ExportError when a file of the export
     is missing or the metadata cannot be read."""
@@ -186,6 +209,7 @@ class InferenceEncoder:
             raise ExportError(f"Unknown precision {precision!r}: choose {' or '.join(PRECISIONS)}.")
         if precision == "bfloat16":
             check_bfloat16_cpu()
+        self.directory = directory
         self.metadata = read_metadata(directory)
         self.input_shape = [int(size) for size in self.metadata["input"]["shape"]]
         config = inference.Config(

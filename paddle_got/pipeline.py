@@ -17,6 +17,7 @@ from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
 from .device import gpu_compute_capability, resolve_dtype, set_cpu_threads
 from .engine import ERROR, Engine, GenerationRequest, RequestHandle
 from .errors import BadInputError, GOTError
+from .export import InferenceEncoder, check_bfloat16_cpu, checkpoint_export_dir
 from .hub import DEFAULT_MODEL, resolve_model_path
 from .inputs import ImageInput, InputImage, expand_inputs, load_input
 from .kernels import decode_cpu
@@ -125,7 +126,16 @@ class GOT:
         On CPU a checkpoint stored in bfloat16 (the release is) keeps its decoder weights in bfloat16 for our decode
         kernels, which widen them exactly (half the reads per token); `bfloat16_decode_weights` False keeps them in
         float32, True forces it (rounding a float32 checkpoint).
+        `dtype` bfloat16 on a CPU (one with AMX or AVX512-BF16; ExportError elsewhere) also runs the encoder on
+        oneDNN's bfloat16 kernels through Paddle Inference, from `<checkpoint>/inference` or an export made into the
+        cache on first use (`export.checkpoint_export_dir`); everything else then computes in float32 as above.
         """
+        bfloat16_encoder = dtype == "bfloat16" and gpu_compute_capability() is None
+        if bfloat16_encoder:
+            check_bfloat16_cpu()
+            if bfloat16_decode_weights is False:
+                raise GOTError("dtype bfloat16 on CPU decodes on bfloat16 weights: leave out bfloat16_decode_weights.")
+            dtype, bfloat16_decode_weights = "float32", True
         dtype = resolve_dtype(dtype)
         if dtype == "float32":
             set_cpu_threads(num_threads)
@@ -141,6 +151,9 @@ class GOT:
             raise GOTError(f"The tokenizer and config.json of {path} disagree on the <imgpad> token id.")
         if model.qwen2.embed_tokens.weight.dtype == paddle.bfloat16 and dtype == "float32":
             logger.info("Decoding with the decoder's weights in bfloat16 (widened exactly by the CPU kernels).")
+        if bfloat16_encoder:
+            directory = checkpoint_export_dir(model, path)
+            model.qwen2.exported_encoder = InferenceEncoder(directory, "bfloat16", num_threads)
         return cls(model, processor)
 
     def iter_recognize(

@@ -36,7 +36,8 @@ CPU = paddle.CPUPlace()
 
 
 def cache_directory() -> Path:
-    """Where compiled kernels are kept: `$PADDLE_GOT_CACHE`, else `~/.cache/paddle_got`."""
+    """Where what paddle_got builds on first use (compiled kernels, exported encoders) is kept: `$PADDLE_GOT_CACHE`,
+    else `~/.cache/paddle_got`."""
     return Path(os.environ.get("PADDLE_GOT_CACHE") or Path.home() / ".cache" / "paddle_got")
 
 

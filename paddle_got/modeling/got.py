@@ -4,7 +4,7 @@ Names follow PaddleMIX (`qwen2.vision_tower_high`, `qwen2.mm_projector_vary`, `q
 its checkpoints load unchanged; `paddle_got.checkpoint` maps the PyTorch and Hugging Face layouts onto them.
 """
 
-from typing import List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import paddle
 import paddle.nn as nn
@@ -38,6 +38,8 @@ class GOTQwenModel(Qwen2Model):
         super().__init__(config)
         self.vision_tower_high = GOTVisionEncoder(config.vision_config, output_dim=config.hidden_size)
         self.mm_projector_vary = nn.Linear(config.hidden_size, config.hidden_size)
+        # Runs in place of the two layers above when set: `export.InferenceEncoder` (Paddle Inference on oneDNN).
+        self.exported_encoder: Optional[Callable[[paddle.Tensor], paddle.Tensor]] = None
 
     @property
     def compute_dtype(self):
@@ -46,7 +48,10 @@ class GOTQwenModel(Qwen2Model):
         return self.norm.weight.dtype
 
     def encode_images(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
-        """Tiles `[T, 3, S, S]` -> projected features `[T, tokens_per_tile, hidden]`."""
+        """Tiles `[T, 3, S, S]` -> projected features `[T, tokens_per_tile, hidden]` (from `exported_encoder` when
+        one is set)."""
+        if self.exported_encoder is not None:
+            return self.exported_encoder(pixel_values)
         return self.mm_projector_vary(self.vision_tower_high(pixel_values))
 
     def embed(self, input_ids: paddle.Tensor, image_features: Optional[paddle.Tensor] = None) -> paddle.Tensor:

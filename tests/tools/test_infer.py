@@ -12,6 +12,8 @@ from PIL import Image
 
 import reference
 
+from paddle_got import device
+from paddle_got.export import BFLOAT16_CPU_FLAGS
 from paddle_got.processing import OCRRequest
 from paddle_got.render import result_html, to_markdown
 
@@ -20,13 +22,12 @@ INFER = os.path.join(REPO, "tools", "infer.py")
 MAX_NEW_TOKENS = 24
 
 
-def run_infer(*args, model=None, check_exit=None):
+def run_infer(*args, model=None, check_exit=None, env=None):
     command = [sys.executable, INFER, *args, "--max_new_tokens", str(MAX_NEW_TOKENS)]
     if model is not None:
         command += ["--model_name_or_path", model]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=environment)
     assert "Traceback" not in result.stderr, result.stderr
     if check_exit is not None:
         assert result.returncode == check_exit, result.stderr
@@ -251,7 +252,7 @@ def test_bad_file(case, tmp_path, ocr_checkpoint):
         (["--color", "purple"], "error: Unknown colour 'purple': choose red, green or blue."),
         (["--color", "red", "--box", "[0,0,10,10]"], "error: Give either a box or a colour, not both."),
         (["--ocr_type", "latex"], "error: Unknown OCR type 'latex': choose ocr or format."),
-        (["--dtype", "bfloat16"], "error: bfloat16 needs a GPU: Paddle's CPU kernels have no bfloat16 matmul"),
+        (["--dtype", "float16"], "error: float16 needs a GPU: Paddle's CPU kernels have no float16 matmul"),
     ],
 )
 def test_bad_option(args, message, images, ocr_checkpoint):
@@ -259,6 +260,29 @@ def test_bad_option(args, message, images, ocr_checkpoint):
     assert result.stdout == ""
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_dtype_bfloat16_on_this_cpu(images, ocr_checkpoint, tmp_path):
+    """On a CPU with AMX or AVX512-BF16 the encoder runs on oneDNN's bfloat16 kernels (exported into the cache on
+    first use); elsewhere one sentence says why not, before the model is loaded."""
+    native = bool(set(BFLOAT16_CPU_FLAGS) & device.cpu_flags())
+    result = run_infer(
+        "--image_file",
+        images["page"],
+        "--dtype",
+        "bfloat16",
+        model=ocr_checkpoint.directory if native else str(tmp_path / "no such model"),
+        check_exit=0 if native else 2,
+        env={"PADDLE_GOT_CACHE": str(tmp_path / "cache")},
+    )
+    if native:
+        assert result.stdout.strip() and os.listdir(tmp_path / "cache" / "encoders")
+    else:
+        assert result.stdout == ""
+        assert result.stderr.strip().splitlines()[-1] == (
+            "error: Precision bfloat16 runs on oneDNN's bfloat16 kernels, which need a CPU with AMX or AVX512-BF16 "
+            "(flag amx_bf16 or avx512_bf16 in /proc/cpuinfo), and this one has neither: use float32."
+        )
 
 
 def test_missing_model_says_what_to_download(images):
