@@ -182,7 +182,7 @@ def test_headings_emphasis_and_unknown_commands_in_markdown():
         ("h3", "Scope of $n$ pages"),
         ("h4", "Notes"),
     ]
-    assert "We read **all** kinds of *optical* <u>characters</u>." in markdown
+    assert "We read **all** kinds of *optical* <u>characters</u>, *printed* or written." in markdown
     assert "\\unknowncommand{kept} and \\cite{ref1} stay as text." in markdown
 
 
@@ -198,6 +198,7 @@ def test_headings_emphasis_and_unknown_commands_in_html():
         ("strong", "all"),
         ("em", "optical"),
         ("u", "characters"),
+        ("em", "printed"),
     ]
     assert text.all("p")[-1].text() == "\\unknowncommand{kept} and \\cite{ref1} stay as text."
 
