@@ -444,6 +444,25 @@ def _math_html(formula: _Math) -> str:
         return _error_html("code", f"could not render this formula: {err}", formula.source)
 
 
+def _math_in_pipe_table(formula: _Math) -> str:
+    """A formula as Markdown math in a pipe-table row: its `|` escaped, so that the row is not split there."""
+    return _math_markdown(formula).replace("|", "\\|")
+
+
+def _pipe_table_lines(markdown: str) -> set:
+    """The numbers (0-based) of the lines of `markdown` that are rows of GFM pipe tables."""
+    return {line for token in _MARKDOWN.parse(markdown) if token.type == "table_open" for line in range(*token.map)}
+
+
+def _fill_markdown(markdown: str, formulas: Sequence[_Math]) -> str:
+    """Markdown prose with its formulas as Markdown math (with `|` escaped in the rows of pipe tables)."""
+    table_lines = _pipe_table_lines(markdown)
+    return "\n".join(
+        _fill(line, formulas, _math_in_pipe_table if number in table_lines else _math_markdown)
+        for number, line in enumerate(markdown.split("\n"))
+    )
+
+
 def _math_source(formula: _Math) -> str:
     """A formula's source, delimiters included."""
     return formula.source
@@ -501,8 +520,7 @@ def _gfm_table(table: _Table, formulas: Sequence[_Math]) -> str:
 
     def cell_text(cell):
         markdown = " ".join(_commands_to_markdown(_escape_raw_html(cell.text)).split())
-        text = _fill(markdown, formulas, _math_markdown)
-        return text.replace("|", "\\|")
+        return _fill(markdown.replace("|", "\\|"), formulas, _math_in_pipe_table)
 
     lines = ["| " + " | ".join(cell_text(cell) for cell in row) + " |" for row in table.rows]
     lines.insert(1, "| " + " | ".join(_GFM_ALIGN[align] for align in table.aligns) + " |")
@@ -518,7 +536,7 @@ def to_markdown(text: str) -> str:
     for block in _blocks(prose):
         if isinstance(block, str):
             markdown = _commands_to_markdown(_lists_to_markdown(_escape_raw_html(block)))
-            parts.append(_fill(markdown, formulas, _math_markdown).strip("\n"))
+            parts.append(_fill_markdown(markdown, formulas).strip("\n"))
         elif isinstance(block, _Broken):
             parts.append(_fenced(_fill(block.source, formulas, _math_source)))
         elif block.is_grid():

@@ -174,6 +174,35 @@ def test_escaped_characters_in_a_table_are_text_not_cell_breaks():
     assert [[text for _, _, _, text in row] for row in cells(page_text(ESCAPED_CELLS).all("table")[0])] == expected
 
 
+def pipe_table_rows(markdown: str) -> list:
+    """Each row of the one pipe table in `markdown`: its cells' text as the parser reads it (escaped `|` undone)."""
+    parsed = MARKDOWN.parse(markdown)
+    assert [token.type for token in parsed].count("table_open") == 1
+    rows = []
+    for index, token in enumerate(parsed):
+        if token.type == "tr_open":
+            rows.append([])
+        elif token.type in ("th_open", "td_open"):
+            rows[-1].append(parsed[index + 1].content)
+    return rows
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\\begin{tabular}{ll}\nNorm & Bars \\\\\n$\\|v\\|$ & \\(\\left| x \\right| + a|b\\) \\\\\n\\end{tabular}",
+        "| Norm | Bars |\n| --- | --- |\n| $\\|v\\|$ | \\(\\left| x \\right| + a|b\\) |",
+    ],
+    ids=["tabular", "GOT's own pipe table"],
+)
+def test_a_bar_in_math_in_a_pipe_table_stays_in_its_cell(text):
+    assert pipe_table_rows(to_markdown(text)) == [
+        ["Norm", "Bars"],
+        ["$\\|v\\|$", "$\\left| x \\right| + a|b$"],
+    ]
+    assert to_markdown(f"{text}\n\nOutside a table $a|b$ stays.").endswith("\n\nOutside a table $a|b$ stays.")
+
+
 def test_headings_emphasis_and_unknown_commands_in_markdown():
     markdown = to_markdown(corpus("headings"))
     assert headings(markdown) == [
