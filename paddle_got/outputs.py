@@ -1,4 +1,5 @@
-"""Writing results: JSON lines, one text file per input, or a single text file; every file written atomically."""
+"""Writing results: the file of one result (text as read, Markdown or HTML), written atomically, and the checks of
+`--output` (JSON lines and output directories are kept by paddle_got.runs)."""
 
 import json
 import os
@@ -150,20 +151,10 @@ def file_text(result, suffix: str, ocr_type: str) -> str:
     return result.text + "\n"
 
 
-def write_results(results: List, path: str, ocr_type: str, render: Optional[str] = None) -> None:
-    """Write the successful results to `path` in the form its name asks for (see `output_kind`): JSON lines, one
-    file (rendered as its suffix says) or a directory of files (see `file_suffix`)."""
+def write_file(results: List, path: str, ocr_type: str) -> None:
+    """Write the successful result (see `check_output`) to the one file `path`, rendered as its suffix asks (see
+    `file_text`); nothing when none succeeded. JSON lines and output directories are written by paddle_got.runs."""
     done = [r for r in results if r.error is None]
-    kind = output_kind(path)
-    if kind == "jsonl":
-        write_atomic(path, "".join(json_line(r) + "\n" for r in done))
-    elif kind == "file":
+    if done:
         suffix = os.path.splitext(path)[1].lower()
         write_atomic(path, "".join(file_text(r, suffix, ocr_type) for r in done))
-    else:
-        suffix = file_suffix(ocr_type, render)
-        for result in done:
-            write_atomic(
-                os.path.join(path, text_file_name(result.image, result.page, suffix)),
-                file_text(result, suffix, ocr_type),
-            )
