@@ -35,6 +35,7 @@ PROMPT_CONFIG_FILE = "prompt_config.json"
 
 # Queries of each OCR mode; {ocr} is PLAIN_OCR or FORMAT_OCR.
 OCR_TYPES = ("ocr", "format")
+FORMATTED = "format"  # the OCR type whose text paddle_got.render renders; text of the other is shown as it was read
 PLAIN_OCR = "OCR: "
 FORMAT_OCR = "OCR with format: "
 MULTI_CROP_QUERIES = {"ocr": "OCR upon the patch reference: ", "format": "OCR with format upon the patch reference: "}

@@ -6,6 +6,7 @@ import os
 import tempfile
 from typing import List, Optional
 
+from .constants import FORMATTED
 from .errors import GOTError, reason
 
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -126,7 +127,7 @@ def file_suffix(ocr_type: str, render: Optional[str] = None) -> str:
     text (rendered to Markdown) and `.txt` for plain text."""
     if render == "html":
         return ".html"
-    return ".md" if ocr_type == "format" else ".txt"
+    return ".md" if ocr_type == FORMATTED else ".txt"
 
 
 def text_file_name(image: str, page: Optional[int], suffix: str) -> str:
@@ -138,16 +139,17 @@ def text_file_name(image: str, page: Optional[int], suffix: str) -> str:
 
 
 def file_text(result, suffix: str, ocr_type: str) -> str:
-    """What a result's file holds: an HTML page with the input image beside the rendered text (`.html`), Markdown
-    rendered from formatted text (`.md`), else the text as read; ends with a newline."""
+    """What a result's file holds: an HTML page with the input image beside the text (`.html`), Markdown (`.md`),
+    else the text as read; formatted text is rendered, plain text shown as read (see paddle_got.render). Ends with a
+    newline."""
     if suffix == ".html":
-        from .render import result_html
+        from .render import document_html
 
-        return result_html(result.text, result.image, result.page)
-    if suffix == ".md" and ocr_type == "format":
+        return document_html([(result.text, result.image, result.page)], ocr_type)
+    if suffix == ".md":
         from .render import to_markdown
 
-        return to_markdown(result.text) + "\n"
+        return to_markdown(result.text, ocr_type) + "\n"
     return result.text + "\n"
 
 

@@ -17,12 +17,13 @@ import io
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 from xml.etree.ElementTree import Element
 
 from latex2mathml.converter import convert_to_element
 from markdown_it import MarkdownIt
 
+from .constants import FORMATTED
 from .errors import GOTError, reason
 from .logger import logger
 
@@ -100,6 +101,7 @@ main { max-width: 1500px; margin: 0 auto; padding: 1.5rem; }
 @media (max-width: 900px) { .page.with-image { grid-template-columns: minmax(0, 1fr); } }
 .scan { margin: 0; }
 .scan img { display: block; width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
+.scan img + img { margin-top: .75rem; }
 .text { background: #fff; border: 1px solid var(--line); padding: 1rem 1.5rem; overflow-x: auto; }
 h1, h2, h3, h4 { line-height: 1.25; margin: 1em 0 .5em; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -110,6 +112,7 @@ math[display="block"] { margin: .8em 0; }
 code, pre { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .9em; }
 .render-error { border: 1px dashed #b3261e; background: #fdf0ef; color: #6b1510; white-space: pre-wrap; }
 pre.render-error { padding: .6em; }
+pre.plain { margin: 0; white-space: pre-wrap; overflow-wrap: anywhere; font: inherit; }
 pre.render-error::before { content: attr(title); display: block; font: bold .85em system-ui, sans-serif; }
 """
 
@@ -390,10 +393,10 @@ def _code_span(text: str) -> str:
     return f"{ticks} {text} {ticks}"
 
 
-def _fenced(text: str) -> str:
-    """`text` as a fenced Markdown code block tagged latex."""
+def _fenced(text: str, info: str = "latex") -> str:
+    """`text` as a fenced Markdown code block tagged `info`."""
     fence = "`" * max(3, _longest_backtick_run(text) + 1)
-    return f"{fence}latex\n{text.strip(chr(10))}\n{fence}"
+    return f"{fence}{info}\n{text.strip(chr(10))}\n{fence}"
 
 
 def _math_markdown(formula: _Math) -> str:
@@ -527,10 +530,18 @@ def _gfm_table(table: _Table, formulas: Sequence[_Math]) -> str:
     return "\n".join(lines)
 
 
-def to_markdown(text: str) -> str:
-    """GOT's formatted text as CommonMark/GFM: pipe tables where cells do not span (HTML tables where they do),
-    headings, emphasis, lists, `$...$` / `$$...$$` math. A table that cannot be parsed stays as its source in a code
-    block; raw HTML in the text is escaped, so that it shows as text wherever the Markdown is rendered."""
+def _page_numbers(numbers: Optional[Sequence[Optional[int]]], count: int) -> List[int]:
+    """The number of each of `count` pages: those given (a None, or no list, numbers a page by its place)."""
+    numbers = list(numbers) if numbers is not None else [None] * count
+    if len(numbers) != count:
+        raise GOTError(f"There are {len(numbers)} page numbers for {count} pages.")
+    return [number or place for place, number in enumerate(numbers, 1)]
+
+
+def _page_markdown(text: str, ocr_type: str) -> str:
+    """One page as Markdown: formatted text rendered (see `to_markdown`), plain text as read in a fenced block."""
+    if ocr_type != FORMATTED:
+        return _fenced(text, "text")
     prose, formulas = _extract_math(text)
     parts = []
     for block in _blocks(prose):
@@ -544,6 +555,30 @@ def to_markdown(text: str) -> str:
         else:
             parts.append(_table_html(block, lambda cell: _inline_html(cell, formulas, _math_source_html)))
     return "\n\n".join(part for part in parts if part.strip())
+
+
+def to_markdown(
+    text: Union[str, Sequence[str]],
+    ocr_type: str = FORMATTED,
+    page_numbers: Optional[Sequence[Optional[int]]] = None,
+) -> str:
+    """GOT's text as CommonMark/GFM.
+
+    Formatted text (`ocr_type` "format"): pipe tables where cells do not span (HTML tables where they do), headings,
+    emphasis, lists, `$...$` / `$$...$$` math; a table that cannot be parsed stays as its source in a code block, and
+    raw HTML in the text is escaped, so that it shows as text wherever the Markdown is rendered. Plain text (any other
+    `ocr_type`) is shown as it was read, in a fenced `text` block. Several pages (`text` a list) follow each other in
+    order, each opened by a `<!-- page N -->` comment (N from `page_numbers`) and parted from the one before by a rule.
+    """
+    if isinstance(text, str):
+        return _page_markdown(text, ocr_type)
+    pages = list(text)
+    numbers = _page_numbers(page_numbers, len(pages))
+    if len(pages) == 1:
+        return _page_markdown(pages[0], ocr_type)
+    return "\n\n---\n\n".join(
+        f"<!-- page {number} -->\n\n{_page_markdown(page, ocr_type)}" for page, number in zip(pages, numbers)
+    )
 
 
 def _text_html(text: str) -> str:
@@ -596,8 +631,11 @@ def _image_data_url(image) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _page_images(image, count: int) -> list:
-    """One image (or None) per page; GOTError when a list of images does not match the pages."""
+def _page_images(image, count: int, one_text: bool) -> list:
+    """What goes beside each page: None, an image, or a list of images (a document read as one); GOTError when the
+    images do not match the pages."""
+    if one_text:
+        return [image]
     if isinstance(image, (list, tuple)):
         if len(image) != count:
             raise GOTError(f"There are {len(image)} images for {count} pages.")
@@ -607,29 +645,51 @@ def _page_images(image, count: int) -> list:
     return [image] * count
 
 
-def _page_section(text: str, image, number: int) -> str:
-    """One page: a <section> with the page image (when there is one) beside the rendered text."""
-    figure = ""
-    if image is not None:
-        figure = f'<figure class="scan"><img src="{_image_data_url(image)}" alt="Page {number} as read"></figure>\n'
+def _figure(image, number: int) -> str:
+    """The <figure> of page `number`'s image (or images, one under the other); "" when there is none."""
+    images = list(image) if isinstance(image, (list, tuple)) else [] if image is None else [image]
+    if len(images) == 1:
+        alts = [f"Page {number} as read"]
+    else:
+        alts = [f"Page {number}, image {index} of {len(images)}" for index in range(1, len(images) + 1)]
+    tags = "".join(f'<img src="{_image_data_url(one)}" alt="{alt}">' for one, alt in zip(images, alts, strict=True))
+    return f'<figure class="scan">{tags}</figure>\n' if tags else ""
+
+
+def _page_section(text: str, image, number: int, ocr_type: str) -> str:
+    """One page: a <section> with the page image (when there is one) beside the text, rendered when it is
+    formatted, as read (escaped, in a <pre>) when it is plain."""
+    figure = _figure(image, number)
+    body = _text_html(text) if ocr_type == FORMATTED else f'<pre class="plain">{html.escape(text)}</pre>'
     classes = "page with-image" if figure else "page"
     return (
         f'<section class="{classes}" aria-label="Page {number}">\n{figure}'
-        f'<div class="text">\n{_text_html(text)}\n</div>\n</section>'
+        f'<div class="text">\n{body}\n</div>\n</section>'
     )
 
 
-def to_html(text: Union[str, Sequence[str]], image=None, title: Optional[str] = None) -> str:
-    """One self-contained HTML5 document for one page (`text` a str) or several (a list: one <section> each).
+def to_html(
+    text: Union[str, Sequence[str]],
+    image=None,
+    title: Optional[str] = None,
+    ocr_type: str = FORMATTED,
+    page_numbers: Optional[Sequence[Optional[int]]] = None,
+) -> str:
+    """One self-contained HTML5 document for one page (`text` a str) or several (a list: one <section> each,
+    labelled with `page_numbers`, 1, 2, ... by default).
 
-    `image` (None, a PIL image, image bytes or a path; or a list, one per page) is embedded as a `data:` URL beside
-    the text. Tables, MathML and styles are inline; the Content-Security-Policy forbids scripts and network loads.
+    `image` (None, a PIL image, image bytes or a path) is embedded as a `data:` URL beside the text; for several
+    pages give a list with one entry per page. An entry may itself be a list: the images of a document read as one
+    text, shown one under the other. Formatted text (`ocr_type` "format") is rendered; plain text (any other) is
+    shown as it was read. Tables, MathML and styles are inline; the Content-Security-Policy forbids scripts and
+    network loads.
     """
     pages = [text] if isinstance(text, str) else list(text)
-    images = _page_images(image, len(pages))
+    images = _page_images(image, len(pages), isinstance(text, str))
+    numbers = _page_numbers(page_numbers, len(pages))
     sections = "\n".join(
-        _page_section(page, page_image, number)
-        for number, (page, page_image) in enumerate(zip(pages, images, strict=True), 1)
+        _page_section(page, page_image, number, ocr_type)
+        for page, page_image, number in zip(pages, images, numbers, strict=True)
     )
     return (
         '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n'
@@ -662,16 +722,29 @@ def source_image(path: str, page: Optional[int] = None):
 
 
 def page_title(image: str, page: Optional[int] = None) -> str:
-    """The title of a result's HTML page: the input's file name, and its page number for a PDF page."""
+    """The title of a result's HTML page: the input's file name, and its page number for one page of a PDF."""
     return os.path.basename(image) + (f" page {page}" if page else "")
 
 
-def result_html(text: str, image_path: str, page: Optional[int] = None, image=None) -> str:
-    """A result as an HTML page with its input image (`image`, else looked up with `source_image`); when the image
-    cannot be had the page is written without it and a warning logged."""
-    title = page_title(image_path, page)
+def _image_beside(path: str, page: Optional[int]):
+    """`source_image(path, page)`, or None (a warning logged) when it cannot be had."""
     try:
-        return to_html(text, image if image is not None else source_image(image_path, page), title=title)
+        return source_image(path, page)
     except GOTError as err:
-        logger.warning(f"{image_path}: the page is written without its image ({reason(err)}).")
-        return to_html(text, title=title)
+        logger.warning(f"{path}: page {page} is written without its image ({reason(err)}).")  # only PDFs fail here
+        return None
+
+
+def document_html(pages: Sequence[Tuple[str, str, Optional[int]]], ocr_type: str = FORMATTED) -> str:
+    """The results of one input as an HTML document: each page `(text, input path, page number or None)` in its
+    own section beside its image (see `source_image`), the document titled by `page_title`. An image that cannot be
+    had is left out and a warning logged."""
+    texts = [text for text, _, _ in pages]
+    path, numbers = pages[0][1], [page for _, _, page in pages]
+    title = page_title(path, numbers[0] if len(pages) == 1 else None)
+    images = [_image_beside(image, page) for _, image, page in pages]
+    try:
+        return to_html(texts, images, title, ocr_type, numbers)
+    except GOTError as err:  # an image file (one page) in a format that cannot be read
+        logger.warning(f"{path}: the page is written without its image ({reason(err)}).")
+        return to_html(texts, None, title, ocr_type, numbers)

@@ -1,6 +1,7 @@
 """Writing results: file modes follow the umask, --output is checked before any reading starts, and formatted
 text goes to .md and .html files rendered."""
 
+import html
 import os
 import stat
 from types import SimpleNamespace
@@ -61,8 +62,12 @@ def test_formatted_text_is_rendered_for_md_and_html_files_and_plain_text_kept_as
     result = SimpleNamespace(image=str(tmp_path / "scan.png"), page=None, text=FORMATTED)
     assert [file_suffix("format"), file_suffix("format", "html"), file_suffix("ocr")] == [".md", ".html", ".txt"]
     assert file_text(result, ".md", "format") == "# Scores\n\n| GOT | 0.97 |\n| --- | ---: |\n"
-    assert file_text(result, ".txt", "ocr") == file_text(result, ".md", "ocr") == FORMATTED + "\n"
+    assert file_suffix("ocr", "html") == ".html"
+    assert file_text(result, ".txt", "ocr") == file_text(result, ".txt", "format") == FORMATTED + "\n"
+    assert file_text(result, ".md", "ocr") == f"```text\n{FORMATTED}\n```\n"
     page = file_text(result, ".html", "format")
     assert page.startswith("<!DOCTYPE html>") and "<title>scan.png</title>" in page and "<h1>Scores</h1>" in page
     assert '<tr><th>GOT</th><th style="text-align: right">0.97</th></tr>' in page
     assert page.count('<img src="data:image/png;base64,') == 1
+    plain = file_text(result, ".html", "ocr")
+    assert f'<pre class="plain">{html.escape(FORMATTED)}</pre>' in plain and "<h1>" not in plain

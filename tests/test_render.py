@@ -467,6 +467,42 @@ def test_a_document_of_several_pages_has_one_section_per_page():
         to_html(["a", "b"], [image])
 
 
+def test_a_text_read_from_several_images_has_them_all_beside_it():
+    images = [Image.new("RGB", (10, 10), colour) for colour in ("red", "blue")]
+    (section,) = parse(to_html("\\title{Both pages}", images)).all("section")
+    assert [img.attrs["alt"] for img in section.all("img")] == ["Page 1, image 1 of 2", "Page 1, image 2 of 2"]
+    sources = [img.attrs["src"] for img in section.all("img")]
+    colours = [Image.open(io.BytesIO(decoded(source, "image/png"))).getpixel((5, 5)) for source in sources]
+    assert colours == [(255, 0, 0), (0, 0, 255)]
+
+
+def test_several_pages_in_markdown_follow_each_other_parted_by_rules():
+    markdown = to_markdown(["\\title{One}", "Two $x$"], page_numbers=[3, 5])
+    assert markdown == "<!-- page 3 -->\n\n# One\n\n---\n\n<!-- page 5 -->\n\nTwo $x$"
+    assert [token.type for token in MARKDOWN.parse(markdown) if token.type in ("html_block", "hr", "heading_open")] == [
+        "html_block",
+        "heading_open",
+        "hr",
+        "html_block",
+    ]
+    assert to_markdown(["\\title{One}"]) == to_markdown("\\title{One}") == "# One"
+    sections = parse(to_html(["a", "b"], page_numbers=[3, 5])).all("section")
+    assert [section.attrs["aria-label"] for section in sections] == ["Page 3", "Page 5"]
+
+
+PLAIN = "# 1. not a heading\n* not a list | $x$ \\textbf{kept}\n\n   <b onmouseover=alert(1)>x</b> &amp; ```"
+
+
+def test_plain_text_is_shown_as_it_was_read():
+    document = parse(to_html(PLAIN, ocr_type="ocr"))
+    (div,) = [node for node in document.all("div") if node.attrs.get("class") == "text"]
+    (pre,) = [child for child in div.children if isinstance(child, Node)]
+    assert (pre.tag, pre.attrs["class"], pre.text()) == ("pre", "plain", PLAIN)
+    assert {"h1", "ul", "ol", "b", "strong", "math", "table"} & {node.tag for node in document.all()} == set()
+    parsed = MARKDOWN.parse(to_markdown(PLAIN, "ocr"))
+    assert [(token.type, token.info, token.content) for token in parsed] == [("fence", "text", PLAIN + "\n")]
+
+
 def run_tool(*args):
     result = subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, timeout=300)
     assert "Traceback" not in result.stderr, result.stderr

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from paddle_got.cli import ArgumentParser, run_cli
 from paddle_got.errors import GOTError
 from paddle_got.outputs import read_results, text_file_name, write_atomic
-from paddle_got.render import result_html, to_markdown
+from paddle_got.render import document_html, to_markdown
 
 SUFFIXES = {"html": ".html", "md": ".md"}
 
@@ -80,7 +80,7 @@ def main():
     for record, path in tqdm(list(zip(done, paths, strict=True)), desc="Rendering", unit="page", disable=len(done) < 2):
         if args.format == "html":
             image = input_image(record, args.images_dir)
-            write_atomic(path, result_html(record["text"], image, record.get("page")))
+            write_atomic(path, document_html([(record["text"], image, record.get("page"))]))
         else:
             write_atomic(path, to_markdown(record["text"]) + "\n")
         print(path, flush=True)

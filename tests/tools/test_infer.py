@@ -15,7 +15,7 @@ import reference
 from paddle_got import device
 from paddle_got.export import BFLOAT16_CPU_FLAGS
 from paddle_got.processing import OCRRequest
-from paddle_got.render import result_html, to_markdown
+from paddle_got.render import document_html, to_markdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INFER = os.path.join(REPO, "tools", "infer.py")
@@ -135,7 +135,7 @@ def test_formatted_text_is_written_rendered(images, ocr_checkpoint, tmp_path):
         ).stdout[:-1]
     assert (tmp_path / "page.md").read_text() == to_markdown(text) + "\n"
     page = (tmp_path / "page.html").read_text()
-    assert page == result_html(text, images["page"]) and page.count('<img src="data:image/png;base64,') == 1
+    assert page == document_html([(text, images["page"], None)]) and page.count('<img src="data:image/png;base64,') == 1
     for folder, extra in (("md", []), ("html", ["--render", "html"])):
         result = run_infer(
             "--image_file",
