@@ -1,5 +1,5 @@
-"""Writing results: the file of one result (text as read, Markdown or HTML), written atomically, and the checks of
-`--output` (JSON lines and output directories are kept by paddle_got.runs)."""
+"""Writing results: the file of one input's results (text as read, Markdown or HTML), written atomically; the checks
+of `--output` (JSON lines and output directories are kept by paddle_got.runs)."""
 
 import json
 import os
@@ -11,6 +11,7 @@ from .errors import GOTError, reason
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 RENDERINGS = ("md", "html")  # what an output directory gets for formatted text
+RENDERED_SUFFIXES = tuple(f".{rendering}" for rendering in RENDERINGS)  # a single file of these holds a whole input
 
 
 def current_umask() -> int:
@@ -100,16 +101,21 @@ def output_kind(path: str) -> str:
     return "file" if suffix else "directory"
 
 
-def check_output(path: str, num_documents: int) -> None:
-    """GOTError if `path` cannot receive `num_documents` results (checked before any reading starts).
+def check_output(path: str, inputs: List[str]) -> None:
+    """GOTError if `path` cannot receive the results of documents read from `inputs` (the input file of each
+    document), checked before any reading starts.
 
-    A single text file holds one result; the folder a file goes into must exist; a results folder may be created,
-    but only inside an existing one; nothing on the way may be a file.
+    A single file holds one result, or for .md and .html every page of one input (a PDF); the folder a file goes
+    into must exist; a results folder may be created, but only inside an existing one; nothing on the way may be a
+    file.
     """
-    if output_kind(path) == "file" and num_documents > 1:
-        raise GOTError(
-            f"--output {path} is one file but there are {num_documents} inputs: give a directory or a .jsonl file."
-        )
+    if output_kind(path) == "file":
+        whole_inputs = os.path.splitext(path)[1].lower() in RENDERED_SUFFIXES
+        count = len(set(inputs)) if whole_inputs else len(inputs)
+        if count > 1:
+            raise GOTError(
+                f"--output {path} is one file but there are {count} inputs: give a directory or a .jsonl file."
+            )
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     ancestor = folder
     while not os.path.exists(ancestor):
@@ -138,25 +144,24 @@ def text_file_name(image: str, page: Optional[int], suffix: str) -> str:
     return stem + suffix
 
 
-def file_text(result, suffix: str, ocr_type: str) -> str:
-    """What a result's file holds: an HTML page with the input image beside the text (`.html`), Markdown (`.md`),
-    else the text as read; formatted text is rendered, plain text shown as read (see paddle_got.render). Ends with a
-    newline."""
+def file_text(records: List[dict], suffix: str, ocr_type: str) -> str:
+    """What the file of one input's results holds (`records`: its pages in order, as `json_line` writes them): an
+    HTML document with each page beside its image (`.html`), Markdown (`.md`), else the texts as read; formatted
+    text is rendered, plain text shown as read (see paddle_got.render). Ends with a newline."""
     if suffix == ".html":
         from .render import document_html
 
-        return document_html([(result.text, result.image, result.page)], ocr_type)
+        return document_html([(r["text"], r["image"], r.get("page")) for r in records], ocr_type)
     if suffix == ".md":
         from .render import to_markdown
 
-        return to_markdown(result.text, ocr_type) + "\n"
-    return result.text + "\n"
+        return to_markdown([r["text"] for r in records], ocr_type, [r.get("page") for r in records]) + "\n"
+    return "".join(r["text"] + "\n" for r in records)
 
 
 def write_file(results: List, path: str, ocr_type: str) -> None:
-    """Write the successful result (see `check_output`) to the one file `path`, rendered as its suffix asks (see
-    `file_text`); nothing when none succeeded. JSON lines and output directories are written by paddle_got.runs."""
-    done = [r for r in results if r.error is None]
-    if done:
-        suffix = os.path.splitext(path)[1].lower()
-        write_atomic(path, "".join(file_text(r, suffix, ocr_type) for r in done))
+    """Write the successful results (one input's, see `check_output`) to the one file `path`, in the form its suffix
+    asks for (see `file_text`); nothing when none succeeded."""
+    records = [r.to_dict() for r in results if r.error is None]
+    if records:
+        write_atomic(path, file_text(records, os.path.splitext(path)[1].lower(), ocr_type))

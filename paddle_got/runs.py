@@ -253,7 +253,7 @@ class RunStore:
         record = result.to_dict()
         if result.error is None and self.kind == "directory":
             name = self.file_names[document_key(result.image, result.page)]
-            write_atomic(os.path.join(self.output, name), file_text(result, self.suffix, self.ocr_type))
+            write_atomic(os.path.join(self.output, name), file_text([record], self.suffix, self.ocr_type))
             record = {"image": result.image, "page": result.page, "file": name}
         self._stream.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._stream.flush()

@@ -89,13 +89,17 @@ def parse_args():
         help="end a text caught in a loop (GOT's failure on dense tables), keeping what came before",
     )
     add_device_arguments(parser)
-    parser.add_argument("--output", help="also write results: a .jsonl file, a directory (one .txt/.md each) or a file")
+    parser.add_argument(
+        "--output",
+        help="also write results: a .jsonl file, a directory (one .txt/.md per page) or one file (a .md or .html "
+        "file holds every page of one PDF)",
+    )
     parser.add_argument(
         "--render",
         choices=RENDERINGS,
         default="md",
-        help="what an output directory gets for formatted text: Markdown files, or HTML pages with "
-        "the image beside the rendered text (a single --output file follows its suffix: .md, .html)",
+        help="what an output directory gets: Markdown files for formatted text, or HTML pages with the image beside "
+        "the text, rendered for formatted text and as read for plain (a single --output file follows its suffix)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="keep the results --output already holds and read only the rest"
@@ -155,7 +159,7 @@ def main():
     if args.stream:
         check_stream(len(documents))
     if args.output:
-        check_output(args.output, len(documents))
+        check_output(args.output, [document[0].name for document in documents])
     no_repeat_ngram_size = args.no_repeat_ngram_size
     if no_repeat_ngram_size is None:
         no_repeat_ngram_size = default_ngram_size(args.multi_crop, args.multi_page)

@@ -1,6 +1,7 @@
 """tools/infer.py end to end: every mode's printed text equals the transformers reference's greedy text, and
 every bad input gets one line on stderr and exit code 2."""
 
+import html
 import json
 import os
 import subprocess
@@ -107,6 +108,8 @@ def test_batch_of_mixed_sizes_equals_one_by_one(images, ocr_checkpoint):
 
 
 def test_pdf_pages_are_inputs_and_outputs_are_written(images, ocr_checkpoint, tmp_path):
+    """An output directory gets a file per page (what --resume goes by); one .html or .md file holds the whole PDF,
+    a section per page beside its image, and plain text is shown in it as it was read."""
     pdf = tmp_path / "doc.pdf"
     load(images["page"]).save(pdf, save_all=True, append_images=[load(images["wide"])])
     out_dir = tmp_path / "out"
@@ -116,6 +119,19 @@ def test_pdf_pages_are_inputs_and_outputs_are_written(images, ocr_checkpoint, tm
     assert sorted(os.listdir(out_dir)) == ["doc_page1.txt", "doc_page2.txt"]
     assert (out_dir / "doc_page2.txt").read_text() == records[1]["text"] + "\n"
     assert records[0]["text"]
+    for output in (["doc.html"], ["doc.md"], ["pages", "--render", "html"]):
+        again = run_infer(
+            "--image_file", str(pdf), "--output", str(tmp_path / output[0]), *output[1:], model=ocr_checkpoint.directory
+        )
+        assert again.returncode == 0 and again.stdout == result.stdout, again.stderr
+    texts = [record["text"] for record in records]
+    assert (tmp_path / "doc.md").read_text() == to_markdown(texts, "ocr", [1, 2]) + "\n"
+    document = (tmp_path / "doc.html").read_text()
+    assert document == document_html([(text, str(pdf), page) for text, page in zip(texts, (1, 2))], "ocr")
+    assert document.count('<section class="page with-image"') == 2 and "<title>doc.pdf</title>" in document
+    assert [document.count(f'<pre class="plain">{html.escape(text)}</pre>') for text in texts] == [1, 1]
+    assert sorted(os.listdir(tmp_path / "pages")) == ["doc_page1.html", "doc_page2.html"]
+    assert (tmp_path / "pages" / "doc_page2.html").read_text() == document_html([(texts[1], str(pdf), 2)], "ocr")
 
 
 def test_formatted_text_is_written_rendered(images, ocr_checkpoint, tmp_path):
