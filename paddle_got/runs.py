@@ -117,6 +117,19 @@ def remove_path(path: str) -> None:
         os.remove(path)
 
 
+def run_settings(output: str) -> Optional[dict]:
+    """The settings (see `text_settings`) of the run that wrote `output`: those of a run under way (its parts), else
+    those of a finished run (its report); None when there is none."""
+    under_way, finished = os.path.join(output + PARTS_SUFFIX, SETTINGS_FILE), output + REPORT_SUFFIX
+    if os.path.exists(under_way):
+        with open(under_way, encoding="utf-8") as f:
+            return json.load(f)
+    if os.path.exists(finished):
+        with open(finished, encoding="utf-8") as f:
+            return json.load(f).get("settings")
+    return None
+
+
 def unique_file_names(documents: Dict[str, Tuple[str, Optional[int]]], suffix: str) -> Dict[str, str]:
     """`document_key -> file name` in an output directory: `text_file_name` of each document or, when two documents
     would share a name (the same stem in different folders), its path below the folders' common parent."""
@@ -169,18 +182,6 @@ class RunStore:
 
     # Before reading -----------------------------------------------------------------------------------------------
 
-    def earlier_settings(self) -> Optional[dict]:
-        """The settings an earlier run over this output was made with: those of a run under way (its parts), else
-        those of a finished run (its report); None when there is none."""
-        under_way, finished = os.path.join(self.parts, SETTINGS_FILE), self.output + REPORT_SUFFIX
-        if os.path.exists(under_way):
-            with open(under_way, encoding="utf-8") as f:
-                return json.load(f)
-        if os.path.exists(finished):
-            with open(finished, encoding="utf-8") as f:
-                return json.load(f).get("settings")
-        return None
-
     def check_resume(self) -> bool:
         """Whether this run continues an earlier one: True for --resume over a matching earlier run; GOTError when
         the earlier run used options that change the text, unless --overwrite (then the run starts again).
@@ -194,7 +195,7 @@ class RunStore:
     def _matches_earlier_run(self) -> bool:
         """True when no earlier run or one with the same settings is there, False with --overwrite when the
         settings differ, else GOTError."""
-        earlier = self.earlier_settings()
+        earlier = run_settings(self.output)
         if earlier is None or earlier == self.settings:
             return True
         if self.overwrite:

@@ -526,33 +526,39 @@ def predictions(tmp_path):
         path,
         [
             {"image": "/elsewhere/scan.png", "text": corpus("table_spans")},
-            {"image": "/elsewhere/doc.pdf", "page": 2, "text": "\\title{Second page}"},
+            {"image": "/elsewhere/doc.pdf", "page": 1, "text": "\\title{First page}"},
             {"image": "/elsewhere/gone.png", "error": "/elsewhere/gone.png: no such file."},
+            {"image": "/elsewhere/doc.pdf", "page": 2, "text": "\\title{Second page}"},
             {"image": "/elsewhere/nowhere.png", "text": "no image here"},
         ],
     )
     return path
 
 
-def test_the_tool_writes_html_pages_with_their_images(predictions, tmp_path):
+def test_the_tool_writes_html_pages_with_their_images_and_a_pdf_as_one_page(predictions, tmp_path):
     out = tmp_path / "pages"
     result = run_tool(
         "--predictions", str(predictions), "--out_dir", str(out), "--images_dir", str(tmp_path / "images")
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        str(out / "scan.html"),
-        str(out / "doc_page2.html"),
-        str(out / "nowhere.html"),
-    ]
+    assert result.stdout.splitlines() == [str(out / "scan.html"), str(out / "doc.html"), str(out / "nowhere.html")]
     assert "error: /elsewhere/gone.png: no such file. (skipped)" in result.stderr.splitlines()
     scan_page = (out / "scan.html").read_text(encoding="utf-8")
     assert decoded(image_sources(scan_page)[0], "image/png") == (tmp_path / "images" / "scan.png").read_bytes()
     assert cells(parse(scan_page).all("table")[0]) == SPANNED
-    pdf_page = Image.open(io.BytesIO(decoded(image_sources((out / "doc_page2.html").read_text())[0], "image/png")))
-    assert abs(pdf_page.width - 278) <= 1 and abs(pdf_page.height - 139) <= 1  # 100 DPI
-    red, green, blue = pdf_page.convert("RGB").getpixel((100, 50))
-    assert red < 20 and green > 235 and blue < 20  # page 2 (green), not page 1 (red); PIL stores JPEG in the PDF
+    document = parse((out / "doc.html").read_text())
+    assert [node.text() for node in document.all("title")] == ["doc.pdf"]
+    sections = document.all("section")
+    assert [(section.attrs["aria-label"], [h1.text() for h1 in section.all("h1")]) for section in sections] == [
+        ("Page 1", ["First page"]),
+        ("Page 2", ["Second page"]),
+    ]
+    for section, expected in zip(sections, ((255, 0, 0), (0, 255, 0)), strict=True):
+        (img,) = section.all("img")
+        pdf_page = Image.open(io.BytesIO(decoded(img.attrs["src"], "image/png")))
+        assert abs(pdf_page.width - 278) <= 1 and abs(pdf_page.height - 139) <= 1  # 100 DPI
+        pixel = pdf_page.convert("RGB").getpixel((100, 50))
+        assert all(abs(got - want) < 20 for got, want in zip(pixel, expected))  # PIL stores JPEG in the PDF
     assert image_sources((out / "nowhere.html").read_text()) == []
 
 
@@ -562,14 +568,35 @@ def test_the_tool_without_images_dir_looks_at_the_recorded_paths(predictions, tm
     assert [image_sources(path.read_text()) for path in sorted(out.iterdir())] == [[], [], []]
 
 
-def test_the_tool_writes_markdown(predictions, tmp_path):
+def test_the_tool_writes_markdown_and_a_pdf_as_one_file(predictions, tmp_path):
     out = tmp_path / "md"
     result = run_tool("--predictions", str(predictions), "--out_dir", str(out), "--format", "md")
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(out)) == ["doc_page2.md", "nowhere.md", "scan.md"]
-    assert (out / "doc_page2.md").read_text() == "# Second page\n"
+    assert sorted(os.listdir(out)) == ["doc.md", "nowhere.md", "scan.md"]
+    assert (
+        out / "doc.md"
+    ).read_text() == "<!-- page 1 -->\n\n# First page\n\n---\n\n<!-- page 2 -->\n\n# Second page\n"
     (block,) = tokens((out / "scan.md").read_text(), "html_block")
     assert cells(parse(block.content).all("table")[0])[0] == SPANNED[0]
+
+
+def test_the_tool_shows_plain_text_as_read_when_the_run_read_plain_text(tmp_path):
+    predictions = tmp_path / "results.jsonl"
+    write_jsonl(predictions, [{"image": "scan.png", "text": PLAIN}])
+    (tmp_path / "results.jsonl.report.json").write_text(json.dumps({"settings": {"ocr_type": "ocr"}}))
+    for options, plain in (([], True), (["--ocr_type", "format"], False)):
+        out = tmp_path / f"out{len(options)}"
+        result = run_tool("--predictions", str(predictions), "--out_dir", str(out), *options)
+        assert result.returncode == 0, result.stderr
+        document = parse((out / "scan.html").read_text())
+        assert [pre.text() for pre in document.all("pre") if pre.attrs.get("class") == "plain"] == (
+            [PLAIN] if plain else []
+        )
+        assert bool(document.all("h1")) is not plain
+    assert (
+        run_tool("--predictions", str(predictions), "--out_dir", str(tmp_path / "md"), "--format", "md").returncode == 0
+    )
+    assert (tmp_path / "md" / "scan.md").read_text() == to_markdown(PLAIN, "ocr") + "\n"
 
 
 @pytest.mark.parametrize(
@@ -582,6 +609,7 @@ def test_the_tool_writes_markdown(predictions, tmp_path):
             "line 1 column 2 (char 1)).",
         ),
         ("not_a_result", 'error: {tmp}/bad.jsonl line 1 is not a result: it needs "image" and "text" (or "error").'),
+        ("same_page", "error: {tmp}/bad.jsonl holds two results for x.pdf#page=2."),
         ("format", "error: Argument --format: invalid choice: 'pdf' (choose from 'html', 'md') (see --help)."),
         ("out_dir_is_a_file", "error: --out_dir {tmp}/results.jsonl is a file, not a directory."),
         (
@@ -609,6 +637,9 @@ def test_bad_input_is_one_sentence_and_exit_code_2_before_anything_is_written(pr
         args["out_dir"] = str(predictions)
     elif case == "out_dir_parent_missing":
         args["out_dir"] = str(tmp_path / "no" / "pages")
+    elif case == "same_page":
+        write_jsonl(bad, [{"image": "x.pdf", "page": 2, "text": "one"}, {"image": "x.pdf", "page": 2, "text": "two"}])
+        args["predictions"] = str(bad)
     elif case == "same_name":
         write_jsonl(bad, [{"image": "a/x.png", "text": "one"}, {"image": "b/x.png", "text": "two"}])
         args["predictions"] = str(bad)

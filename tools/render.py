@@ -1,14 +1,15 @@
-"""Turn GOT's formatted output (--ocr_type format) into self-contained HTML pages or Markdown files.
+"""Turn GOT's results into self-contained HTML pages or Markdown files, without a model.
 
     python tools/infer.py --ocr_type format --image_file scans/ report.pdf --output results.jsonl
     python tools/render.py --predictions results.jsonl --out_dir pages/
     python tools/render.py --predictions results.jsonl --out_dir pages/ --format md
 
-One file per result, named as tools/infer.py names its text files: <stem>.html (or .md), <stem>_page<N>.html for a
-PDF page. An HTML page shows the input image beside the text when the image's file is found (at the path in the
-JSONL, or by file name in --images_dir): an image file is embedded as it is (as PNG if browsers cannot show its
-format, e.g. TIFF), a PDF page is rendered with pypdfium2 at 100 DPI. Results with an error are skipped and
-reported on stderr. The paths written are printed on stdout, one a line; progress goes to stderr.
+One file per input, named after it: <stem>.html (or .md); the pages of a PDF go into one file, in order, one
+section each. An HTML page shows each page's image beside its text when the input's file is found (at the path in
+the JSONL, or by file name in --images_dir): an image file is embedded as it is (as PNG if browsers cannot show its
+format, e.g. TIFF), a PDF page is rendered with pypdfium2 at 100 DPI. Formatted text (--ocr_type format) is
+rendered; plain text is shown as it was read. Results with an error are skipped and reported on stderr. The paths
+written are printed on stdout, one a line; progress goes to stderr.
 """
 
 from paddle_got.process import tune_process
@@ -21,9 +22,10 @@ import sys
 from tqdm import tqdm
 
 from paddle_got.cli import ArgumentParser, run_cli
+from paddle_got.constants import FORMATTED, OCR_TYPES
 from paddle_got.errors import GOTError
-from paddle_got.outputs import read_results, text_file_name, write_atomic
-from paddle_got.render import document_html, to_markdown
+from paddle_got.outputs import document_key, file_text, read_results, text_file_name, write_atomic
+from paddle_got.runs import run_settings
 
 SUFFIXES = {"html": ".html", "md": ".md"}
 
@@ -35,6 +37,11 @@ def parse_args():
     parser.add_argument("--format", default="html", choices=tuple(SUFFIXES), help="self-contained HTML or Markdown")
     parser.add_argument(
         "--images_dir", help="look for the input images here by file name (default: at the paths in the JSONL)"
+    )
+    parser.add_argument(
+        "--ocr_type",
+        choices=OCR_TYPES,
+        help=f"how the texts were read (default: as the run's report beside --predictions says, else {FORMATTED})",
     )
     return parser.parse_args()
 
@@ -48,11 +55,24 @@ def check_out_dir(path: str) -> None:
         raise GOTError(f"--out_dir {path} cannot be made: the directory {parent} does not exist.")
 
 
-def output_paths(records: list, out_dir: str, suffix: str) -> list:
-    """Where each result is written; GOTError when two results would be written to the same file."""
-    paths = []
+def by_input(records: list, predictions: str) -> list:
+    """The records grouped by input file (a PDF's pages together, in order of appearance); GOTError when a page
+    appears twice."""
+    inputs, seen = {}, set()
     for record in records:
-        path = os.path.join(out_dir, text_file_name(record["image"], record.get("page"), suffix))
+        key = document_key(record["image"], record.get("page"))
+        if key in seen:
+            raise GOTError(f"{predictions} holds two results for {key}.")
+        seen.add(key)
+        inputs.setdefault(record["image"], []).append(record)
+    return list(inputs.values())
+
+
+def output_paths(inputs: list, out_dir: str, suffix: str) -> list:
+    """Where each input's file is written; GOTError when two inputs would be written to the same file."""
+    paths = []
+    for records in inputs:
+        path = os.path.join(out_dir, text_file_name(records[0]["image"], None, suffix))
         if path in paths:
             raise GOTError(f"Two results would both be written to {path}: render them into separate directories.")
         paths.append(path)
@@ -72,17 +92,18 @@ def main():
     check_out_dir(args.out_dir)
     if args.images_dir and not os.path.isdir(args.images_dir):
         raise GOTError(f"--images_dir {args.images_dir} is not a directory.")
+    ocr_type = args.ocr_type or (run_settings(args.predictions) or {}).get("ocr_type", FORMATTED)
     for record in records:
         if record.get("error") is not None:
             print(f"error: {record['error']} (skipped)", file=sys.stderr)
-    done = [record for record in records if record.get("error") is None]
-    paths = output_paths(done, args.out_dir, SUFFIXES[args.format])
-    for record, path in tqdm(list(zip(done, paths, strict=True)), desc="Rendering", unit="page", disable=len(done) < 2):
-        if args.format == "html":
-            image = input_image(record, args.images_dir)
-            write_atomic(path, document_html([(record["text"], image, record.get("page"))]))
-        else:
-            write_atomic(path, to_markdown(record["text"]) + "\n")
+    inputs = by_input([record for record in records if record.get("error") is None], args.predictions)
+    suffix = SUFFIXES[args.format]
+    paths = output_paths(inputs, args.out_dir, suffix)
+    for pages, path in tqdm(
+        list(zip(inputs, paths, strict=True)), desc="Rendering", unit="file", disable=len(paths) < 2
+    ):
+        located = [{**page, "image": input_image(page, args.images_dir)} for page in pages]
+        write_atomic(path, file_text(located, suffix, ocr_type))
         print(path, flush=True)
 
 
