@@ -107,13 +107,12 @@ def parse_response_format(value) -> str:
     return kind
 
 
-def rendered(text: str, response_format: str, image=None) -> str:
-    """The answer in the asked form: the text as read, Markdown, or a self-contained HTML page beside `image`."""
+def rendered(text, response_format: str, ocr_type: str, images=None, page_numbers=None, title=None) -> str:
+    """Markdown or a self-contained HTML page (the page images beside the text) of one text, or of a list of
+    pages (one section each, see paddle_got.render); formatted text rendered, plain text shown as read."""
     if response_format == "markdown":
-        return to_markdown(text)
-    if response_format == "html":
-        return to_html(text, image)
-    return text
+        return to_markdown(text, ocr_type, page_numbers)
+    return to_html(text, images, title, ocr_type, page_numbers)
 
 
 def parse_bool(value, name: str) -> bool:
@@ -322,13 +321,17 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
         if not stream:
-            job = service.submit(OCRJob(images, **options))
+            reading = OCRJob(images, **options)
+            job = service.submit(reading)
             try:
                 result = await job.wait(request.is_disconnected, limits.request_timeout)
             except asyncio.CancelledError:
                 return Response(status_code=499)
             if result.error is not None:
                 raise RequestError(result.error, 500)
+            content = result.text
+            if response_format != "text":  # a document read from several images has them all beside its text
+                content = rendered(result.text, response_format, reading.ocr_type, images)
             return {
                 "id": job_id,
                 "object": "chat.completion",
@@ -337,7 +340,7 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": rendered(result.text, response_format, images[0])},
+                        "message": {"role": "assistant", "content": content},
                         "finish_reason": result.finish_reason,
                     }
                 ],
@@ -430,8 +433,6 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
                 page = None if options.get("multi_page") or len(pages) == 1 else index + 1
                 entry = {"page": page, "finish_reason": result.finish_reason, "usage": usage(job)}
                 entry.update({"error": result.error} if result.error is not None else {"text": result.text})
-                if result.error is None and response_format != "text":
-                    entry[response_format] = rendered(result.text, response_format, documents[index][0])
                 results.append(entry)
         except asyncio.CancelledError:
             return Response(status_code=499)
@@ -439,6 +440,17 @@ def create_app(service: OCRService, model_name: str, api_key: Optional[str] = No
             for job in running:
                 if not job.handle.finished:
                     job.handle.cancel()
-        return {"model": model_name, "file": name, "results": results}
+        answer = {"model": model_name, "file": name, "results": results}
+        read = [(entry, document) for entry, document in zip(results, documents, strict=True) if "text" in entry]
+        if response_format != "text" and read:  # the whole file as one document: a section per page read
+            answer[response_format] = rendered(
+                [entry["text"] for entry, _ in read],
+                response_format,
+                jobs[0].ocr_type,
+                [document for _, document in read],
+                [entry["page"] for entry, _ in read],
+                name,
+            )
+        return answer
 
     return app

@@ -186,30 +186,49 @@ def test_streaming_equals_not_streaming(client, pictures):
 
 
 def test_markdown_and_html_answers_are_the_rendered_reference_text(server, pictures, ocr_checkpoint, tmp_path):
-    from paddle_got.render import to_markdown
+    from paddle_got.render import to_html, to_markdown
 
     (expected,) = reference.expected_texts(
         ocr_checkpoint, [OCRRequest([pictures[0]], ocr_type="format")], 20, MAX_TOKENS
     )
-    answers = {}
-    for kind in ("markdown", "html"):
-        body = {**chat_body([pictures[0]], ocr_type="format"), "response_format": {"type": kind}}
+
+    def chat(images, kind, **options):
+        body = {**chat_body(images, **options), "response_format": {"type": kind}}
         response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
         assert response.status_code == 200, response.text
-        answers[kind] = response.json()["choices"][0]["message"]["content"]
-    assert answers["markdown"] == to_markdown(expected)
-    page = answers["html"]
-    assert page.startswith("<!DOCTYPE html>") and '<img src="data:image/png;base64,' in page
+        return response.json()["choices"][0]["message"]["content"]
+
+    assert chat([pictures[0]], "markdown", ocr_type="format") == to_markdown(expected)
+    page = chat([pictures[0]], "html", ocr_type="format")
+    assert page == to_html(expected, [pictures[0]]) and page.count('<img src="data:image/png;base64,') == 1
     assert "<script" not in page and html.escape(expected.split()[0]) in page
+    plain = chat([pictures[0]], "text")
+    assert f'<pre class="plain">{html.escape(plain)}</pre>' in chat([pictures[0]], "html")
+    both = chat(pictures[:2], "text", ocr_type="format", multi_page=True)
+    document = chat(pictures[:2], "html", ocr_type="format", multi_page=True)
+    assert document == to_html(both, pictures[:2]) and document.count("<section ") == 1
+    assert document.count('<img src="data:image/png;base64,') == 2
+
     pdf = tmp_path / "doc.pdf"
     pictures[0].save(pdf, save_all=True, append_images=[pictures[1]])
-    response = httpx.post(
-        server.url + "/v1/ocr",
-        files={"file": ("doc.pdf", pdf.read_bytes(), "application/pdf")},
-        data={"max_tokens": str(MAX_TOKENS), "ocr_type": "format", "response_format": "markdown"},
-        timeout=120,
-    )
-    assert [r["markdown"] == to_markdown(r["text"]) for r in response.json()["results"]] == [True, True]
+    answers = {}
+    for kind in ("markdown", "html"):
+        response = httpx.post(
+            server.url + "/v1/ocr",
+            files={"file": ("doc.pdf", pdf.read_bytes(), "application/pdf")},
+            data={"max_tokens": str(MAX_TOKENS), "ocr_type": "format", "response_format": kind},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        answers[kind] = response.json()
+    texts = [result["text"] for result in answers["markdown"]["results"]]
+    assert [set(result) & {"markdown", "html"} for result in answers["markdown"]["results"]] == [set(), set()]
+    assert answers["markdown"]["markdown"] == to_markdown(texts, "format", [1, 2])
+    assert texts[0] and answers["markdown"]["markdown"].count("<!-- page ") == 2
+    document = answers["html"]["html"]
+    assert "<title>doc.pdf</title>" in document
+    assert document.count('<section class="page with-image" aria-label="Page ') == 2
+    assert document.count('<img src="data:image/png;base64,') == 2
 
 
 def test_concurrent_requests_equal_sequential_ones(server, pictures):
