@@ -66,7 +66,7 @@ def test_readme_rendering_commands_run_as_written(tmp_path, ocr_checkpoint):
     """The rendering section's commands, with scans/ standing for demo_images/ and results.jsonl read from it."""
     section = readme_section("README.md", "## Rendering")
     commands = [line.split("  #")[0] for line in section.splitlines() if line.startswith("python tools/")]
-    assert len(commands) == 4
+    assert len(commands) == 5
     workspace = inference_workspace(tmp_path)
     os.symlink(os.path.join(REPO, "demo_images"), workspace / "scans")
     model = ["--model_name_or_path", ocr_checkpoint.directory, "--max_new_tokens", "8"]
@@ -94,6 +94,8 @@ def test_readme_rendering_commands_run_as_written(tmp_path, ocr_checkpoint):
         )
         assert result.returncode == 0, (command, result.stderr)
     assert (workspace / "table.html").read_text().count('<img src="data:image/png;base64,') == 1
+    two_pages = (workspace / "two_pages.html").read_text()  # the whole PDF in one page, a section per PDF page
+    assert two_pages.count('<section class="page with-image"') == 2 and "<title>two_pages.pdf</title>" in two_pages
     assert sorted(os.listdir(workspace / "pages")) == sorted(
         [
             os.path.splitext(name)[0] + ".html"
