@@ -267,3 +267,15 @@ def test_chinese_is_drawn_as_glyphs(browser, tmp_path):
         shots.append(screenshot.convert("L"))
         assert dark_share(screenshot) > 0.005
     assert sum(ImageChops.difference(*shots).histogram()[64:]) > 500  # pixels that differ clearly
+
+
+def test_plain_text_is_drawn_as_read_and_several_pages_load_cleanly(browser, tmp_path):
+    text = "Total:  12 * 3\n    # not a heading\n<b>not bold</b>"
+    path = write(tmp_path, "plain.html", to_html(text, scan(), ocr_type="ocr"))
+    found, screenshot, shown = browser.visit(path, measure="document.querySelector('pre.plain').innerText")
+    assert found == [] and shown == text
+    assert dark_share(screenshot.crop((screenshot.width // 2, 0, screenshot.width, screenshot.height))) > 0.0005
+    pages = to_html(["\\title{One}", "\\title{Two}"], [scan(), [scan(), scan()]], title="pages")
+    measure = "JSON.stringify([...document.querySelectorAll('section')].map(s => s.querySelectorAll('img').length))"
+    found, _, counts = browser.visit(write(tmp_path, "pages.html", pages), measure=measure)
+    assert found == [] and json.loads(counts) == [1, 2]
