@@ -3,12 +3,14 @@ self-contained HTML page.
 
     markdown = to_markdown(result.text)            # GFM: pipe tables, or HTML tables where cells span
     page = to_html(result.text, image="scan.png")  # the page image beside the rendered text
+    document = to_html([text1, text2], [image1, image2])  # a section per page
 
 LaTeX `tabular`s become tables, `\\title` / `\\section` / `\\subsection` headings, `\\textbf` / `\\textit` /
 `\\underline` emphasis, `itemize` / `enumerate` lists; math stays math (`$...$` / `$$...$$` in Markdown, MathML in
 HTML, which browsers draw natively); other commands are kept as text. Model output is untrusted: in HTML all of it is
 escaped, and the page's Content-Security-Policy forbids scripts and network loads. A table or formula that cannot be
-rendered is shown as its source in a marked box instead of failing the page.
+rendered is shown as its source in a marked box instead of failing the page. Plain text (`ocr_type="ocr"`) is never
+parsed: it is shown as it was read.
 """
 
 import base64

@@ -488,6 +488,8 @@ def test_several_pages_in_markdown_follow_each_other_parted_by_rules():
     assert to_markdown(["\\title{One}"]) == to_markdown("\\title{One}") == "# One"
     sections = parse(to_html(["a", "b"], page_numbers=[3, 5])).all("section")
     assert [section.attrs["aria-label"] for section in sections] == ["Page 3", "Page 5"]
+    with pytest.raises(GOTError, match="1 page numbers for 2 pages"):
+        to_markdown(["a", "b"], page_numbers=[1])
 
 
 PLAIN = "# 1. not a heading\n* not a list | $x$ \\textbf{kept}\n\n   <b onmouseover=alert(1)>x</b> &amp; ```"
