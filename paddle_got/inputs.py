@@ -1,12 +1,13 @@
 """Inputs: from paths to decoded images. Image files, directories (optionally recursive), manifests (one path per
 line), PDFs (one input per page, rendered when read) and in-memory images become a flat list of `InputImage`; an
-input that cannot be read carries its reason instead of stopping the others.
+input that cannot be read carries its reason instead of stopping the others. `Shard` is the share of them that one
+process of `paddle.distributed.launch` reads.
 """
 
 import os
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, TypeVar, Union
 
 from PIL import Image
 
@@ -22,6 +23,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 PDF_RENDER_DPI = 200
 
 ImageInput = Union[str, Image.Image, "InputImage"]
+T = TypeVar("T")
 
 
 def load_image(path: str) -> Image.Image:
@@ -235,3 +237,27 @@ def load_input(inp: InputImage) -> InputImage:
     except BadInputError as err:
         inp.error = str(err)
     return inp
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a launch of `paddle.distributed.launch`: `rank` of `world` processes (0 of 1 when
+    not launched)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_launcher(cls) -> "Shard":
+        """The rank and world size `paddle.distributed.launch` gives each process through its environment."""
+        return cls(int(os.environ.get("PADDLE_TRAINER_ID", 0)), int(os.environ.get("PADDLE_TRAINERS_NUM", 1)))
+
+    def share(self, items: Sequence[T]) -> List[T]:
+        """This rank's share of `items` (the documents of a run, in input order): those whose index is `rank`
+        modulo `world`, so each has one owner whatever the moment each rank starts."""
+        return list(items[self.rank :: self.world])
+
+    @property
+    def name(self) -> str:
+        """`R-of-W`, as in the part file names."""
+        return f"{self.rank:05d}-of-{self.world:05d}"

@@ -13,8 +13,8 @@ For `--output out.jsonl` (R = rank, W = number of ranks):
 
 For an output directory each text file is written (temporary name, then rename) as it is made and the records go to
 `<dir>.parts/part-R-of-W.jsonl`. Every record is one JSON line, flushed and synced before the next input is read; a
-line torn by a kill is dropped when the run resumes. Rank R reads the documents whose index is R modulo W, so every
-document has one owner whatever the moment each rank starts, and a resumed run may use another number of ranks.
+line torn by a kill is dropped when the run resumes. Each rank reads its share of the documents (`inputs.Shard`), and
+a resumed run may use another number of ranks.
 """
 
 import glob
@@ -23,12 +23,12 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from tqdm import tqdm
 
 from .errors import GOTError
+from .inputs import Shard
 from .outputs import document_key, file_suffix, file_text, output_kind, text_file_name, write_atomic
 
 PARTS_SUFFIX = ".parts"
@@ -36,28 +36,6 @@ ERRORS_SUFFIX = ".errors.jsonl"
 REPORT_SUFFIX = ".report.json"
 SETTINGS_FILE = "settings.json"
 POLL_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's place in a launch: `rank` of `world` processes (0 of 1 when not launched)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def from_launcher(cls) -> "Shard":
-        """The rank and world size `paddle.distributed.launch` gives each process through its environment."""
-        return cls(int(os.environ.get("PADDLE_TRAINER_ID", 0)), int(os.environ.get("PADDLE_TRAINERS_NUM", 1)))
-
-    def owns(self, index: int) -> bool:
-        """Whether document `index` (0-based, in input order) is this rank's to read."""
-        return index % self.world == self.rank
-
-    @property
-    def name(self) -> str:
-        """`R-of-W`, as in the part file names."""
-        return f"{self.rank:05d}-of-{self.world:05d}"
 
 
 def documents_by_key(documents: List[list]) -> Dict[str, Tuple[str, Optional[int]]]:
@@ -404,7 +382,7 @@ def read_run(
     if shard.rank == 0:
         store.write_settings()
     keys = list(store.documents)
-    owned = [(key, document) for index, (key, document) in enumerate(zip(keys, documents)) if shard.owns(index)]
+    owned = shard.share(list(zip(keys, documents)))
     todo = [document for key, document in owned if key not in kept]
     counts = dict.fromkeys(COUNTS, 0)
     counts.update(inputs=len(owned), skipped=len(owned) - len(todo))

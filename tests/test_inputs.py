@@ -1,12 +1,15 @@
-"""Inputs: files, directories (flat and recursive), manifests and PDFs become the list of inputs to read."""
+"""Inputs: files, directories (flat and recursive), manifests and PDFs become the list of inputs to read, and each
+launched process reads its share of them."""
 
+import ast
 import os
 
 import pytest
 from PIL import Image
 
+import paddle_got.inputs
 from paddle_got.errors import BadInputError
-from paddle_got.inputs import expand_inputs, load_image, load_input, read_manifest
+from paddle_got.inputs import Shard, expand_inputs, load_image, load_input, read_manifest
 
 
 def make_tree(root):
@@ -76,3 +79,29 @@ def test_undecodable_input_keeps_its_reason(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     inp = load_input(expand_inputs(str(path))[0])
     assert inp.image is None and inp.error == f"{path}: cannot read the image (file is corrupt or not an image)."
+
+
+def test_every_document_is_in_exactly_one_share():
+    documents = [f"doc{index}" for index in range(7)]
+    assert [Shard(rank, 3).share(documents) for rank in range(3)] == [
+        ["doc0", "doc3", "doc6"],
+        ["doc1", "doc4"],
+        ["doc2", "doc5"],
+    ]
+    assert Shard().share(documents) == documents
+    assert Shard(3, 4).share(documents[:3]) == [] and Shard(1, 3).name == "00001-of-00003"
+
+
+def test_the_launcher_environment_gives_the_shard(monkeypatch):
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "2")
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "4")
+    assert Shard.from_launcher() == Shard(2, 4)
+    monkeypatch.delenv("PADDLE_TRAINER_ID")
+    monkeypatch.delenv("PADDLE_TRAINERS_NUM")
+    assert Shard.from_launcher() == Shard(0, 1)
+
+
+def test_inputs_import_neither_the_pipeline_nor_the_runs():
+    tree = ast.parse(open(paddle_got.inputs.__file__, encoding="utf-8").read())
+    package_modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+    assert "errors" in package_modules and not package_modules & {"pipeline", "runs"}

@@ -1,5 +1,5 @@
-"""Run bookkeeping: torn lines, file names in an output directory, which rank owns which document, and whole runs
-of several ranks on threads with a reader that names what it reads (no model)."""
+"""Run bookkeeping: torn lines, file names in an output directory, reports, and whole runs of several ranks on
+threads with a reader that names what it reads (no model)."""
 
 import json
 import os
@@ -8,12 +8,11 @@ import threading
 import pypdfium2
 from PIL import Image
 
-from paddle_got.inputs import expand_inputs
+from paddle_got.inputs import Shard, expand_inputs
 from paddle_got.outputs import document_key
 from paddle_got.pipeline import OCRResult
 from paddle_got.runs import (
     RunStore,
-    Shard,
     documents_by_key,
     drop_torn_tail,
     rank_report,
@@ -42,12 +41,6 @@ def test_file_names_keep_stems_and_separate_same_stems_by_folder(tmp_path):
     assert list(unique_file_names(flat, ".md").values()) == ["a.md", "b_page2.md"]
     clashing = {document_key(path, None): (path, None) for path in ("x/2024/page.png", "x/2025/page.png")}
     assert list(unique_file_names(clashing, ".txt").values()) == ["2024/page.txt", "2025/page.txt"]
-
-
-def test_every_document_has_exactly_one_owner():
-    owners = [[rank for rank in range(3) if Shard(rank, 3).owns(index)] for index in range(7)]
-    assert owners == [[0], [1], [2], [0], [1], [2], [0]]
-    assert Shard().owns(5) and Shard(1, 3).name == "00001-of-00003"
 
 
 def test_text_settings_leave_out_what_does_not_change_the_text():

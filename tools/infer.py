@@ -39,11 +39,11 @@ from paddle_got.constants import COLORS, MAX_CROPS, MAX_NEW_TOKENS, OCR_TYPES
 from paddle_got.device import join_launch, leave_launch
 from paddle_got.errors import GOTError
 from paddle_got.hub import model_source
-from paddle_got.inputs import expand_inputs, mark_box_misfits
+from paddle_got.inputs import Shard, expand_inputs, mark_box_misfits
 from paddle_got.outputs import RENDERINGS, check_output, json_line, output_kind, write_file
 from paddle_got.pipeline import GOT, check_read_options, check_stream, default_ngram_size
 from paddle_got.processing import parse_box
-from paddle_got.runs import RunStore, Shard, documents_by_key, read_run, summary_line, text_settings
+from paddle_got.runs import RunStore, documents_by_key, read_run, summary_line, text_settings
 
 
 def parse_args():
