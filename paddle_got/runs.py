@@ -308,7 +308,7 @@ class RunStore:
         missing = [key for key in self.documents if key not in latest and key not in kept]
         if missing:
             raise GOTError(
-                f"{len(missing)} inputs have no result after every rank finished (the first: {missing[0]}): "
+                f"No result for {counted(len(missing), 'input')} after every rank finished (the first: {missing[0]}): "
                 f"is {self.parts} on storage that every machine of the run shares?"
             )
         if self.kind == "jsonl":
@@ -348,10 +348,15 @@ def total_report(ranks: List[dict], settings: dict) -> dict:
     return {"total": with_speeds(total), "ranks": ranks, "settings": settings}
 
 
+def counted(count: int, noun: str) -> str:
+    """`count` and `noun`, plural unless `count` is 1: "1 page", "0 pages"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def summary_line(counts: dict) -> str:
     """A report's counts (the run's `total`, or one rank's report) in one sentence, the last line a run writes."""
     return (
-        f"Read {counts['done']} of {counts['inputs']} inputs ({counts['pages']} pages) in "
+        f"Read {counts['done']} of {counted(counts['inputs'], 'input')} ({counted(counts['pages'], 'page')}) in "
         f"{counts['wall_s']:.1f} s, {counts['pages_per_s']:.2f} pages/s, {counts['tokens_per_s']:.1f} tokens/s; "
         f"{counts['skipped']} kept from an earlier run, {counts['failed']} failed."
     )
@@ -413,7 +418,7 @@ def read_run(
             progress.close()
             store.write_errors(store.latest_records())
             raise GOTError(
-                f"Stopping: {counts['failed']} of {len(owned)} inputs failed, more than --max_error_rate "
+                f"Stopping: {counts['failed']} of {counted(len(owned), 'input')} failed, more than --max_error_rate "
                 f"{max_error_rate:g} allows; the results so far are kept (rerun with --resume to go on)."
             )
     report = rank_report(shard, counts, time.perf_counter() - started)

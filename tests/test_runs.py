@@ -18,6 +18,7 @@ from paddle_got.runs import (
     rank_report,
     read_records,
     read_run,
+    summary_line,
     text_settings,
     total_report,
     unique_file_names,
@@ -72,6 +73,17 @@ def test_reports_count_per_rank_and_in_total_with_speeds_over_the_wall_time_show
     }
     assert report["ranks"] == [first, second] and report["settings"] == {"max_new_tokens": 8}
     assert total_report([first], {})["total"] == {name: value for name, value in first.items() if name != "rank"}
+
+
+def test_the_summary_counts_in_singular_and_plural():
+    one = rank_report(Shard(), {"inputs": 1, "pages": 1, "done": 1, "skipped": 1, "failed": 1, "new_tokens": 5}, 2.0)
+    assert summary_line(one) == (
+        "Read 1 of 1 input (1 page) in 2.0 s, 0.50 pages/s, 2.5 tokens/s; 1 kept from an earlier run, 1 failed."
+    )
+    none = rank_report(Shard(), {"inputs": 3, "pages": 0}, 0.0)
+    assert summary_line(none) == (
+        "Read 0 of 3 inputs (0 pages) in 0.0 s, 0.00 pages/s, 0.0 tokens/s; 0 kept from an earlier run, 0 failed."
+    )
 
 
 class NamingReader:

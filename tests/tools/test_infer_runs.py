@@ -199,7 +199,7 @@ def test_manifest_directory_output_and_error_budget(ocr_checkpoint, archive, tmp
     resumed = run(
         infer_command(ocr_checkpoint, "--image_file", str(manifest), "--output", str(out_dir), "--resume"), check_exit=2
     )
-    assert resumed.stderr.strip().splitlines()[-1].startswith("Read 1 of 6 inputs (1 pages)")
+    assert resumed.stderr.strip().splitlines()[-1].startswith("Read 1 of 6 inputs (1 page) in ")
     assert (out_dir / "page01.txt").read_text() == archive["texts"][os.path.join(archive["root"], "page01.png")] + "\n"
 
     stopped = run(
