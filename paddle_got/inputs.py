@@ -228,6 +228,17 @@ def read_manifest(path: str) -> List[str]:
     return [os.path.normpath(os.path.join(folder, line)) for line in lines if line and not line.startswith("#")]
 
 
+def document_error(document: List[InputImage], multi_page: bool) -> Optional[str]:
+    """Why a document (its inputs, one unless `multi_page`) cannot be read as far as its inputs say: the input's
+    error, or for a multi-page document the reasons when none of its pages can be read; None when it can be."""
+    errors = [inp.error for inp in document if inp.error is not None]
+    if not multi_page:
+        return errors[0] if errors else None
+    if len(errors) < len(document):
+        return None
+    return "No page of the document could be read: " + " ".join(errors)
+
+
 def load_input(inp: InputImage) -> InputImage:
     """Decode the input's image in place (errors recorded on the input, not raised); returns `inp`."""
     if inp.image is not None or inp.error is not None:

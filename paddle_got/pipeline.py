@@ -19,7 +19,7 @@ from .engine import ERROR, Engine, GenerationRequest, RequestHandle
 from .errors import BadInputError, GOTError
 from .export import InferenceEncoder, check_bfloat16_cpu, checkpoint_export_dir
 from .hub import DEFAULT_MODEL, resolve_model_path
-from .inputs import ImageInput, InputImage, expand_inputs, load_input
+from .inputs import ImageInput, InputImage, document_error, expand_inputs, load_input
 from .kernels import decode_cpu
 from .logger import logger
 from .modeling.got import GOTQwenForCausalLM
@@ -252,17 +252,13 @@ class GOT:
         """`(result, GenerationRequest or None)` for one document (a list of loaded inputs): the request to generate,
         or None with `result.error` set when the document cannot be read."""
         first = document[0]
-        result = OCRResult(first.name, page=first.page)
-        bad = [inp for inp in document if inp.error is not None]
-        if bad and not options["multi_page"]:
-            result.error = bad[0].error
+        result = OCRResult(first.name, page=first.page, error=document_error(document, options["multi_page"]))
+        if result.error is not None:
             return result, None
-        for inp in bad:
-            logger.warning(f"Skipping {inp.error}")
+        for inp in document:
+            if inp.error is not None:
+                logger.warning(f"Skipping {inp.error}")
         good = [inp.image for inp in document if inp.error is None]
-        if not good:
-            result.error = "No page of the document could be read."
-            return result, None
         try:
             prepared = self.processor.prepare(OCRRequest(images=good, **options))
         except BadInputError as err:

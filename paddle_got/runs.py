@@ -23,13 +23,14 @@ import os
 import shutil
 import sys
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from tqdm import tqdm
 
 from .errors import GOTError
-from .inputs import Shard
+from .inputs import Shard, document_error
 from .outputs import document_key, file_suffix, file_text, output_kind, text_file_name, write_atomic
+from .pipeline import OCRResult
 
 PARTS_SUFFIX = ".parts"
 ERRORS_SUFFIX = ".errors.jsonl"
@@ -362,6 +363,16 @@ def summary_line(counts: dict) -> str:
     )
 
 
+def read_documents(ocr, documents: List[list], read_options: dict) -> Iterator[OCRResult]:
+    """One result per document (a list of InputImage), in order: `ocr` reads those whose inputs can be read (see
+    `inputs.document_error`), the others fail without it, so `ocr` may be None when no document can be read."""
+    errors = [document_error(document, read_options.get("multi_page", False)) for document in documents]
+    readable = [inp for document, error in zip(documents, errors) if error is None for inp in document]
+    results = ocr.iter_recognize(readable, **read_options) if readable else iter(())
+    for document, error in zip(documents, errors):
+        yield next(results) if error is None else OCRResult(document[0].name, page=document[0].page, error=error)
+
+
 def read_run(
     ocr,
     documents: List[list],
@@ -372,7 +383,8 @@ def read_run(
     on_result: Optional[Callable[[object], None]] = None,
 ) -> Tuple[dict, Optional[dict]]:
     """Read this rank's share of `documents` (lists of InputImage, in input order; their keys are `store`'s) that an
-    earlier run has not read, keeping each result in `store` as it is made and passing it to `on_result`.
+    earlier run has not read, with `ocr` (see `read_documents`), keeping each result in `store` as it is made and
+    passing it to `on_result`.
 
     `barrier()` waits for every rank (sharded runs). GOTError once more than `max_error_rate` of this rank's
     documents failed (what was read is kept, the failures so far listed in `<output>.errors.jsonl`). Returns
@@ -400,9 +412,7 @@ def read_run(
         disable=shard.rank != 0,
         file=sys.stderr,
     )
-    images = [inp for document in todo for inp in document]
-    results = ocr.iter_recognize(images, **read_options) if images else ()
-    for position, result in enumerate(results):  # one result per document of `todo`, in order
+    for position, result in enumerate(read_documents(ocr, todo, read_options)):
         store.add(result)
         counts["new_tokens"] += result.new_tokens
         if result.error is None:

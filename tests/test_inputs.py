@@ -9,7 +9,7 @@ from PIL import Image
 
 import paddle_got.inputs
 from paddle_got.errors import BadInputError
-from paddle_got.inputs import Shard, expand_inputs, load_image, load_input, read_manifest
+from paddle_got.inputs import InputImage, Shard, document_error, expand_inputs, load_image, load_input, read_manifest
 
 
 def make_tree(root):
@@ -105,3 +105,14 @@ def test_inputs_import_neither_the_pipeline_nor_the_runs():
     tree = ast.parse(open(paddle_got.inputs.__file__, encoding="utf-8").read())
     package_modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
     assert "errors" in package_modules and not package_modules & {"pipeline", "runs"}
+
+
+def test_a_document_is_unreadable_when_its_input_is_or_when_all_its_pages_are():
+    good, bad = InputImage("a.png"), InputImage("b.png", error="b.png: no such file.")
+    worse = InputImage("c.pdf", error="c.pdf: cannot open the PDF: it is encrypted.")
+    assert document_error([good], multi_page=False) is None
+    assert document_error([bad], multi_page=False) == "b.png: no such file."
+    assert document_error([good, bad], multi_page=True) is None  # read without its bad page
+    assert document_error([bad, worse], multi_page=True) == (
+        "No page of the document could be read: b.png: no such file. c.pdf: cannot open the PDF: it is encrypted."
+    )

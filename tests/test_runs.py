@@ -8,7 +8,7 @@ import threading
 import pypdfium2
 from PIL import Image
 
-from paddle_got.inputs import Shard, expand_inputs
+from paddle_got.inputs import InputImage, Shard, expand_inputs
 from paddle_got.outputs import document_key
 from paddle_got.pipeline import OCRResult
 from paddle_got.runs import (
@@ -194,3 +194,26 @@ def test_each_text_of_an_output_directory_is_renamed_into_place_as_it_is_made(tm
     texts = [(source, target) for source, target in renames if os.path.dirname(target) == output]
     assert [os.path.basename(target) for _, target in texts] == names
     assert all(os.path.dirname(source) == output and ".tmp-" in source for source, _ in texts)
+
+
+def pictures(folder, count, missing):
+    """`count` one-input documents `p0.png`... in `folder`, those whose index is in `missing` not there."""
+    names = [str(folder / f"p{index}.png") for index in range(count)]
+    return [
+        [InputImage(name, error=f"{name}: no such file." if index in missing else None)]
+        for index, name in enumerate(names)
+    ]
+
+
+def test_a_run_whose_inputs_all_fail_needs_no_model_and_writes_its_errors_and_report(tmp_path):
+    documents = pictures(tmp_path, 2, missing={0, 1})
+    output = tmp_path / "texts"
+    store = RunStore(str(output), documents_by_key(documents), "ocr", {}, Shard())
+    total = read_run(None, documents, store, {"max_new_tokens": 8})[1]
+    assert total["total"]["inputs"] == 2 and total["total"]["failed"] == 2 and total["total"]["done"] == 0
+    assert json.loads((tmp_path / "texts.report.json").read_text()) == total
+    assert read_records(str(output) + ".errors.jsonl") == [
+        {"image": str(tmp_path / f"p{index}.png"), "error": f"{tmp_path}/p{index}.png: no such file."}
+        for index in (0, 1)
+    ]
+    assert os.listdir(output) == []

@@ -148,7 +148,7 @@ def main():
     if box is not None:
         mark_box_misfits(inputs, box)
     bad = [inp for inp in inputs if inp.error is not None]
-    if len(bad) == len(inputs) or not kept_run:
+    if not kept_run:  # a kept run lists its failures as it reads, and in <output>.errors.jsonl
         for inp in bad:
             print(f"error: {inp.error}", file=sys.stderr)
         if len(bad) == len(inputs):
@@ -186,9 +186,11 @@ def main():
         store.check_resume()
     barrier = join_launch(shard.world)
 
-    ocr = GOT.from_pretrained(
-        args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads, source=args.model_source
-    )
+    ocr = None  # when every input is bad, a kept run records their reasons without the model
+    if len(bad) < len(inputs):
+        ocr = GOT.from_pretrained(
+            args.model_name_or_path, dtype=args.dtype, num_threads=args.num_threads, source=args.model_source
+        )
 
     if args.stream:
 

@@ -224,6 +224,25 @@ def test_manifest_directory_output_and_error_budget(ocr_checkpoint, archive, tmp
     assert results(str(tmp_path / "b.jsonl") + ".errors.jsonl") == errors  # the failures that stopped it
 
 
+def test_a_kept_run_whose_inputs_are_all_missing_writes_its_errors_and_report(tmp_path):
+    """The model path does not exist: a run over missing inputs alone records them without loading a model."""
+    missing = [str(tmp_path / name) for name in ("a.png", "b.png")]
+    output = tmp_path / "out.jsonl"
+    command = [sys.executable, INFER, "--model_name_or_path", str(tmp_path / "no_model"), "--image_file", *missing]
+    result = run(command + ["--output", str(output)], check_exit=2)
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == [
+        f"error: {path}: no such file." for path in missing
+    ]
+    assert lines[-1].startswith("Read 0 of 2 inputs (0 pages) in ") and lines[-1].endswith(" 2 failed.")
+    assert results(str(output) + ".errors.jsonl") == [
+        {"image": path, "error": f"{path}: no such file."} for path in missing
+    ]
+    report = json.load(open(str(output) + ".report.json"))
+    assert [report["total"][name] for name in ("inputs", "done", "failed")] == [2, 0, 2]
+    assert output.read_text() == ""
+
+
 def test_two_nodes_on_localhost(ocr_checkpoint, archive, tmp_path):
     output = tmp_path / "out.jsonl"
     command = infer_command(ocr_checkpoint, "--image_file", archive["root"], "--recursive", "--output", str(output))
