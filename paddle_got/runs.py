@@ -3,11 +3,11 @@
 
 For `--output out.jsonl` (R = rank, W = number of ranks):
 
-    out.jsonl                           the results in input order once the run is complete; a one-process run
-                                        appends each result to it as it is made
+    out.jsonl                           the results in input order once the run is complete (or stopped by
+                                        --max_error_rate); a one-process run appends each result to it as it is made
     out.jsonl.parts/part-R-of-W.jsonl   rank R's results (and failures) as they are made, in a sharded run
     out.jsonl.parts/settings.json       the options that change the text, checked by --resume
-    out.jsonl.parts/done-R-of-W.json    rank R's report, written when its share is finished
+    out.jsonl.parts/done-R-of-W.json    rank R's report, written when its share is finished (or it stopped)
     out.jsonl.errors.jsonl              the inputs that failed, with their reason
     out.jsonl.report.json               counts and speeds, per rank and in total
 
@@ -23,7 +23,9 @@ import os
 import shutil
 import sys
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -37,6 +39,7 @@ ERRORS_SUFFIX = ".errors.jsonl"
 REPORT_SUFFIX = ".report.json"
 SETTINGS_FILE = "settings.json"
 POLL_SECONDS = 0.5
+TAIL_BLOCK = 1 << 16  # bytes read at a time when looking for the last complete line from a file's end
 
 
 def documents_by_key(documents: List[list]) -> Dict[str, Tuple[str, Optional[int]]]:
@@ -60,32 +63,52 @@ def record_key(record: dict) -> str:
     return document_key(record["image"], record.get("page"))
 
 
-def read_records(path: str) -> List[dict]:
-    """The complete JSON lines of `path` (a last line torn by a kill, or any line that does not parse, is left out);
-    [] when the file does not exist."""
+def records_after(path: str, offset: int = 0) -> Tuple[List[dict], int]:
+    """The complete JSON lines of `path` from byte `offset` on (a last line torn by a kill, or any line that does not
+    parse, is left out) and the offset just after the last of them; `([], offset)` when the file does not exist."""
+    records: List[dict] = []
     if not os.path.exists(path):
-        return []
-    records = []
-    with open(path, encoding="utf-8") as f:
+        return records, offset
+    with open(path, "rb") as f:
+        f.seek(offset)
         for line in f:
-            if not line.endswith("\n"):
+            if not line.endswith(b"\n"):
                 break
+            offset += len(line)
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
+            except ValueError:
                 continue
-    return records
+    return records, offset
+
+
+def read_records(path: str) -> List[dict]:
+    """The complete JSON lines of `path` (see `records_after`); [] when the file does not exist."""
+    return records_after(path)[0]
+
+
+def complete_size(path: str) -> int:
+    """The size of `path` up to the end of its last complete line (0 when it has none or does not exist)."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - TAIL_BLOCK)
+            f.seek(start)
+            newline = f.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
 
 
 def drop_torn_tail(path: str) -> None:
     """Cut `path` back to its last complete line, so that appending starts on a fresh line."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        keep = data.rfind(b"\n") + 1
-        if keep != len(data):
-            f.truncate(keep)
+    if os.path.exists(path):
+        keep = complete_size(path)
+        if keep != os.path.getsize(path):
+            os.truncate(path, keep)
 
 
 def remove_path(path: str) -> None:
@@ -128,7 +151,8 @@ class RunStore:
     `documents` maps the key of every document of the run (all ranks', in input order) to its `(image, page)`;
     `render` ("html") makes an output directory's files HTML pages (see `outputs.file_suffix`).
     Call `prepare()`, wait for every rank, `open()` (rank 0 then `write_settings()`), `add(result)` for every
-    finished document, and `finish(report)` at the end: rank 0 then waits for the others and writes the final files.
+    finished document, and `finish(report)` at the end: rank 0 then waits for the others and `assemble`s the final
+    files.
     """
 
     def __init__(
@@ -189,10 +213,10 @@ class RunStore:
             "--overwrite to read everything again."
         )
 
-    def prepare(self) -> bool:
+    def prepare(self) -> set:
         """Before every rank has started (then a barrier): decide whether this run continues an earlier one (see
         `check_resume`); rank 0 clears the earlier run's files on a fresh start and the ranks' done markers always.
-        Returns whether the run continues."""
+        Returns the keys of the documents an earlier run already read (none on a fresh start)."""
         continuing = self.check_resume()
         if self.shard.rank == 0:
             stale = glob.glob(os.path.join(self.parts, "done-*.json"))
@@ -201,19 +225,21 @@ class RunStore:
                 stale += [self.output] if self.kind == "jsonl" else []
             for path in stale:
                 remove_path(path)
-        return continuing
+        if not continuing:
+            return set()
+        # No rank of this run writes before the barrier: what the other ranks' parts hold now is the earlier run's,
+        # and progress and the error budget count only what follows.
+        self._seen_offsets = {path: complete_size(path) for path in self._other_parts()}
+        return self.kept_keys()
 
-    def open(self, continuing: bool) -> set:
-        """After the barrier: open this rank's part for appending (a torn last line dropped) and return the keys of
-        the documents an earlier run already read (empty on a fresh start). Rank 0 then calls `write_settings`."""
+    def open(self) -> None:
+        """After the barrier: open this rank's part for appending (a torn last line dropped). Rank 0 then calls
+        `write_settings`."""
         os.makedirs(self.parts, exist_ok=True)
         if self.kind == "directory":
             os.makedirs(self.output, exist_ok=True)
         drop_torn_tail(self.part)
         self._stream = open(self.part, "a", encoding="utf-8")
-        # What the other ranks' parts already hold was read by an earlier run: progress counts only what follows.
-        self._seen_offsets = {path: os.path.getsize(path) for path in self._other_parts()}
-        return self.kept_keys() if continuing else set()
 
     def write_settings(self) -> None:
         """Rank 0: record the options that change the text (after every rank has started)."""
@@ -239,31 +265,30 @@ class RunStore:
         self._stream.flush()
         os.fsync(self._stream.fileno())
 
-    def others_progress(self) -> int:
-        """Records the other ranks added since the last call (for rank 0's progress bar)."""
-        added = 0
+    def others_added(self) -> Tuple[int, int]:
+        """`(records, failures among them)` the other ranks added since the last call (for rank 0's progress bar and
+        the error budget)."""
+        added = failed = 0
         for path in self._other_parts():
-            size = os.path.getsize(path)
-            if size > self._seen_offsets.get(path, 0):
-                with open(path, "rb") as f:
-                    f.seek(self._seen_offsets.get(path, 0))
-                    chunk = f.read(size - self._seen_offsets.get(path, 0))
-                whole = chunk.rfind(b"\n") + 1
-                added += chunk[:whole].count(b"\n")
-                self._seen_offsets[path] = self._seen_offsets.get(path, 0) + whole
-        return added
+            seen = self._seen_offsets.get(path, 0)
+            if os.path.getsize(path) > seen:
+                records, self._seen_offsets[path] = records_after(path, seen)
+                added += len(records)
+                failed += sum("error" in record for record in records)
+        return added, failed
 
     def _other_parts(self) -> List[str]:
         """The part files of this run's other ranks (those that exist yet)."""
+        if self.shard.world == 1:
+            return []
         pattern = os.path.join(self.parts, f"part-*-of-{self.shard.world:05d}.jsonl")
         return [path for path in glob.glob(pattern) if path != self.part]
 
     # At the end ---------------------------------------------------------------------------------------------------
 
-    def finish(self, report: dict, on_wait=None) -> Optional[dict]:
+    def finish(self, report: dict, on_wait=None) -> Optional[List[dict]]:
         """Close this rank's part and leave its report. Rank 0 then waits until every rank has left one (calling
-        `on_wait()` every few seconds), writes the final files and returns the whole run's report; other ranks
-        return None."""
+        `on_wait()` every few seconds) and returns them in rank order; other ranks return None."""
         self._stream.close()
         write_atomic(os.path.join(self.parts, f"done-{self.shard.name}.json"), json.dumps(report) + "\n")
         if self.shard.rank != 0:
@@ -280,7 +305,7 @@ class RunStore:
         for marker in markers:
             with open(marker, encoding="utf-8") as f:
                 ranks.append(json.load(f))
-        return self._assemble(ranks)
+        return ranks
 
     def _all_records(self) -> Iterable[dict]:
         sources = [self.output] if self.kind == "jsonl" else []
@@ -298,16 +323,14 @@ class RunStore:
                 latest[key] = record
         return latest
 
-    def write_errors(self, latest: Dict[str, dict]) -> None:
-        """Write `<output>.errors.jsonl`: the failures among `latest` (see `latest_records`), in input order."""
-        errors = [latest[key] for key in self.documents if "error" in latest.get(key, {})]
-        write_atomic(self.output + ERRORS_SUFFIX, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in errors))
-
-    def _assemble(self, ranks: List[dict]) -> dict:
+    def assemble(self, report: dict, stopped: bool = False) -> None:
+        """Rank 0, once every rank has finished: write the results in input order (a .jsonl output), the failures in
+        input order to `<output>.errors.jsonl` and `report` (the whole run's) to `<output>.report.json`, then remove
+        the parts. GOTError when a document has no record, unless the run was `stopped` before reading all."""
         latest = self.latest_records()
         kept = self.kept_keys() if self.kind == "directory" else set()
         missing = [key for key in self.documents if key not in latest and key not in kept]
-        if missing:
+        if missing and not stopped:
             raise GOTError(
                 f"No result for {counted(len(missing), 'input')} after every rank finished (the first: {missing[0]}): "
                 f"is {self.parts} on storage that every machine of the run shares?"
@@ -317,11 +340,10 @@ class RunStore:
             write_atomic(
                 self.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered if "error" not in r)
             )
-        self.write_errors(latest)
-        report = total_report(ranks, self.settings)
+        errors = [latest[key] for key in self.documents if "error" in latest.get(key, {})]
+        write_atomic(self.output + ERRORS_SUFFIX, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in errors))
         write_atomic(self.output + REPORT_SUFFIX, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         shutil.rmtree(self.parts)
-        return report
 
 
 COUNTS = ("inputs", "pages", "done", "skipped", "failed", "new_tokens")
@@ -363,6 +385,35 @@ def summary_line(counts: dict) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ErrorBudget:
+    """`--max_error_rate` over a whole run: spent once more than `rate` of the run's `inputs` failed (never when
+    `rate` is None)."""
+
+    rate: Optional[float]
+    inputs: int
+
+    def exceeded(self, failed: int) -> bool:
+        """Whether `failed` failures are more than the budget allows."""
+        return self.rate is not None and failed > self.rate * self.inputs
+
+    def reason(self, failed: int) -> str:
+        """The sentence that ends a run the budget stopped."""
+        return (
+            f"Stopping: {failed} of {counted(self.inputs, 'input')} failed, more than --max_error_rate "
+            f"{self.rate:g} allows; the results so far are kept (rerun with --resume to go on)."
+        )
+
+
+class RunEnd(NamedTuple):
+    """How one rank's run ended: its report, the whole run's (rank 0; None on the other ranks), and the sentence
+    saying why the run stopped before reading everything (None when it did not)."""
+
+    report: dict
+    total: Optional[dict]
+    stopped: Optional[str]
+
+
 def read_documents(ocr, documents: List[list], read_options: dict) -> Iterator[OCRResult]:
     """One result per document (a list of InputImage), in order: `ocr` reads those whose inputs can be read (see
     `inputs.document_error`), the others fail without it, so `ocr` may be None when no document can be read."""
@@ -381,21 +432,21 @@ def read_run(
     max_error_rate: Optional[float] = None,
     barrier: Optional[Callable[[], None]] = None,
     on_result: Optional[Callable[[object], None]] = None,
-) -> Tuple[dict, Optional[dict]]:
+) -> RunEnd:
     """Read this rank's share of `documents` (lists of InputImage, in input order; their keys are `store`'s) that an
     earlier run has not read, with `ocr` (see `read_documents`), keeping each result in `store` as it is made and
     passing it to `on_result`.
 
-    `barrier()` waits for every rank (sharded runs). GOTError once more than `max_error_rate` of this rank's
-    documents failed (what was read is kept, the failures so far listed in `<output>.errors.jsonl`). Returns
-    `(this rank's report, the whole run's report)`; the second is None except on rank 0.
+    `barrier()` waits for every rank (sharded runs). Once more than `max_error_rate` of the run's documents failed,
+    counted over every rank's part, each rank stops at its next result; every rank still leaves its report and rank
+    0 writes the final files of what was read.
     """
     started = time.perf_counter()
     shard = store.shard
-    continuing = store.prepare()
+    kept = store.prepare()
     if barrier is not None:
         barrier()
-    kept = store.open(continuing)
+    store.open()
     if shard.rank == 0:
         store.write_settings()
     keys = list(store.documents)
@@ -403,7 +454,7 @@ def read_run(
     todo = [document for key, document in owned if key not in kept]
     counts = dict.fromkeys(COUNTS, 0)
     counts.update(inputs=len(owned), skipped=len(owned) - len(todo))
-    allowed_failures = None if max_error_rate is None else max_error_rate * len(owned)
+    budget, run_failed, stopped = ErrorBudget(max_error_rate, len(keys)), 0, None
     progress = tqdm(
         total=len(keys),
         initial=len(kept),
@@ -412,26 +463,33 @@ def read_run(
         disable=shard.rank != 0,
         file=sys.stderr,
     )
-    for position, result in enumerate(read_documents(ocr, todo, read_options)):
-        store.add(result)
-        counts["new_tokens"] += result.new_tokens
-        if result.error is None:
-            counts["done"] += 1
-            counts["pages"] += len(todo[position])
-        else:
-            counts["failed"] += 1
-            progress.write(f"error: {result.error}", file=sys.stderr)
-        if on_result is not None:
-            on_result(result)
-        progress.update(1 + (store.others_progress() if shard.world > 1 else 0))
-        if allowed_failures is not None and counts["failed"] > allowed_failures:
-            progress.close()
-            store.write_errors(store.latest_records())
-            raise GOTError(
-                f"Stopping: {counts['failed']} of {counted(len(owned), 'input')} failed, more than --max_error_rate "
-                f"{max_error_rate:g} allows; the results so far are kept (rerun with --resume to go on)."
-            )
+    with closing(read_documents(ocr, todo, read_options)) as results:
+        for position, result in enumerate(results):
+            store.add(result)
+            counts["new_tokens"] += result.new_tokens
+            if result.error is None:
+                counts["done"] += 1
+                counts["pages"] += len(todo[position])
+            else:
+                counts["failed"] += 1
+                progress.write(f"error: {result.error}", file=sys.stderr)
+            if on_result is not None:
+                on_result(result)
+            # The other ranks' parts are read for rank 0's progress bar and, with a budget, by every rank.
+            added, failed_elsewhere = store.others_added() if shard.rank == 0 or budget.rate is not None else (0, 0)
+            progress.update(1 + added)
+            run_failed += (result.error is not None) + failed_elsewhere
+            if budget.exceeded(run_failed) and position + 1 < len(todo):
+                stopped = budget.reason(run_failed)
+                break
     report = rank_report(shard, counts, time.perf_counter() - started)
-    total = store.finish(report, on_wait=lambda: progress.update(store.others_progress()))
+    ranks = store.finish(report, on_wait=lambda: progress.update(store.others_added()[0]))
+    if ranks is None:
+        progress.close()
+        return RunEnd(report, None, stopped)
+    total = total_report(ranks, store.settings)
+    # A rank the budget stopped says so in its report: it accounts for fewer documents than its share.
+    unfinished = sum(total["total"][name] for name in ("done", "skipped", "failed")) < len(keys)
+    store.assemble(total, stopped=unfinished)
     progress.close()
-    return report, total
+    return RunEnd(report, total, budget.reason(total["total"]["failed"]) if unfinished else None)

@@ -22,6 +22,7 @@ from paddle_got.process import tune_process
 
 tune_process()  # before Paddle loads (paddle_got/process.py)
 
+import os
 import sys
 
 from tqdm import tqdm
@@ -113,7 +114,8 @@ def parse_args():
         "--max_error_rate",
         type=share,
         default=None,
-        help="stop once more than this share of the inputs failed, e.g. 0.01 (None: never stop)",
+        help="stop once more than this share of all the inputs failed, every launched process's failures counted "
+        "together, e.g. 0.01 (None: never stop)",
     )
     parser.add_argument("--stream", action="store_true", help="print the text as it is generated (one input)")
     parser.add_argument(
@@ -205,10 +207,18 @@ def main():
             print(json_line(result) if several_outputs else ("" if args.stream else result.text), flush=True)
 
     if store is not None:
-        report, total = read_run(ocr, documents, store, read_options, args.max_error_rate, barrier, show)
+        end = read_run(ocr, documents, store, read_options, args.max_error_rate, barrier, show)
         leave_launch()
-        print(summary_line(total["total"] if total is not None else report), file=sys.stderr)
-        if total is not None and total["total"]["failed"]:  # other ranks exit 0: the launcher stops all on an error
+        print(summary_line(end.total["total"] if end.total is not None else end.report), file=sys.stderr)
+        if end.stopped is not None:
+            print(f"error: {end.stopped}", file=sys.stderr)
+        if shard.rank > 0:
+            # Rank 0 alone exits 2 when an input failed, and the launcher then kills every process still running
+            # (a SIGTERM in the middle of the interpreter's teardown): the other ranks end at once, all written.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        if end.total["total"]["failed"]:
             sys.exit(EXIT_BAD_INPUT)
         return
 

@@ -110,7 +110,7 @@ def test_two_processes_read_a_recursive_tree_as_one_does(ocr_checkpoint, archive
     # One progress bar, rank 0's, over the whole run: both ranks' pages, their rate and the time left.
     assert re.search(r"Reading: 100%\|\S+\| 13/13 \[[\d:]+<00:00, +[\d.]+(page/s|s/page)\]", worker0)
     assert "Reading:" not in worker1
-    assert "Traceback" not in worker0 + result.stderr
+    assert "Traceback" not in worker0 + result.stderr and "FatalError" not in worker0 + worker1
 
 
 def test_killed_run_resumes_with_another_process_count(ocr_checkpoint, archive, tmp_path):
@@ -202,26 +202,52 @@ def test_manifest_directory_output_and_error_budget(ocr_checkpoint, archive, tmp
     assert resumed.stderr.strip().splitlines()[-1].startswith("Read 1 of 6 inputs (1 page) in ")
     assert (out_dir / "page01.txt").read_text() == archive["texts"][os.path.join(archive["root"], "page01.png")] + "\n"
 
-    stopped = run(
-        infer_command(
-            ocr_checkpoint,
-            "--image_file",
-            str(manifest),
-            "--output",
-            str(tmp_path / "b.jsonl"),
-            "--max_error_rate",
-            "0.2",
-        ),
-        check_exit=2,
-    )
-    assert stopped.stderr.strip().splitlines()[-1] == (
+    # page00, then the two failures: 2 of 6 is more than 0.2 allows, so page01 to page03 are not read.
+    first, *others = [os.path.join(archive["root"], name) for name in listed]
+    budgeted = tmp_path / "budgeted.txt"
+    budgeted.write_text("\n".join([first, "nowhere.png", archive["broken"], *others]) + "\n")
+    output = tmp_path / "b.jsonl"
+    command = infer_command(ocr_checkpoint, "--image_file", str(budgeted), "--output", str(output))
+    stopped = run(command + ["--max_error_rate", "0.2"], check_exit=2)
+    summary, reason = stopped.stderr.strip().splitlines()[-2:]
+    assert summary.startswith("Read 1 of 6 inputs (1 page) in ") and summary.endswith(" 2 failed.")
+    assert reason == (
         "error: Stopping: 2 of 6 inputs failed, more than --max_error_rate 0.2 allows; the results so far are kept "
         "(rerun with --resume to go on)."
     )
-    assert [r["text"] for r in results(tmp_path / "b.jsonl") if "text" in r] == [
-        archive["texts"][os.path.join(archive["root"], name)] for name in listed
+    assert results(output) == [{"image": first, "text": archive["texts"][first]}]
+    assert results(str(output) + ".errors.jsonl") == errors  # the failures that stopped it
+    report = json.load(open(str(output) + ".report.json"))
+    assert [report["total"][name] for name in ("inputs", "done", "failed")] == [6, 1, 2]
+
+
+def test_a_sharded_run_over_its_error_budget_stops_every_rank_cleanly(ocr_checkpoint, archive, tmp_path):
+    pages = [os.path.join(archive["root"], f"page{index:02d}.png") for index in range(8)]
+    manifest = tmp_path / "pages.txt"
+    manifest.write_text("\n".join(["nowhere0.png", "nowhere1.png", *pages]) + "\n")  # a missing input per rank
+    output = tmp_path / "out.jsonl"
+    command = infer_command(ocr_checkpoint, "--image_file", str(manifest), "--output", str(output))
+    run(launch_command(command + ["--max_error_rate", "0.1"], tmp_path / "logs"), check_exit=2)
+    reason = (
+        "error: Stopping: 2 of 10 inputs failed, more than --max_error_rate 0.1 allows; the results so far are kept "
+        "(rerun with --resume to go on)."
+    )
+    logs = [open(tmp_path / "logs" / f"workerlog.{rank}", encoding="utf-8").read() for rank in (0, 1)]
+    assert logs[0].strip().splitlines()[-1] == reason and reason in logs[1]  # each rank saw the run's 2 failures
+    assert not any("FatalError" in log or "Traceback" in log for log in logs)
+    report = json.load(open(str(output) + ".report.json"))
+    assert report["total"]["inputs"] == 10 and report["total"]["failed"] == 2
+    assert report["total"]["done"] <= 2  # each rank stops once it sees the other's failure, a page later at most
+    kept = results(output)
+    assert [r["image"] for r in kept] == [page for page in pages if page in {r["image"] for r in kept}]
+    assert all(r["text"] == archive["texts"][r["image"]] for r in kept)
+    assert [r["error"] for r in results(str(output) + ".errors.jsonl")] == [
+        f"{tmp_path}/nowhere{index}.png: no such file." for index in (0, 1)
     ]
-    assert results(str(tmp_path / "b.jsonl") + ".errors.jsonl") == errors  # the failures that stopped it
+
+    run(command + ["--resume"], check_exit=2)  # with one process, no budget: the rest is read
+    assert results(output) == [{"image": page, "text": archive["texts"][page]} for page in pages]
+    assert json.load(open(str(output) + ".report.json"))["total"]["skipped"] == len(kept)
 
 
 def test_a_kept_run_whose_inputs_are_all_missing_writes_its_errors_and_report(tmp_path):
