@@ -187,7 +187,10 @@ def expand_inputs(images: Union[ImageInput, Sequence[ImageInput]], recursive: bo
                 inputs.append(InputImage(item, error=f"{item}: the directory holds no images."))
             inputs.extend(inp for path in files for inp in expand_inputs(path))
         elif item.lower().endswith(MANIFEST_EXTENSIONS) and os.path.isfile(item):
-            inputs.extend(expand_inputs(read_manifest(item), recursive))
+            paths = read_manifest(item)
+            if not paths:
+                inputs.append(InputImage(item, error=f"{item}: the manifest lists no paths."))
+            inputs.extend(expand_inputs(paths, recursive))
         elif item.lower().endswith(".pdf") and os.path.isfile(item):
             try:
                 inputs.extend(_pdf_pages(item))

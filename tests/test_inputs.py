@@ -67,6 +67,12 @@ def test_manifest_lists_paths_relative_to_itself_with_comments(tmp_path, monkeyp
     ]
 
 
+def test_manifest_that_lists_no_paths_is_a_bad_input(tmp_path, monkeypatch):
+    (tmp_path / "pages.txt").write_text("# nothing scanned yet\n\n")
+    monkeypatch.chdir(tmp_path)
+    assert names(expand_inputs("pages.txt")) == [("pages.txt", None, "pages.txt: the manifest lists no paths.")]
+
+
 def test_manifest_that_is_not_text_is_one_sentence(tmp_path):
     manifest = tmp_path / "pages.txt"
     manifest.write_bytes(b"\xff\xfe\x00binary")

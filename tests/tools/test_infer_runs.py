@@ -269,6 +269,13 @@ def test_a_kept_run_whose_inputs_are_all_missing_writes_its_errors_and_report(tm
     assert output.read_text() == ""
 
 
+def test_a_manifest_that_lists_nothing_is_one_sentence(tmp_path):
+    manifest = tmp_path / "pages.txt"
+    manifest.write_text("# to be filled\n")
+    command = [sys.executable, INFER, "--model_name_or_path", str(tmp_path / "no_model"), "--image_file", str(manifest)]
+    assert run(command, check_exit=2).stderr.strip() == f"error: {manifest}: the manifest lists no paths."
+
+
 def test_two_nodes_on_localhost(ocr_checkpoint, archive, tmp_path):
     output = tmp_path / "out.jsonl"
     command = infer_command(ocr_checkpoint, "--image_file", archive["root"], "--recursive", "--output", str(output))
