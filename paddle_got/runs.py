@@ -31,13 +31,21 @@ from tqdm import tqdm
 
 from .errors import GOTError
 from .inputs import Shard, document_error
-from .outputs import document_key, file_suffix, file_text, output_kind, text_file_name, write_atomic
+from .outputs import (
+    ERRORS_SUFFIX,
+    PARTS_SUFFIX,
+    REPORT_SUFFIX,
+    SETTINGS_FILE,
+    document_key,
+    file_suffix,
+    file_text,
+    output_kind,
+    run_settings,
+    text_file_name,
+    write_atomic,
+)
 from .pipeline import OCRResult
 
-PARTS_SUFFIX = ".parts"
-ERRORS_SUFFIX = ".errors.jsonl"
-REPORT_SUFFIX = ".report.json"
-SETTINGS_FILE = "settings.json"
 POLL_SECONDS = 0.5
 TAIL_BLOCK = 1 << 16  # bytes read at a time when looking for the last complete line from a file's end
 
@@ -117,19 +125,6 @@ def remove_path(path: str) -> None:
         shutil.rmtree(path)
     elif os.path.exists(path):
         os.remove(path)
-
-
-def run_settings(output: str) -> Optional[dict]:
-    """The settings (see `text_settings`) of the run that wrote `output`: those of a run under way (its parts), else
-    those of a finished run (its report); None when there is none."""
-    under_way, finished = os.path.join(output + PARTS_SUFFIX, SETTINGS_FILE), output + REPORT_SUFFIX
-    if os.path.exists(under_way):
-        with open(under_way, encoding="utf-8") as f:
-            return json.load(f)
-    if os.path.exists(finished):
-        with open(finished, encoding="utf-8") as f:
-            return json.load(f).get("settings")
-    return None
 
 
 def unique_file_names(documents: Dict[str, Tuple[str, Optional[int]]], suffix: str) -> Dict[str, str]:
@@ -288,7 +283,8 @@ class RunStore:
 
     def finish(self, report: dict, on_wait=None) -> Optional[List[dict]]:
         """Close this rank's part and leave its report. Rank 0 then waits until every rank has left one (calling
-        `on_wait()` every few seconds) and returns them in rank order; other ranks return None."""
+        `on_wait()` every POLL_SECONDS and once when all have) and returns them in rank order; other ranks return
+        None."""
         self._stream.close()
         write_atomic(os.path.join(self.parts, f"done-{self.shard.name}.json"), json.dumps(report) + "\n")
         if self.shard.rank != 0:
@@ -297,9 +293,12 @@ class RunStore:
             os.path.join(self.parts, f"done-{Shard(rank, self.shard.world).name}.json")
             for rank in range(self.shard.world)
         ]
-        while not all(os.path.exists(marker) for marker in markers):
+        while True:  # `on_wait` runs once more after the last marker: a rank writes its records before its marker
+            done = all(os.path.exists(marker) for marker in markers)
             if on_wait is not None:
                 on_wait()
+            if done:
+                break
             time.sleep(POLL_SECONDS)
         ranks = []
         for marker in markers:
