@@ -10,6 +10,12 @@ from .constants import FORMATTED
 from .errors import GOTError, reason
 
 JSONL_SUFFIXES = (".jsonl", ".json")
+# Beside an output `x` a run keeps `x.parts/` (each rank's results and the run's settings while it is under way),
+# `x.errors.jsonl` and `x.report.json` (paddle_got.runs writes them).
+PARTS_SUFFIX = ".parts"
+ERRORS_SUFFIX = ".errors.jsonl"
+REPORT_SUFFIX = ".report.json"
+SETTINGS_FILE = "settings.json"
 RENDERINGS = ("md", "html")  # what an output directory gets for formatted text
 RENDERED_SUFFIXES = tuple(f".{rendering}" for rendering in RENDERINGS)  # a single file of these holds a whole input
 
@@ -165,3 +171,16 @@ def write_file(results: List, path: str, ocr_type: str) -> None:
     records = [r.to_dict() for r in results if r.error is None]
     if records:
         write_atomic(path, file_text(records, os.path.splitext(path)[1].lower(), ocr_type))
+
+
+def run_settings(output: str) -> Optional[dict]:
+    """The settings (see `text_settings`) of the run that wrote `output`: those of a run under way (its parts), else
+    those of a finished run (its report); None when there is none."""
+    under_way, finished = os.path.join(output + PARTS_SUFFIX, SETTINGS_FILE), output + REPORT_SUFFIX
+    if os.path.exists(under_way):
+        with open(under_way, encoding="utf-8") as f:
+            return json.load(f)
+    if os.path.exists(finished):
+        with open(finished, encoding="utf-8") as f:
+            return json.load(f).get("settings")
+    return None

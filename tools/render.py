@@ -24,8 +24,7 @@ from tqdm import tqdm
 from paddle_got.cli import ArgumentParser, run_cli
 from paddle_got.constants import FORMATTED, OCR_TYPES
 from paddle_got.errors import GOTError
-from paddle_got.outputs import document_key, file_text, read_results, text_file_name, write_atomic
-from paddle_got.runs import run_settings
+from paddle_got.outputs import document_key, file_text, read_results, run_settings, text_file_name, write_atomic
 
 SUFFIXES = {"html": ".html", "md": ".md"}
 
