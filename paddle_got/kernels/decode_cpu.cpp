@@ -13,6 +13,10 @@
 // and value written into the feature-major KV cache, and attention over its filled columns only.
 //
 // rms_norm: the decoder's RMSNorm for a few rows.
+//
+// decode_layers: a whole one-token step through every decoder layer (RMSNorm, q/k/v, decode_attention, o, the
+// residual, RMSNorm, SwiGLU, the residual) in one call, the pieces above run back to back: what a step costs
+// beyond its reads is then one call from Python instead of ~10 calls and Paddle ops per layer.
 
 #include <immintrin.h>
 #include <omp.h>
@@ -404,16 +408,32 @@ void product(const float* x, int64_t rows, int64_t in_features, const W* weight,
         rows_in_by_out(x, rows, in_features, weight, out_features, bias, out, num_threads);
 }
 
-}  // namespace
 
-extern "C" {
+// gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)), exp taken of -|g| only (exp_nonpositive).
+void silu_times(float* gate, const float* up, int64_t count, int num_threads) {
+#pragma omp parallel num_threads(num_threads)
+    {
+        const Range items = share(count, kFloatsPerVector);
+        const __m256 one = _mm256_set1_ps(1.0f), sign_bit = _mm256_set1_ps(-0.0f);
+        int64_t i = items.begin;
+        for (; i + kFloatsPerVector <= items.end; i += kFloatsPerVector) {
+            const __m256 g = _mm256_loadu_ps(gate + i);
+            const __m256 e = exp_nonpositive(_mm256_or_ps(g, sign_bit));  // exp(-|g|)
+            const __m256 numerator = _mm256_blendv_ps(g, _mm256_mul_ps(g, e), g);  // g < 0: g * exp(g)
+            const __m256 silu = _mm256_div_ps(numerator, _mm256_add_ps(one, e));
+            _mm256_storeu_ps(gate + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+        }
+        for (; i < items.end; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    }
+}
 
-int decode_cpu_supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+void add_in_place(float* total, const float* addend, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) total[i] += addend[i];
+}
 
 // One decode step of attention: rotate the new keys into the cache (values too, unrotated), then each rotated query
 // attends over the position + 1 filled columns of its sequence; query head h reads KV head h / (heads / kv_heads).
-void decode_attention(const DecodeAttentionArgs* args, int num_threads) {
-    const DecodeAttentionArgs a = *args;
+void run_decode_attention(const DecodeAttentionArgs& a, int num_threads) {
     const int64_t group = a.heads / a.kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
     auto position_of = [&a](int64_t sequence) { return a.positions ? a.positions[sequence] : a.position; };
@@ -444,7 +464,7 @@ void decode_attention(const DecodeAttentionArgs* args, int num_threads) {
 }
 
 // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight, for `rows` rows of `features` floats.
-void rms_norm(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out) {
+void rms_norm_rows(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out) {
     for (int64_t r = 0; r < rows; ++r) {
         const float* row = x + r * features;
         double squares = 0.0;
@@ -452,6 +472,93 @@ void rms_norm(const float* x, int64_t rows, int64_t features, const float* weigh
         const float inverse = 1.0f / std::sqrt(static_cast<float>(squares / features) + eps);
         for (int64_t i = 0; i < features; ++i) out[r * features + i] = weight[i] * (row[i] * inverse);
     }
+}
+
+// Where one decoder layer's tensors are, for decode_layers: float32, but for the seven product weights, which are
+// Paddle Linear weights [in, out], all float32 or all bfloat16.
+struct DecodeLayerTensors {
+    const float* input_norm;
+    const void* q_weight;
+    const float* q_bias;
+    const void* k_weight;
+    const float* k_bias;
+    const void* v_weight;
+    const float* v_bias;
+    const void* o_weight;
+    const float* post_attention_norm;
+    const void* gate_weight;
+    const void* up_weight;
+    const void* down_weight;
+    float* keys;                // this layer's cache buffers (see DecodeAttentionArgs)
+    float* values;
+};
+
+struct DecodeLayersArgs {
+    float* hidden;              // [rows, hidden_size]: the new tokens' embeddings in, the last layer's output out
+    int64_t rows, hidden_size, intermediate_size, layers;
+    const DecodeLayerTensors* layer;  // [layers]
+    int64_t weights_are_bfloat16;
+    float eps;
+    DecodeAttentionArgs attention;  // the step's tables, positions and bias; its per-layer pointers are set here
+};
+
+template <typename W>
+void decode_layers_with(const DecodeLayersArgs& a, int num_threads) {
+    DecodeAttentionArgs attention = a.attention;
+    const int64_t rows = a.rows, hidden = a.hidden_size, intermediate = a.intermediate_size;
+    const int64_t query_features = attention.heads * attention.head_dim;
+    const int64_t kv_features = attention.kv_heads * attention.head_dim;
+    std::vector<float> normed(rows * hidden), query(rows * query_features), keys(rows * kv_features),
+        values(rows * kv_features), attended(rows * query_features), gate(rows * intermediate),
+        up(rows * intermediate), mixed(rows * hidden);
+    auto project = [&](const float* x, int64_t in_features, const void* weight, int64_t out_features,
+                       const float* bias, float* out) {
+        product(x, rows, in_features, static_cast<const W*>(weight), out_features, 0, bias, out, num_threads);
+    };
+    for (int64_t l = 0; l < a.layers; ++l) {
+        const DecodeLayerTensors& t = a.layer[l];
+        rms_norm_rows(a.hidden, rows, hidden, t.input_norm, a.eps, normed.data());
+        project(normed.data(), hidden, t.q_weight, query_features, t.q_bias, query.data());
+        project(normed.data(), hidden, t.k_weight, kv_features, t.k_bias, keys.data());
+        project(normed.data(), hidden, t.v_weight, kv_features, t.v_bias, values.data());
+        attention.query = query.data();
+        attention.new_keys = keys.data();
+        attention.new_values = values.data();
+        attention.keys = t.keys;
+        attention.values = t.values;
+        attention.out = attended.data();
+        run_decode_attention(attention, num_threads);
+        project(attended.data(), query_features, t.o_weight, hidden, nullptr, mixed.data());
+        add_in_place(a.hidden, mixed.data(), rows * hidden);
+        rms_norm_rows(a.hidden, rows, hidden, t.post_attention_norm, a.eps, normed.data());
+        project(normed.data(), hidden, t.gate_weight, intermediate, nullptr, gate.data());
+        project(normed.data(), hidden, t.up_weight, intermediate, nullptr, up.data());
+        silu_times(gate.data(), up.data(), rows * intermediate, num_threads);
+        project(gate.data(), intermediate, t.down_weight, hidden, nullptr, mixed.data());
+        add_in_place(a.hidden, mixed.data(), rows * hidden);
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+int decode_cpu_supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+// One decode step of attention (see run_decode_attention).
+void decode_attention(const DecodeAttentionArgs* args, int num_threads) { run_decode_attention(*args, num_threads); }
+
+// out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight, for `rows` rows of `features` floats.
+void rms_norm(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out) {
+    rms_norm_rows(x, rows, features, weight, eps, out);
+}
+
+// Every decoder layer for one new token per row (see decode_layers_with); `hidden` is updated in place.
+void decode_layers(const DecodeLayersArgs* args, int num_threads) {
+    if (args->weights_are_bfloat16)
+        decode_layers_with<bfloat16>(*args, num_threads);
+    else
+        decode_layers_with<float>(*args, num_threads);
 }
 
 // out[rows, out_features] = x[rows, in_features] @ W + bias (bias may be null), each contiguous (see product).

@@ -8,6 +8,10 @@ bfloat16 for half the reads: see `GOTQwenForCausalLM.keep_decoder_weights_in_bfl
 use (AVX2 + FMA, Linux x86-64, any C++ compiler) into the cache directory, then loaded with ctypes. Without a
 compiler, on another CPU, or with `PADDLE_GOT_NATIVE=0`, Paddle's kernels run instead (the same results up to
 float32 summation order).
+
+A one-token step runs through every decoder layer in one call (`decode_layers`: RMSNorm, q/k/v, attention, o, SwiGLU,
+residuals, back to back in C++), which saves the ~10 Python-side kernel calls and Paddle ops per layer; where a
+layer is not plain (LoRA), the layers run one by one, each product and attention still through our kernels.
 """
 
 import ctypes
@@ -20,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import paddle
 import paddle.nn as nn
@@ -101,7 +105,9 @@ def load_library() -> Optional[ctypes.CDLL]:
         product.argtypes = [pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int]
     library.decode_attention.argtypes = [ctypes.POINTER(DecodeAttentionArgs), ctypes.c_int]
     library.rms_norm.argtypes = [pointer, count, count, pointer, ctypes.c_float, pointer]
-    for function in (library.skinny_matmul, library.skinny_matmul_bf16, library.decode_attention, library.rms_norm):
+    library.decode_layers.argtypes = [ctypes.POINTER(DecodeLayersArgs), ctypes.c_int]
+    kernels = (library.skinny_matmul, library.skinny_matmul_bf16, library.decode_attention, library.rms_norm)
+    for function in (*kernels, library.decode_layers):
         function.restype = None
     return library
 
@@ -120,6 +126,12 @@ def kernels_apply(activations: paddle.Tensor, stored: paddle.Tensor, weight_dtyp
 
 
 PRODUCT_WEIGHT_DTYPES = (paddle.float32, paddle.bfloat16)
+# A decoder layer's tensors as `decode_layers` takes them (DecodeLayerTensors in decode_cpu.cpp).
+LAYER_TENSORS = (
+    "input_norm q_weight q_bias k_weight k_bias v_weight v_bias o_weight post_attention_norm gate_weight up_weight"
+    " down_weight"
+).split()
+PRODUCT_WEIGHT_INDICES = [index for index, name in enumerate(LAYER_TENSORS) if name.endswith("_weight")]
 
 
 def few_rows(rows: paddle.Tensor) -> bool:
@@ -203,6 +215,45 @@ def per_head_rows(table: paddle.Tensor) -> int:
     return 0 if table.ndim == 2 else table.shape[-2] * table.shape[-1]
 
 
+def attention_args(
+    query_tables: Tuple[paddle.Tensor, ...],
+    keys: paddle.Tensor,
+    position: int,
+    positions: Optional[paddle.Tensor],
+    attention_bias: Optional[paddle.Tensor],
+    batch: int,
+    heads: int,
+    head_dim: int,
+) -> Tuple[DecodeAttentionArgs, List[paddle.Tensor]]:
+    """A step's `DecodeAttentionArgs` but for its per-layer pointers (query, new keys/values, cache, out), and the
+    contiguous tensors it points at (to be kept alive until the call returns).
+
+    `query_tables` are `(query_cos, query_sin, key_cos, key_sin)`; `keys` is a cache buffer (for its shape).
+    """
+    held = [table.contiguous() for table in query_tables]
+    if positions is not None:
+        held.append(positions.astype("int64").contiguous())
+    if attention_bias is not None:
+        held.append(attention_bias.contiguous())
+    args = DecodeAttentionArgs(
+        query_cos=held[0].data_ptr(),
+        query_sin=held[1].data_ptr(),
+        key_cos=held[2].data_ptr(),
+        key_sin=held[3].data_ptr(),
+        table_row_stride=per_head_rows(query_tables[0]),
+        capacity=keys.shape[-1],
+        position=position,
+        positions=None if positions is None else held[4].data_ptr(),
+        bias=None if attention_bias is None else held[-1].data_ptr(),
+        bias_row_stride=0 if attention_bias is None else per_head_rows(attention_bias),
+        batch=batch,
+        heads=heads,
+        kv_heads=keys.shape[1],
+        head_dim=head_dim,
+    )
+    return args, held
+
+
 def decode_attention(
     query: paddle.Tensor,
     new_keys: paddle.Tensor,
@@ -225,31 +276,16 @@ def decode_attention(
     """
     if not kernels_apply(query, keys) or not values.is_contiguous():
         return None
-    if positions is not None:
-        positions = positions.astype("int64").contiguous()
     batch, heads, head_dim, _ = query.shape
     (query_cos, query_sin), (key_cos, key_sin) = rotary
-    inputs = [tensor.contiguous() for tensor in (query, new_keys, new_values, query_cos, query_sin, key_cos, key_sin)]
-    if attention_bias is not None:
-        attention_bias = attention_bias.contiguous()
-    output = _C_ops.empty(query.shape, query.dtype, CPU)
-    args = DecodeAttentionArgs(
-        *(tensor.data_ptr() for tensor in inputs),
-        table_row_stride=per_head_rows(query_cos),
-        keys=keys.data_ptr(),
-        values=values.data_ptr(),
-        capacity=keys.shape[-1],
-        position=position,
-        positions=None if positions is None else positions.data_ptr(),
-        bias=None if attention_bias is None else attention_bias.data_ptr(),
-        bias_row_stride=0 if attention_bias is None else per_head_rows(attention_bias),
-        batch=batch,
-        heads=heads,
-        kv_heads=keys.shape[1],
-        head_dim=head_dim,
-        out=output.data_ptr(),
+    args, held = attention_args(
+        (query_cos, query_sin, key_cos, key_sin), keys, position, positions, attention_bias, batch, heads, head_dim
     )
-    load_library().decode_attention(ctypes.byref(args), device.cpu_threads())
+    query, new_keys, new_values = (tensor.contiguous() for tensor in (query, new_keys, new_values))
+    output = _C_ops.empty(query.shape, query.dtype, CPU)
+    args.query, args.new_keys, args.new_values = query.data_ptr(), new_keys.data_ptr(), new_values.data_ptr()
+    args.keys, args.values, args.out = keys.data_ptr(), values.data_ptr(), output.data_ptr()
+    load_library().decode_attention(ctypes.byref(args), device.cpu_threads())  # `held` is alive until here
     return output
 
 
@@ -263,3 +299,85 @@ def rms_norm(rows: paddle.Tensor, weight: paddle.Tensor, eps: float) -> Optional
         rows.data_ptr(), math.prod(rows.shape[:-1]), rows.shape[-1], weight.data_ptr(), eps, output.data_ptr()
     )
     return output
+
+
+class DecodeLayerTensors(ctypes.Structure):
+    """One decoder layer's tensors for `decode_layers` in decode_cpu.cpp (the same fields, in the same order)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in LAYER_TENSORS] + [
+        ("keys", ctypes.c_void_p),
+        ("values", ctypes.c_void_p),
+    ]
+
+
+class DecodeLayersArgs(ctypes.Structure):
+    """`decode_layers`' arguments in decode_cpu.cpp (the same fields, in the same order)."""
+
+    _fields_ = [
+        ("hidden", ctypes.c_void_p),
+        *((name, ctypes.c_int64) for name in ("rows", "hidden_size", "intermediate_size", "layers")),
+        ("layer", ctypes.POINTER(DecodeLayerTensors)),
+        ("weights_are_bfloat16", ctypes.c_int64),
+        ("eps", ctypes.c_float),
+        ("attention", DecodeAttentionArgs),
+    ]
+
+
+def decode_layers(
+    layer_tensors: Sequence[Optional[Sequence[paddle.Tensor]]],
+    hidden_states: paddle.Tensor,
+    rotary: Tuple[Tuple[paddle.Tensor, paddle.Tensor], Tuple[paddle.Tensor, paddle.Tensor]],
+    attention_bias: Optional[paddle.Tensor],
+    cache_columns: Tuple[Sequence[paddle.Tensor], Sequence[paddle.Tensor], int, Optional[paddle.Tensor]],
+    config,
+) -> Optional[paddle.Tensor]:
+    """A one-token step through every decoder layer in one call of our kernels; `[B, 1, hidden]` float32 after the
+    last layer (before the final norm), or None where they do not apply (then the layers run one by one).
+
+    `layer_tensors` holds each layer's tensors in `LAYER_TENSORS` order (None for a layer the kernels cannot run,
+    e.g. one with LoRA); the seven product weights all float32 or all bfloat16. `rotary` and `attention_bias` are
+    as for `decode_attention`; `cache_columns` is `(keys per layer, values per layer, position, positions)` of the
+    cache, written in place. `config` gives the sizes (hidden, intermediate, heads, KV heads, head_dim, eps).
+    """
+    batch = hidden_states.shape[0]
+    keys, values, position, positions = cache_columns
+    if hidden_states.shape[1] != 1 or not few_rows(hidden_states) or not kernels_apply(hidden_states, keys[0]):
+        return None
+    if any(tensors is None for tensors in layer_tensors):
+        return None
+    weight_dtypes = {tensors[index].dtype for tensors in layer_tensors for index in PRODUCT_WEIGHT_INDICES}
+    if len(weight_dtypes) != 1 or not weight_dtypes <= set(PRODUCT_WEIGHT_DTYPES):
+        return None
+    (query_cos, query_sin), (key_cos, key_sin) = rotary
+    attention, held = attention_args(
+        (query_cos, query_sin, key_cos, key_sin),
+        keys[0],
+        position,
+        positions,
+        attention_bias,
+        batch,
+        config.num_attention_heads,
+        config.head_dim,
+    )
+    layers = (DecodeLayerTensors * len(layer_tensors))(
+        *(
+            DecodeLayerTensors(
+                *(tensor.data_ptr() for tensor in tensors), keys[index].data_ptr(), values[index].data_ptr()
+            )
+            for index, tensors in enumerate(layer_tensors)
+        )
+    )
+    hidden = hidden_states.clone()
+    args = DecodeLayersArgs(
+        hidden=hidden.data_ptr(),
+        rows=batch,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        layers=len(layer_tensors),
+        layer=layers,
+        weights_are_bfloat16=int(weight_dtypes == {paddle.bfloat16}),
+        eps=config.rms_norm_eps,
+        attention=attention,
+    )
+    load_library().decode_layers(ctypes.byref(args), device.cpu_threads())  # `held` is alive until here
+    return hidden

@@ -1,9 +1,10 @@
 """The decoder's KV caches, and the one place that decides how a cached attention step runs.
 
 Both caches hold every layer's keys and values feature-major, `[rows, kv_heads, head_dim, capacity]`, and give the
-decoder the same three calls: `prepare` (positions and attention bias for the new tokens), `attend` (one layer:
+decoder the same calls: `prepare` (positions and attention bias for the new tokens), `attend` (one layer:
 rotary, cache write, attention) and `advance`. For a one-token step on CPU `attend` runs our kernel
-(`kernels/decode_cpu`), which reads only each row's filled columns; elsewhere it runs Paddle's ops.
+(`kernels/decode_cpu`), which reads only each row's filled columns; elsewhere it runs Paddle's ops. `kernel_columns`
+tells the decoder where that kernel writes and reads when a whole step runs in one call (`decode_cpu.decode_layers`).
 
 - `KVCache`: a left-padded batch whose rows share one length (prompt prefill, `model(...)` calls with a cache).
 - `RowCache`: continuous batching. Rows come and go, each with its own length and positions (no padding):
@@ -33,6 +34,9 @@ from .attention import (
 )
 
 GROWTH = 256
+# (keys per layer, values per layer, position, positions): what a one-token step's kernel needs of a cache (see
+# decode_cpu.decode_layers).
+KernelColumns = Tuple[List[paddle.Tensor], List[paddle.Tensor], int, Optional[paddle.Tensor]]
 
 
 class KVCache:
@@ -88,6 +92,12 @@ class KVCache:
             attention_mask, new_tokens, self.length, self.key_length(new_tokens), num_heads, dtype
         )
         return position_ids, bias
+
+    def kernel_columns(self) -> Optional[KernelColumns]:
+        """Where a one-token step's kernel writes and reads (every row at `length`), or None on an empty cache."""
+        if self.length == 0:
+            return None
+        return self.keys, self.values, self.length, None
 
     def attend(
         self,
@@ -206,6 +216,10 @@ class RowCache:
         self._positions = paddle.to_tensor(lengths)
         self._bias = None
         return self._positions.unsqueeze(1), None
+
+    def kernel_columns(self) -> Optional[KernelColumns]:
+        """Where a one-token step's kernel writes and reads: each running row at its own length."""
+        return self.keys, self.values, 0, self._positions
 
     def attend(
         self,

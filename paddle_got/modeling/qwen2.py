@@ -139,6 +139,23 @@ class Qwen2DecoderLayer(nn.Layer):
         self.input_layernorm = Qwen2RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = Qwen2RMSNorm(config.hidden_size, config.rms_norm_eps)
 
+    def kernel_tensors(self) -> Optional[Tuple[paddle.Tensor, ...]]:
+        """This layer's tensors in `decode_cpu.LAYER_TENSORS` order, for a decode step in one kernel call; None
+        when a projection is not a plain `nn.Linear` (e.g. LoRA), which only its own forward runs."""
+        attention, mlp = self.self_attn, self.mlp
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
+        if any(type(layer) is not nn.Linear for layer in (*projections, mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+            return None
+        return (
+            self.input_layernorm.weight,
+            *(tensor for layer in projections[:3] for tensor in (layer.weight, layer.bias)),
+            attention.o_proj.weight,
+            self.post_attention_layernorm.weight,
+            mlp.gate_proj.weight,
+            mlp.up_proj.weight,
+            mlp.down_proj.weight,
+        )
+
     def forward(self, hidden_states, rotary, attention_bias, cache):
         """`[B, L, hidden]` -> `[B, L, hidden]`."""
         hidden_states = hidden_states + self.self_attn(
@@ -187,6 +204,10 @@ class Qwen2Model(nn.Layer):
         query_rotary = tuple(broadcastable_to_heads(table, heads) for table in tables)
         key_rotary = query_rotary if kv_heads == heads else tuple(broadcastable_to_heads(t, kv_heads) for t in tables)
         rotary = (query_rotary, key_rotary)
+        hidden_states = self.decode_step_in_one_call(inputs_embeds, rotary, attention_bias, cache)
+        if hidden_states is not None:
+            cache.advance(length)
+            return self.norm(hidden_states)
         hidden_states = inputs_embeds
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:
@@ -196,3 +217,20 @@ class Qwen2Model(nn.Layer):
         if cache is not None:
             cache.advance(length)
         return self.norm(hidden_states)
+
+    def decode_step_in_one_call(
+        self,
+        inputs_embeds: paddle.Tensor,
+        rotary: Rotary,
+        attention_bias: Optional[paddle.Tensor],
+        cache: Optional[Cache],
+    ) -> Optional[paddle.Tensor]:
+        """A cached one-token step through every layer in one call of our CPU kernels (`decode_cpu.decode_layers`):
+        `[B, 1, hidden]` before the final norm, or None where they do not apply."""
+        if cache is None or inputs_embeds.shape[1] != 1:
+            return None
+        columns = cache.kernel_columns()
+        if columns is None:
+            return None
+        layer_tensors = [layer.kernel_tensors() for layer in self.layers]
+        return decode_cpu.decode_layers(layer_tensors, inputs_embeds, rotary, attention_bias, columns, self.config)

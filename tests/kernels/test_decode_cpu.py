@@ -17,7 +17,7 @@ from paddle_got import GOTQwenForCausalLM, device
 from paddle_got.kernels import decode_cpu
 from paddle_got.modeling.attention import broadcastable_to_heads, build_attention_bias, position_ids_from_mask
 from paddle_got.modeling.kv_cache import KVCache
-from paddle_got.modeling.qwen2 import RotaryEmbedding
+from paddle_got.modeling.qwen2 import Qwen2DecoderLayer, RotaryEmbedding
 
 
 def can_build_here() -> bool:
@@ -100,21 +100,37 @@ def test_matmul_equals_float64_numpy(rows, in_features, out_features, weight_is_
     assert counting_library.calls["skinny_matmul"] == 1
 
 
-def test_the_attention_argument_struct_matches_the_cpp_one():
-    """DecodeAttentionArgs is declared twice (ctypes and C++): the same fields, in the same order, of matching
-    kinds (pointers as void pointers, int64_t as c_int64)."""
+def declared_fields(struct_name):
+    """The fields of the C++ struct `struct_name` in decode_cpu.cpp as ctypes would declare them: pointers as void
+    pointers (a pointer to a struct as a pointer to its ctypes class), int64_t as c_int64, float as c_float, a
+    struct member as its ctypes class."""
     import ctypes
     import re
 
     source = decode_cpu.SOURCE.read_text()
-    body = re.search(r"struct DecodeAttentionArgs \{(.*?)\};", source, re.S).group(1)
+    body = re.search(rf"struct {struct_name} \{{(.*?)\n\}};", source, re.S).group(1)
     declared = re.findall(r"^\s*(?:const )?(\w+)(\*?) ([\w, ]+);", body, re.M)  # `int64_t a, b;` declares two
-    kinds = [
-        (name, ctypes.c_void_p if pointer else {"int64_t": ctypes.c_int64}[type_name])
-        for type_name, pointer, names in declared
-        for name in names.split(", ")
-    ]
-    assert len(kinds) == 20 and kinds == list(decode_cpu.DecodeAttentionArgs._fields_)
+    scalars = {"int64_t": ctypes.c_int64, "float": ctypes.c_float}
+    structs = {name: getattr(decode_cpu, name) for name in ("DecodeAttentionArgs", "DecodeLayerTensors")}
+    kinds = []
+    for type_name, pointer, names in declared:
+        if pointer:
+            kind = ctypes.POINTER(structs[type_name]) if type_name in structs else ctypes.c_void_p
+        else:
+            kind = structs.get(type_name) or scalars[type_name]
+        kinds += [(name, kind) for name in names.split(", ")]
+    return kinds
+
+
+@pytest.mark.parametrize(
+    "struct_name,field_count",
+    [("DecodeAttentionArgs", 20), ("DecodeLayerTensors", 14), ("DecodeLayersArgs", 9)],
+)
+def test_the_argument_structs_match_the_cpp_ones(struct_name, field_count):
+    """The kernels' argument structs are declared twice (ctypes and C++): the same fields, in the same order, of
+    matching kinds."""
+    declared = declared_fields(struct_name)
+    assert len(declared) == field_count and declared == list(getattr(decode_cpu, struct_name)._fields_)
 
 
 def test_the_kernels_build_and_load_here():
@@ -257,8 +273,29 @@ def cached_logits(model, full_ids, full_mask, prompt_length, growth=None):
     return np.stack(stepped, axis=1)
 
 
+@pytest.fixture(params=[True, False], ids=["one_call", "layer_by_layer"])
+def one_call(request, monkeypatch):
+    """A decode step through every layer in one kernel call, or layer by layer (as a layer with LoRA runs: its
+    `kernel_tensors` is None), kernel by kernel."""
+    if not request.param:
+        monkeypatch.setattr(Qwen2DecoderLayer, "kernel_tensors", lambda layer: None)
+    return request.param
+
+
+def assert_step_kernel_calls(calls, product, layers, prefills, steps, one_call):
+    """The kernel calls of `prefills` prefills and `steps` one-token steps: each prefill's head reads one row per
+    sequence through `product`; each step is one `decode_layers` call, or per layer the 7 linear layers and
+    attention, then the head."""
+    per_step = 1 if one_call else 7 * layers + 1
+    assert calls["decode_layers"] == (steps if one_call else 0)
+    assert calls["decode_attention"] == (0 if one_call else layers * steps)
+    assert calls[product] == prefills + per_step * steps
+
+
 @pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
-def test_cached_decoding_through_the_kernels_matches_the_reference(shape, reference_models, tmp_path, counting_library):
+def test_cached_decoding_through_the_kernels_matches_the_reference(
+    shape, reference_models, tmp_path, counting_library, one_call, threads
+):
     """Prefill, then one token at a time for a left-padded batch without gradients (our kernels on every linear
     layer, the head and attention): the logits of the transformers reference run over the whole sequence."""
     torch_model = reference_models(shape)
@@ -271,9 +308,8 @@ def test_cached_decoding_through_the_kernels_matches_the_reference(shape, refere
 
     stepped = cached_logits(model, full_ids, full_mask, ids.shape[1], growth=3)  # free columns in most steps
     assert reference.relative_error(stepped, expected[:, ids.shape[1] - 1 :]) <= 1e-5
-    assert counting_library.calls["decode_attention"] == shape.text_layers * continuation.shape[1]
-    # the prefill's head reads one row per sequence; each step adds the 7 linear layers per layer and the head
-    assert counting_library.calls["skinny_matmul"] == 1 + (7 * shape.text_layers + 1) * continuation.shape[1]
+    steps = continuation.shape[1]
+    assert_step_kernel_calls(counting_library.calls, "skinny_matmul", shape.text_layers, 1, steps, one_call)
 
 
 @pytest.fixture
@@ -352,7 +388,7 @@ def test_bfloat16_weight_matmul_equals_float64_numpy(
 
 
 @pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
-def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, counting_library):
+def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, counting_library, one_call):
     """The reference with bfloat16-valued weights, run in float32, against ours holding the decoder's product
     weights in bfloat16: prefill (Paddle's kernels on widened weights) and cached steps (ours on bfloat16)."""
     import torch
@@ -374,5 +410,6 @@ def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, cou
 
     stepped = cached_logits(model, full_ids, full_mask, ids.shape[1])
     assert reference.relative_error(stepped, expected[:, ids.shape[1] - 1 :]) <= 1e-4
-    assert counting_library.calls["skinny_matmul_bf16"] == 1 + (7 * shape.text_layers + 1) * continuation.shape[1]
+    steps = continuation.shape[1]
+    assert_step_kernel_calls(counting_library.calls, "skinny_matmul_bf16", shape.text_layers, 1, steps, one_call)
     assert counting_library.calls["skinny_matmul"] == 0
