@@ -312,6 +312,33 @@ def test_cached_decoding_through_the_kernels_matches_the_reference(
     assert_step_kernel_calls(counting_library.calls, "skinny_matmul", shape.text_layers, 1, steps, one_call)
 
 
+def test_a_step_in_one_call_takes_silu_over_its_whole_range(tmp_path, counting_library):
+    """The one-call step's own silu (exp taken of -|gate| only, 0 below -87) against the reference's, with gate
+    projections scaled so that the gate values reach far beyond +-87 on both sides."""
+    import torch
+
+    shape = SHAPES[1]
+    torch_model = reference.build_reference(shape, seed=5)
+    gate_values = []
+    with torch.no_grad():
+        for layer in torch_model.language_model.model.layers:
+            layer.mlp.gate_proj.weight.mul_(3000.0)
+            layer.mlp.down_proj.weight.mul_(1e-3)  # keeps the residual stream in range
+            layer.mlp.gate_proj.register_forward_hook(lambda module, inputs, output: gate_values.append(output))
+    model = GOTQwenForCausalLM.from_pretrained(reference.save_got(torch_model, shape, str(tmp_path / "got")))
+    ids, mask = reference.left_pad([reference.prompt_ids(0, shape, 6, 0, seed=1), reference.prompt_ids(0, shape, 4, 0)])
+    continuation = np.random.default_rng(3).integers(0, 200, (2, 3))
+    full_ids = np.concatenate([ids, continuation], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
+    expected, _ = reference.reference_forward(torch_model, full_ids, full_mask)
+    gates = torch.cat([values.flatten() for values in gate_values])
+    assert gates.min() < -200 and gates.max() > 200
+
+    stepped = cached_logits(model, full_ids, full_mask, ids.shape[1])
+    assert reference.relative_error(stepped, expected[:, ids.shape[1] - 1 :]) <= 1e-5
+    assert counting_library.calls["decode_layers"] == continuation.shape[1]
+
+
 @pytest.fixture
 def reloaded_library():
     """`load_library` forgets its cached answer before and after the test (which sets the environment it reads)."""
