@@ -472,7 +472,6 @@ void product(const float* x, int64_t rows, int64_t in_features, const W* weight,
         rows_in_by_out(x, rows, in_features, weight, out_features, bias, out, num_threads);
 }
 
-
 // gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)), exp taken of -|g| only (exp_nonpositive).
 void silu_times(float* gate, const float* up, int64_t count, int num_threads) {
 #pragma omp parallel num_threads(num_threads)
@@ -491,6 +490,7 @@ void silu_times(float* gate, const float* up, int64_t count, int num_threads) {
     }
 }
 
+// total[0:count] += addend[0:count] (a residual).
 void add_in_place(float* total, const float* addend, int64_t count) {
     for (int64_t i = 0; i < count; ++i) total[i] += addend[i];
 }
