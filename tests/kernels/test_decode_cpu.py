@@ -253,6 +253,17 @@ def test_rms_norm_equals_float64_numpy(rows):
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
+def continued_batch(torch_model, shape, prompts, steps, seed):
+    """A left-padded batch of text prompts (`(length, seed)` each) continued by `steps` random ids: `(ids, mask,
+    prompt length, the reference's logits over the whole sequence)`."""
+    ids, mask = reference.left_pad([reference.prompt_ids(0, shape, length, 0, seed=s) for length, s in prompts])
+    continuation = np.random.default_rng(seed).integers(0, 200, (len(prompts), steps))
+    full_ids = np.concatenate([ids, continuation], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
+    expected, _ = reference.reference_forward(torch_model, full_ids, full_mask)
+    return full_ids, full_mask, ids.shape[1], expected
+
+
 def cached_logits(model, full_ids, full_mask, prompt_length, growth=None):
     """Last-position logits `[B, steps, vocab]`: a prefill of the first `prompt_length` ids, then one token at a
     time, without gradients (`growth`: the cache's spare columns per reallocation)."""
@@ -300,15 +311,11 @@ def test_cached_decoding_through_the_kernels_matches_the_reference(
     layer, the head and attention): the logits of the transformers reference run over the whole sequence."""
     torch_model = reference_models(shape)
     model = GOTQwenForCausalLM.from_pretrained(reference.save_got(torch_model, shape, str(tmp_path / "got")))
-    ids, mask = reference.left_pad([reference.prompt_ids(0, shape, 7, 0, seed=4), reference.prompt_ids(0, shape, 3, 0)])
-    continuation = np.random.default_rng(2).integers(0, 200, (2, 4))
-    full_ids = np.concatenate([ids, continuation], axis=1)
-    full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
-    expected, _ = reference.reference_forward(torch_model, full_ids, full_mask)
+    full_ids, full_mask, prompt_length, expected = continued_batch(torch_model, shape, [(7, 4), (3, 0)], 4, seed=2)
 
-    stepped = cached_logits(model, full_ids, full_mask, ids.shape[1], growth=3)  # free columns in most steps
-    assert reference.relative_error(stepped, expected[:, ids.shape[1] - 1 :]) <= 1e-5
-    steps = continuation.shape[1]
+    stepped = cached_logits(model, full_ids, full_mask, prompt_length, growth=3)  # free columns in most steps
+    assert reference.relative_error(stepped, expected[:, prompt_length - 1 :]) <= 1e-5
+    steps = full_ids.shape[1] - prompt_length
     assert_step_kernel_calls(counting_library.calls, "skinny_matmul", shape.text_layers, 1, steps, one_call)
 
 
@@ -326,17 +333,13 @@ def test_a_step_in_one_call_takes_silu_over_its_whole_range(tmp_path, counting_l
             layer.mlp.down_proj.weight.mul_(1e-3)  # keeps the residual stream in range
             layer.mlp.gate_proj.register_forward_hook(lambda module, inputs, output: gate_values.append(output))
     model = GOTQwenForCausalLM.from_pretrained(reference.save_got(torch_model, shape, str(tmp_path / "got")))
-    ids, mask = reference.left_pad([reference.prompt_ids(0, shape, 6, 0, seed=1), reference.prompt_ids(0, shape, 4, 0)])
-    continuation = np.random.default_rng(3).integers(0, 200, (2, 3))
-    full_ids = np.concatenate([ids, continuation], axis=1)
-    full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
-    expected, _ = reference.reference_forward(torch_model, full_ids, full_mask)
+    full_ids, full_mask, prompt_length, expected = continued_batch(torch_model, shape, [(6, 1), (4, 0)], 3, seed=3)
     gates = torch.cat([values.flatten() for values in gate_values])
     assert gates.min() < -200 and gates.max() > 200
 
-    stepped = cached_logits(model, full_ids, full_mask, ids.shape[1])
-    assert reference.relative_error(stepped, expected[:, ids.shape[1] - 1 :]) <= 1e-5
-    assert counting_library.calls["decode_layers"] == continuation.shape[1]
+    stepped = cached_logits(model, full_ids, full_mask, prompt_length)
+    assert reference.relative_error(stepped, expected[:, prompt_length - 1 :]) <= 1e-5
+    assert counting_library.calls["decode_layers"] == full_ids.shape[1] - prompt_length
 
 
 @pytest.fixture
@@ -429,14 +432,10 @@ def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, cou
     assert {layer.weight.dtype for layer in model.decoder_product_layers()} == {paddle.bfloat16}
     assert model.qwen2.layers[0].self_attn.q_proj.bias.dtype == paddle.float32
     assert model.qwen2.layers[0].input_layernorm.weight.dtype == paddle.float32
-    ids, mask = reference.left_pad([reference.prompt_ids(0, shape, 7, 0, seed=4), reference.prompt_ids(0, shape, 3, 0)])
-    continuation = np.random.default_rng(2).integers(0, 200, (2, 4))
-    full_ids = np.concatenate([ids, continuation], axis=1)
-    full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
-    expected, _ = reference.reference_forward(torch_model, full_ids, full_mask)
+    full_ids, full_mask, prompt_length, expected = continued_batch(torch_model, shape, [(7, 4), (3, 0)], 4, seed=2)
 
-    stepped = cached_logits(model, full_ids, full_mask, ids.shape[1])
-    assert reference.relative_error(stepped, expected[:, ids.shape[1] - 1 :]) <= 1e-4
-    steps = continuation.shape[1]
+    stepped = cached_logits(model, full_ids, full_mask, prompt_length)
+    assert reference.relative_error(stepped, expected[:, prompt_length - 1 :]) <= 1e-4
+    steps = full_ids.shape[1] - prompt_length
     assert_step_kernel_calls(counting_library.calls, "skinny_matmul_bf16", shape.text_layers, 1, steps, one_call)
     assert counting_library.calls["skinny_matmul"] == 0
