@@ -216,7 +216,7 @@ def per_head_rows(table: paddle.Tensor) -> int:
 
 
 def attention_args(
-    query_tables: Tuple[paddle.Tensor, ...],
+    rotary: Tuple[Tuple[paddle.Tensor, paddle.Tensor], Tuple[paddle.Tensor, paddle.Tensor]],
     keys: paddle.Tensor,
     position: int,
     positions: Optional[paddle.Tensor],
@@ -228,9 +228,9 @@ def attention_args(
     """A step's `DecodeAttentionArgs` but for its per-layer pointers (query, new keys/values, cache, out), and the
     contiguous tensors it points at (to be kept alive until the call returns).
 
-    `query_tables` are `(query_cos, query_sin, key_cos, key_sin)`; `keys` is a cache buffer (for its shape).
+    `rotary` is as for `decode_attention`; `keys` is a cache buffer (for its shape).
     """
-    held = [table.contiguous() for table in query_tables]
+    held = [table.contiguous() for tables in rotary for table in tables]  # query cos, sin, key cos, sin
     if positions is not None:
         held.append(positions.astype("int64").contiguous())
     if attention_bias is not None:
@@ -240,7 +240,7 @@ def attention_args(
         query_sin=held[1].data_ptr(),
         key_cos=held[2].data_ptr(),
         key_sin=held[3].data_ptr(),
-        table_row_stride=per_head_rows(query_tables[0]),
+        table_row_stride=per_head_rows(held[0]),
         capacity=keys.shape[-1],
         position=position,
         positions=None if positions is None else held[4].data_ptr(),
@@ -277,10 +277,7 @@ def decode_attention(
     if not kernels_apply(query, keys) or not values.is_contiguous():
         return None
     batch, heads, head_dim, _ = query.shape
-    (query_cos, query_sin), (key_cos, key_sin) = rotary
-    args, held = attention_args(
-        (query_cos, query_sin, key_cos, key_sin), keys, position, positions, attention_bias, batch, heads, head_dim
-    )
+    args, held = attention_args(rotary, keys, position, positions, attention_bias, batch, heads, head_dim)
     query, new_keys, new_values = (tensor.contiguous() for tensor in (query, new_keys, new_values))
     output = _C_ops.empty(query.shape, query.dtype, CPU)
     args.query, args.new_keys, args.new_values = query.data_ptr(), new_keys.data_ptr(), new_values.data_ptr()
@@ -348,16 +345,8 @@ def decode_layers(
     weight_dtypes = {tensors[index].dtype for tensors in layer_tensors for index in PRODUCT_WEIGHT_INDICES}
     if len(weight_dtypes) != 1 or not weight_dtypes <= set(PRODUCT_WEIGHT_DTYPES):
         return None
-    (query_cos, query_sin), (key_cos, key_sin) = rotary
     attention, held = attention_args(
-        (query_cos, query_sin, key_cos, key_sin),
-        keys[0],
-        position,
-        positions,
-        attention_bias,
-        batch,
-        config.num_attention_heads,
-        config.head_dim,
+        rotary, keys[0], position, positions, attention_bias, batch, config.num_attention_heads, config.head_dim
     )
     layers = (DecodeLayerTensors * len(layer_tensors))(
         *(
@@ -367,7 +356,7 @@ def decode_layers(
             for index, tensors in enumerate(layer_tensors)
         )
     )
-    hidden = hidden_states.clone()
+    hidden = hidden_states.contiguous().clone()  # the kernel writes it in place
     args = DecodeLayersArgs(
         hidden=hidden.data_ptr(),
         rows=batch,
