@@ -9,12 +9,13 @@
 //   float32 or bfloat16 (skinny_matmul_bf16: widened to float32 in registers, which is exact, so only the
 //   summation order differs from a float32 product; half the bytes read).
 //
-// decode_attention: one layer's attention for one new token per sequence: rotary on the new query and key, the key
-// and value written into the feature-major KV cache, and attention over its filled columns only.
+// cached_attention: one layer's attention for the new tokens of each sequence (one in a decode step, the prompt in a
+// prefill): rotary on the new queries and keys, the keys and values written into the feature-major KV cache, and
+// attention over its filled columns only (causally, without materialising a [tokens, tokens] score matrix).
 //
 // rms_norm: the decoder's RMSNorm for a few rows.
 //
-// decode_layers: a whole one-token step through every decoder layer (RMSNorm, q/k/v, decode_attention, o, the
+// decode_layers: a whole one-token step through every decoder layer (RMSNorm, q/k/v, cached_attention, o, the
 // residual, RMSNorm, SwiGLU, the residual) in one call, the pieces above run back to back: what a step costs
 // beyond its reads is then one call from Python instead of ~10 calls and Paddle ops per layer.
 
@@ -425,36 +426,40 @@ void attend_one_head(const float* query, int64_t head_dim, const float* keys, co
     for (; d < head_dim; ++d) dot_block<1, 1>(scores, count, values + d * capacity, capacity, nullptr, 0, out + d);
 }
 
-// Where one decode step's attention finds its tensors (all float32, contiguous). Rotary tables and the bias have
-// one row per head: row (b * heads + h) for queries, (b * kv_heads + g) for keys, `*_row_stride` floats apart
-// (0: one row shared by every head and sequence).
-struct DecodeAttentionArgs {
-    const float* query;        // [batch, heads, head_dim], not yet rotated
-    const float* new_keys;     // [batch, kv_heads, head_dim], not yet rotated
-    const float* new_values;   // [batch, kv_heads, head_dim]
-    const float* query_cos;    // rows of head_dim
+// Where one cached attention step finds its tensors (all float32, contiguous): `new_tokens` new tokens per sequence
+// (1 for a decode step, the prompt for a prefill), feature-major like the cache. Rotary tables and the bias have one
+// block per head: block (b * heads + h) for queries, (b * kv_heads + g) for keys, `*_row_stride` floats apart (0:
+// one block shared by every head and sequence).
+struct CachedAttentionArgs {
+    const float* query;        // [batch, heads, head_dim, new_tokens], not yet rotated
+    const float* new_keys;     // [batch, kv_heads, head_dim, new_tokens], not yet rotated
+    const float* new_values;   // [batch, kv_heads, head_dim, new_tokens]
+    const float* query_cos;    // blocks of [head_dim, new_tokens]
     const float* query_sin;
     const float* key_cos;
     const float* key_sin;
     int64_t table_row_stride;
-    float* keys;               // cache [>= batch, kv_heads, head_dim, capacity]; column `position` is written
+    float* keys;               // cache [>= batch, kv_heads, head_dim, capacity]; columns from `position` are written
     float* values;
     int64_t capacity;
-    int64_t position;          // filled columns before this step; attention sees position + 1 of them
-    const int64_t* positions;  // [batch]: each sequence's own `position` (continuous batching), or null
-    const float* bias;         // additive, rows of >= position + 1 floats, or null
-    int64_t bias_row_stride;
+    int64_t position;          // filled columns before this step
+    const int64_t* positions;  // [batch]: each sequence's own `position` (continuous batching, one new token), or null
+    int64_t new_tokens;
+    const float* bias;         // additive, blocks of [new_tokens, bias_columns] (bias_columns >= position +
+    int64_t bias_row_stride;   // new_tokens), or null: causal
+    int64_t bias_columns;
     int64_t batch, heads, kv_heads, head_dim;
-    float* out;                // [batch, heads, head_dim]
+    float* out;                // [batch, heads, head_dim, new_tokens]
 };
 
-// rotated = (x * cos + rotate_half(x) * sin) * scale, rotate_half([a, b]) = [-b, a] over the halves of head_dim.
-void rotate(const float* x, const float* cos, const float* sin, int64_t head_dim, float scale, float* rotated,
-            int64_t stride) {
+// rotated = (x * cos + rotate_half(x) * sin) * scale, rotate_half([a, b]) = [-b, a] over the halves of head_dim; x
+// and the tables step `stride` floats from one feature to the next (one token's column of a feature-major block).
+void rotate(const float* x, const float* cos, const float* sin, int64_t stride, int64_t head_dim, float scale,
+            float* rotated, int64_t rotated_stride) {
     const int64_t half = head_dim / 2;
     for (int64_t i = 0; i < head_dim; ++i) {
-        const float partner = i < half ? -x[i + half] : x[i - half];
-        rotated[i * stride] = (x[i] * cos[i] + partner * sin[i]) * scale;
+        const float partner = i < half ? -x[(i + half) * stride] : x[(i - half) * stride];
+        rotated[i * rotated_stride] = (x[i * stride] * cos[i * stride] + partner * sin[i * stride]) * scale;
     }
 }
 
@@ -497,32 +502,41 @@ void add_in_place(float* total, const float* addend, int64_t count) {
 
 // One decode step of attention: rotate the new keys into the cache (values too, unrotated), then each rotated query
 // attends over the position + 1 filled columns of its sequence; query head h reads KV head h / (heads / kv_heads).
-void run_decode_attention(const DecodeAttentionArgs& a, int num_threads) {
-    const int64_t group = a.heads / a.kv_heads;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
+// One attention step: every new key (rotated) and value written into the cache at its sequence's columns, then
+// each new query attends over the columns it may see: causally, or with a bias over every filled column (the bias
+// masks what it hides, as in the Paddle path, so even a fully masked padding row gives the same result).
+void run_cached_attention(const CachedAttentionArgs& a, int num_threads) {
+    const int64_t group = a.heads / a.kv_heads, tokens = a.new_tokens, head_dim = a.head_dim;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
     auto position_of = [&a](int64_t sequence) { return a.positions ? a.positions[sequence] : a.position; };
 #pragma omp parallel num_threads(num_threads)
     {
 #pragma omp for schedule(static)
-        for (int64_t row = 0; row < a.batch * a.kv_heads; ++row) {
-            const int64_t table = row * a.table_row_stride;
-            const int64_t column = row * a.head_dim * a.capacity + position_of(row / a.kv_heads);
-            rotate(a.new_keys + row * a.head_dim, a.key_cos + table, a.key_sin + table, a.head_dim, 1.0f,
-                   a.keys + column, a.capacity);
-            for (int64_t d = 0; d < a.head_dim; ++d) a.values[column + d * a.capacity] = a.new_values[row * a.head_dim + d];
+        for (int64_t row_token = 0; row_token < a.batch * a.kv_heads * tokens; ++row_token) {
+            const int64_t row = row_token / tokens, t = row_token % tokens;
+            const int64_t table = row * a.table_row_stride + t, source = row * head_dim * tokens + t;
+            const int64_t column = row * head_dim * a.capacity + position_of(row / a.kv_heads) + t;
+            rotate(a.new_keys + source, a.key_cos + table, a.key_sin + table, tokens, head_dim, 1.0f, a.keys + column,
+                   a.capacity);
+            for (int64_t d = 0; d < head_dim; ++d)
+                a.values[column + d * a.capacity] = a.new_values[source + d * tokens];
         }
-        thread_local std::vector<float> scores, query;
+        thread_local std::vector<float> scores, query, attended;
         scores.resize(a.capacity);
-        query.resize(a.head_dim);
+        query.resize(head_dim);
+        attended.resize(head_dim);
 #pragma omp for schedule(static)
-        for (int64_t row = 0; row < a.batch * a.heads; ++row) {
-            const int64_t table = row * a.table_row_stride, count = position_of(row / a.heads) + 1;
+        for (int64_t row_token = 0; row_token < a.batch * a.heads * tokens; ++row_token) {
+            const int64_t row = row_token / tokens, t = row_token % tokens, position = position_of(row / a.heads);
+            const int64_t table = row * a.table_row_stride + t, count = a.bias ? position + tokens : position + t + 1;
             const int64_t kv = row / a.heads * a.kv_heads + row % a.heads / group;
-            rotate(a.query + row * a.head_dim, a.query_cos + table, a.query_sin + table, a.head_dim, scale,
-                   query.data(), 1);
-            attend_one_head(query.data(), a.head_dim, a.keys + kv * a.head_dim * a.capacity,
-                            a.values + kv * a.head_dim * a.capacity, a.capacity, count,
-                            a.bias ? a.bias + row * a.bias_row_stride : nullptr, scores.data(), a.out + row * a.head_dim);
+            rotate(a.query + row * head_dim * tokens + t, a.query_cos + table, a.query_sin + table, tokens, head_dim,
+                   scale, query.data(), 1);
+            attend_one_head(query.data(), head_dim, a.keys + kv * head_dim * a.capacity,
+                            a.values + kv * head_dim * a.capacity, a.capacity, count,
+                            a.bias ? a.bias + row * a.bias_row_stride + t * a.bias_columns : nullptr, scores.data(),
+                            attended.data());
+            for (int64_t d = 0; d < head_dim; ++d) a.out[(row * head_dim + d) * tokens + t] = attended[d];
         }
     }
 }
@@ -553,7 +567,7 @@ struct DecodeLayerTensors {
     const void* gate_weight;
     const void* up_weight;
     const void* down_weight;
-    float* keys;                // this layer's cache buffers (see DecodeAttentionArgs)
+    float* keys;                // this layer's cache buffers (see CachedAttentionArgs)
     float* values;
 };
 
@@ -563,12 +577,13 @@ struct DecodeLayersArgs {
     const DecodeLayerTensors* layer;  // [layers]
     int64_t weights_are_bfloat16;
     float eps;
-    DecodeAttentionArgs attention;  // the step's tables, positions and bias; its per-layer pointers are set here
+    CachedAttentionArgs attention;  // the step's tables, positions and bias (one new token); its per-layer pointers
+                                    // are set here
 };
 
 template <typename W>
 void decode_layers_with(const DecodeLayersArgs& a, int num_threads) {
-    DecodeAttentionArgs attention = a.attention;
+    CachedAttentionArgs attention = a.attention;
     const int64_t rows = a.rows, hidden = a.hidden_size, intermediate = a.intermediate_size;
     const int64_t query_features = attention.heads * attention.head_dim;
     const int64_t kv_features = attention.kv_heads * attention.head_dim;
@@ -591,7 +606,7 @@ void decode_layers_with(const DecodeLayersArgs& a, int num_threads) {
         attention.keys = t.keys;
         attention.values = t.values;
         attention.out = attended.data();
-        run_decode_attention(attention, num_threads);
+        run_cached_attention(attention, num_threads);
         project(attended.data(), query_features, t.o_weight, hidden, nullptr, mixed.data());
         add_in_place(a.hidden, mixed.data(), rows * hidden);
         rms_norm_rows(a.hidden, rows, hidden, t.post_attention_norm, a.eps, normed.data());
@@ -609,8 +624,8 @@ extern "C" {
 
 int decode_cpu_supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
-// One decode step of attention (see run_decode_attention).
-void decode_attention(const DecodeAttentionArgs* args, int num_threads) { run_decode_attention(*args, num_threads); }
+// One cached attention step: a decode step or a prompt's prefill (see run_cached_attention).
+void cached_attention(const CachedAttentionArgs* args, int num_threads) { run_cached_attention(*args, num_threads); }
 
 // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight, for `rows` rows of `features` floats.
 void rms_norm(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out) {

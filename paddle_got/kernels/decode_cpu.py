@@ -11,7 +11,9 @@ float32 summation order).
 
 A one-token step runs through every decoder layer in one call (`decode_layers`: RMSNorm, q/k/v, attention, o, SwiGLU,
 residuals, back to back in C++), which saves the ~10 Python-side kernel calls and Paddle ops per layer; where a
-layer is not plain (LoRA), the layers run one by one, each product and attention still through our kernels.
+layer is not plain (LoRA), the layers run one by one, each product and attention still through our kernels. A
+prefill's attention runs through the same attention kernel (`cached_attention`), causally, without the
+`[heads, tokens, tokens]` score matrix Paddle's ops would build.
 """
 
 import ctypes
@@ -103,10 +105,10 @@ def load_library() -> Optional[ctypes.CDLL]:
     pointer, count = ctypes.c_void_p, ctypes.c_int64
     for product in (library.skinny_matmul, library.skinny_matmul_bf16):
         product.argtypes = [pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int]
-    library.decode_attention.argtypes = [ctypes.POINTER(DecodeAttentionArgs), ctypes.c_int]
+    library.cached_attention.argtypes = [ctypes.POINTER(CachedAttentionArgs), ctypes.c_int]
     library.rms_norm.argtypes = [pointer, count, count, pointer, ctypes.c_float, pointer]
     library.decode_layers.argtypes = [ctypes.POINTER(DecodeLayersArgs), ctypes.c_int]
-    kernels = (library.skinny_matmul, library.skinny_matmul_bf16, library.decode_attention, library.rms_norm)
+    kernels = (library.skinny_matmul, library.skinny_matmul_bf16, library.cached_attention, library.rms_norm)
     for function in (*kernels, library.decode_layers):
         function.restype = None
     return library
@@ -192,8 +194,8 @@ def linear(layer: nn.Layer, rows: paddle.Tensor) -> paddle.Tensor:
     return nn.functional.linear(rows, weight_in(layer.weight, rows.dtype), layer.bias)
 
 
-class DecodeAttentionArgs(ctypes.Structure):
-    """Pointers and sizes for `decode_attention` in decode_cpu.cpp (the same fields, in the same order)."""
+class CachedAttentionArgs(ctypes.Structure):
+    """Pointers and sizes for `cached_attention` in decode_cpu.cpp (the same fields, in the same order)."""
 
     _fields_ = [
         (name, ctype)
@@ -202,8 +204,10 @@ class DecodeAttentionArgs(ctypes.Structure):
             (ctypes.c_int64, "table_row_stride"),
             (ctypes.c_void_p, "keys values"),
             (ctypes.c_int64, "capacity position"),
-            (ctypes.c_void_p, "positions bias"),
-            (ctypes.c_int64, "bias_row_stride batch heads kv_heads head_dim"),
+            (ctypes.c_void_p, "positions"),
+            (ctypes.c_int64, "new_tokens"),
+            (ctypes.c_void_p, "bias"),
+            (ctypes.c_int64, "bias_row_stride bias_columns batch heads kv_heads head_dim"),
             (ctypes.c_void_p, "out"),
         )
         for name in names.split()
@@ -211,7 +215,7 @@ class DecodeAttentionArgs(ctypes.Structure):
 
 
 def per_head_rows(table: paddle.Tensor) -> int:
-    """Floats between one head's row of a rotary table or bias and the next: 0 for a shared `[m, n]` table."""
+    """Floats between one head's block of a rotary table or bias and the next: 0 for a shared `[m, n]` table."""
     return 0 if table.ndim == 2 else table.shape[-2] * table.shape[-1]
 
 
@@ -224,18 +228,19 @@ def attention_args(
     batch: int,
     heads: int,
     head_dim: int,
-) -> Tuple[DecodeAttentionArgs, List[paddle.Tensor]]:
-    """A step's `DecodeAttentionArgs` but for its per-layer pointers (query, new keys/values, cache, out), and the
+    new_tokens: int,
+) -> Tuple[CachedAttentionArgs, List[paddle.Tensor]]:
+    """A step's `CachedAttentionArgs` but for its per-layer pointers (query, new keys/values, cache, out), and the
     contiguous tensors it points at (to be kept alive until the call returns).
 
-    `rotary` is as for `decode_attention`; `keys` is a cache buffer (for its shape).
+    `rotary` is as for `cached_attention`; `keys` is a cache buffer (for its shape).
     """
     held = [table.contiguous() for tables in rotary for table in tables]  # query cos, sin, key cos, sin
     if positions is not None:
         held.append(positions.astype("int64").contiguous())
     if attention_bias is not None:
         held.append(attention_bias.contiguous())
-    args = DecodeAttentionArgs(
+    args = CachedAttentionArgs(
         query_cos=held[0].data_ptr(),
         query_sin=held[1].data_ptr(),
         key_cos=held[2].data_ptr(),
@@ -244,8 +249,10 @@ def attention_args(
         capacity=keys.shape[-1],
         position=position,
         positions=None if positions is None else held[4].data_ptr(),
+        new_tokens=new_tokens,
         bias=None if attention_bias is None else held[-1].data_ptr(),
         bias_row_stride=0 if attention_bias is None else per_head_rows(attention_bias),
+        bias_columns=0 if attention_bias is None else attention_bias.shape[-1],
         batch=batch,
         heads=heads,
         kv_heads=keys.shape[1],
@@ -254,7 +261,7 @@ def attention_args(
     return args, held
 
 
-def decode_attention(
+def cached_attention(
     query: paddle.Tensor,
     new_keys: paddle.Tensor,
     new_values: paddle.Tensor,
@@ -265,24 +272,26 @@ def decode_attention(
     attention_bias: Optional[paddle.Tensor],
     positions: Optional[paddle.Tensor] = None,
 ) -> Optional[paddle.Tensor]:
-    """One decode step of attention; returns `[B, H, d, 1]`, or None where our kernel does not apply.
+    """One cached attention step for `L` new tokens per sequence (1 in a decode step, the prompt in a prefill);
+    returns `[B, H, d, L]`, or None where our kernel does not apply.
 
-    `query` `[B, H, d, 1]` and `new_keys`/`new_values` `[B, kv_heads, d, 1]` are the new token's projections before
+    `query` `[B, H, d, L]` and `new_keys`/`new_values` `[B, kv_heads, d, L]` are the new tokens' projections before
     rotary; `rotary` is `((cos, sin) for query heads, (cos, sin) for KV heads)` as `attend`'s callers build it.
-    The rotated key and the value are written into column `position` of the cache buffers `keys`/`values`
-    `[>= B, kv_heads, d, capacity]` (sequence b in slot b), then each query attends over columns `[0, position]`
-    with the additive `attention_bias` (`[1, capacity]` shared or `[B, H, 1, capacity]`). `positions` (int64 `[B]`)
-    gives each sequence its own position instead (continuous batching).
+    The rotated keys and the values are written into columns `position...position + L - 1` of the cache buffers
+    `keys`/`values` `[>= B, kv_heads, d, capacity]` (sequence b in slot b). Without `attention_bias` each query
+    attends causally; with it (additive, `[L, K]` shared or `[B, H, L, K]`, K >= position + L) over every filled
+    column. `positions` (int64 `[B]`, one new token) gives each sequence its own position instead (continuous
+    batching).
     """
     if not kernels_apply(query, keys) or not values.is_contiguous():
         return None
-    batch, heads, head_dim, _ = query.shape
-    args, held = attention_args(rotary, keys, position, positions, attention_bias, batch, heads, head_dim)
+    batch, heads, head_dim, new_tokens = query.shape
+    args, held = attention_args(rotary, keys, position, positions, attention_bias, batch, heads, head_dim, new_tokens)
     query, new_keys, new_values = (tensor.contiguous() for tensor in (query, new_keys, new_values))
     output = _C_ops.empty(query.shape, query.dtype, CPU)
     args.query, args.new_keys, args.new_values = query.data_ptr(), new_keys.data_ptr(), new_values.data_ptr()
     args.keys, args.values, args.out = keys.data_ptr(), values.data_ptr(), output.data_ptr()
-    load_library().decode_attention(ctypes.byref(args), device.cpu_threads())  # `held` is alive until here
+    load_library().cached_attention(ctypes.byref(args), device.cpu_threads())  # `held` is alive until here
     return output
 
 
@@ -316,7 +325,7 @@ class DecodeLayersArgs(ctypes.Structure):
         ("layer", ctypes.POINTER(DecodeLayerTensors)),
         ("weights_are_bfloat16", ctypes.c_int64),
         ("eps", ctypes.c_float),
-        ("attention", DecodeAttentionArgs),
+        ("attention", CachedAttentionArgs),
     ]
 
 
@@ -333,7 +342,7 @@ def decode_layers(
 
     `layer_tensors` holds each layer's tensors in `LAYER_TENSORS` order (None for a layer the kernels cannot run,
     e.g. one with LoRA); the seven product weights all float32 or all bfloat16. `rotary` and `attention_bias` are
-    as for `decode_attention`; `cache_columns` is `(keys per layer, values per layer, position, positions)` of the
+    as for `cached_attention`; `cache_columns` is `(keys per layer, values per layer, position, positions)` of the
     cache, written in place. `config` gives the sizes (hidden, intermediate, heads, KV heads, head_dim, eps).
     """
     batch = hidden_states.shape[0]
@@ -346,7 +355,7 @@ def decode_layers(
     if len(weight_dtypes) != 1 or not weight_dtypes <= set(PRODUCT_WEIGHT_DTYPES):
         return None
     attention, held = attention_args(
-        rotary, keys[0], position, positions, attention_bias, batch, config.num_attention_heads, config.head_dim
+        rotary, keys[0], position, positions, attention_bias, batch, config.num_attention_heads, config.head_dim, 1
     )
     layers = (DecodeLayerTensors * len(layer_tensors))(
         *(

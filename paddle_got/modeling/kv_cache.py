@@ -2,8 +2,9 @@
 
 Both caches hold every layer's keys and values feature-major, `[rows, kv_heads, head_dim, capacity]`, and give the
 decoder the same calls: `prepare` (positions and attention bias for the new tokens), `attend` (one layer:
-rotary, cache write, attention) and `advance`. For a one-token step on CPU `attend` runs our kernel
-(`kernels/decode_cpu`), which reads only each row's filled columns; elsewhere it runs Paddle's ops. `kernel_columns`
+rotary, cache write, attention) and `advance`. In CPU inference `attend` runs our kernel (`kernels/decode_cpu`),
+which reads only each row's filled columns (and, in a prefill, attends causally without a score matrix); elsewhere
+it runs Paddle's ops. `kernel_columns`
 tells the decoder where that kernel writes and reads when a whole step runs in one call (`decode_cpu.decode_layers`).
 
 - `KVCache`: a left-padded batch whose rows share one length (prompt prefill, `model(...)` calls with a cache).
@@ -112,8 +113,11 @@ class KVCache:
 
         Returns `[B, heads, d, new]`.
         """
-        if self.length > 0 and query.shape[-1] == 1:
-            attended = decode_cpu.decode_attention(
+        if decode_cpu.kernels_apply(query, keys):
+            if self.length == 0:  # the kernel writes the prompt into zeroed buffers of the full capacity
+                shape = keys.shape[:3] + [self.capacity]
+                self.keys[layer], self.values[layer] = paddle.zeros(shape, keys.dtype), paddle.zeros(shape, keys.dtype)
+            attended = decode_cpu.cached_attention(
                 query, keys, values, rotary, self.keys[layer], self.values[layer], self.length, attention_bias
             )
             if attended is not None:
@@ -231,7 +235,7 @@ class RowCache:
         attention_bias: Optional[paddle.Tensor],
     ) -> paddle.Tensor:
         """Layer `layer`: write each row's new key/value at its own position and attend over its filled columns."""
-        attended = decode_cpu.decode_attention(
+        attended = decode_cpu.cached_attention(
             query, keys, values, rotary, self.keys[layer], self.values[layer], 0, None, positions=self._positions
         )
         if attended is not None:

@@ -111,7 +111,7 @@ def declared_fields(struct_name):
     body = re.search(rf"struct {struct_name} \{{(.*?)\n\}};", source, re.S).group(1)
     declared = re.findall(r"^\s*(?:const )?(\w+)(\*?) ([\w, ]+);", body, re.M)  # `int64_t a, b;` declares two
     scalars = {"int64_t": ctypes.c_int64, "float": ctypes.c_float}
-    structs = {name: getattr(decode_cpu, name) for name in ("DecodeAttentionArgs", "DecodeLayerTensors")}
+    structs = {name: getattr(decode_cpu, name) for name in ("CachedAttentionArgs", "DecodeLayerTensors")}
     kinds = []
     for type_name, pointer, names in declared:
         if pointer:
@@ -124,7 +124,7 @@ def declared_fields(struct_name):
 
 @pytest.mark.parametrize(
     "struct_name,field_count",
-    [("DecodeAttentionArgs", 20), ("DecodeLayerTensors", 14), ("DecodeLayersArgs", 9)],
+    [("CachedAttentionArgs", 22), ("DecodeLayerTensors", 14), ("DecodeLayersArgs", 9)],
 )
 def test_the_argument_structs_match_the_cpp_ones(struct_name, field_count):
     """The kernels' argument structs are declared twice (ctypes and C++): the same fields, in the same order, of
@@ -178,7 +178,7 @@ def test_decode_attention_step_equals_float64_numpy(batch, heads, kv_heads, padd
     key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
     with paddle.no_grad():
         new_token = [paddle.to_tensor(array) for array in (query, new_keys, new_values)]
-        ours = decode_cpu.decode_attention(*new_token, rotary, key_buffer, value_buffer, position, bias).numpy()
+        ours = decode_cpu.cached_attention(*new_token, rotary, key_buffer, value_buffer, position, bias).numpy()
 
     token_positions = positions.numpy()[:, 0].astype("float64")
     rotated_keys = rotated(new_keys[..., 0].astype("float64"), token_positions, theta)
@@ -219,7 +219,7 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
     with paddle.no_grad():
         new_token = [paddle.to_tensor(array) for array in (query, new_keys, new_values)]
         positions = paddle.to_tensor(row_positions)
-        ours = decode_cpu.decode_attention(*new_token, rotary, key_buffer, value_buffer, 0, None, positions).numpy()
+        ours = decode_cpu.cached_attention(*new_token, rotary, key_buffer, value_buffer, 0, None, positions).numpy()
     written_keys, written_values = key_buffer.numpy(), value_buffer.numpy()
     rotated_keys = rotated(new_keys[..., 0].astype("float64"), row_positions.astype("float64"), theta)
     rotated_queries = rotated(query[..., 0].astype("float64"), row_positions.astype("float64"), theta)
@@ -238,6 +238,66 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
                 ours[row, h, :, 0], value @ (probabilities / probabilities.sum()), rtol=1e-5, atol=1e-6
             )
     assert np.isnan(written_keys[batch:]).all() and (written_values[batch:] == 1e30).all()
+
+
+@pytest.mark.parametrize(
+    "batch,heads,kv_heads,new_tokens,position,padded",
+    [(1, 4, 4, 9, 0, False), (3, 4, 2, 11, 0, True), (2, 4, 2, 5, 0, False), (2, 4, 4, 3, 20, True)],
+    ids=["prompt", "padded_prompt_gqa", "batch_gqa", "continuation"],
+)
+def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
+    batch, heads, kv_heads, new_tokens, position, padded, threads
+):
+    """A prefill (an empty cache, causal or with a padding bias) and a several-token continuation of a filled cache:
+    every new key and value written at its column, each real query attending over the columns up to its own (the
+    free columns hold NaN and huge values), and a fully masked padding query averaging every filled column's values,
+    as the Paddle path gives it."""
+    head_dim, capacity, theta = 16, 40, 1e4
+    filled = position + new_tokens
+    query, new_keys, new_values = (
+        random((batch, count, head_dim, new_tokens), seed)
+        for count, seed in ((heads, 20), (kv_heads, 21), (kv_heads, 22))
+    )
+    keys, values = random((batch, kv_heads, head_dim, capacity), 23), random((batch, kv_heads, head_dim, capacity), 24)
+    keys[..., position:], values[..., position:] = 1e30, np.nan
+    mask = np.ones((batch, filled), dtype="int64")
+    if padded:
+        mask[1, :4] = 0
+    positions = position_ids_from_mask(paddle.to_tensor(mask), new_tokens)
+    tables = RotaryEmbedding(head_dim, theta)(positions, "float32")
+    rotary = tuple(tuple(broadcastable_to_heads(table, count) for table in tables) for count in (heads, kv_heads))
+    key_length = new_tokens if position == 0 else capacity
+    bias = build_attention_bias(paddle.to_tensor(mask), new_tokens, position, key_length, heads, "float32")
+    assert (bias is None) == (not padded and position == 0)
+    key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
+    with paddle.no_grad():
+        new = [paddle.to_tensor(array) for array in (query, new_keys, new_values)]
+        ours = decode_cpu.cached_attention(*new, rotary, key_buffer, value_buffer, position, bias).numpy()
+
+    token_positions = positions.numpy().astype("float64")  # [B, new_tokens]
+    columns = slice(position, filled)
+    rotated_keys = np.stack(
+        [rotated(new_keys[..., t].astype("float64"), token_positions[:, t], theta) for t in range(new_tokens)], -1
+    )
+    np.testing.assert_allclose(key_buffer.numpy()[..., columns], rotated_keys, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(value_buffer.numpy()[..., columns], new_values)
+    np.testing.assert_array_equal(key_buffer.numpy()[..., filled:], keys[..., filled:])
+    keys[..., columns], values[..., columns] = rotated_keys, new_values
+    group = heads // kv_heads
+    for t in range(new_tokens):
+        rotated_queries = rotated(query[..., t].astype("float64"), token_positions[:, t], theta)
+        for b in range(batch):
+            visible = mask[b, : position + t + 1].astype(bool)
+            for h in range(heads):
+                key = keys[b, h // group, :, :filled].astype("float64")
+                value = values[b, h // group, :, :filled].astype("float64")
+                if visible.any():
+                    scores = rotated_queries[b, h] @ key[:, : position + t + 1][:, visible] / np.sqrt(head_dim)
+                    probabilities = np.exp(scores - scores.max())
+                    expected = value[:, : position + t + 1][:, visible] @ (probabilities / probabilities.sum())
+                else:
+                    expected = value.mean(axis=1)
+                np.testing.assert_allclose(ours[b, h, :, t], expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])
@@ -294,12 +354,12 @@ def one_call(request, monkeypatch):
 
 
 def assert_step_kernel_calls(calls, product, layers, prefills, steps, one_call):
-    """The kernel calls of `prefills` prefills and `steps` one-token steps: each prefill's head reads one row per
-    sequence through `product`; each step is one `decode_layers` call, or per layer the 7 linear layers and
-    attention, then the head."""
+    """The kernel calls of `prefills` prefills and `steps` one-token steps: each prefill attends through
+    `cached_attention` in every layer and its head reads one row per sequence through `product`; each step is one
+    `decode_layers` call, or per layer the 7 linear layers and attention, then the head."""
     per_step = 1 if one_call else 7 * layers + 1
     assert calls["decode_layers"] == (steps if one_call else 0)
-    assert calls["decode_attention"] == (0 if one_call else layers * steps)
+    assert calls["cached_attention"] == layers * (prefills + (0 if one_call else steps))
     assert calls[product] == prefills + per_step * steps
 
 
