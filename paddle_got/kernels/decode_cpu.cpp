@@ -1,5 +1,5 @@
-// The memory-bound work of a float32 decode step on CPU, built and loaded by decode_cpu.py (AVX2 + FMA;
-// decode_cpu_supported() tells whether this CPU can run them).
+// Our CPU kernels, built and loaded by decode_cpu.py (AVX2 + FMA; decode_cpu_supported() tells whether this CPU can
+// run them): the memory-bound work of a float32 decode step, a prefill's attention, and the vision encoder's.
 //
 // skinny_matmul: a few rows (1-8, one per sequence) times a large weight matrix, read once from memory. MKL runs a
 // one-row product on one core (~22 GB/s here) and an eight-row product at ~6-15 GB/s; these loops keep every core
@@ -18,6 +18,10 @@
 // decode_layers: a whole one-token step through every decoder layer (RMSNorm, q/k/v, cached_attention, o, the
 // residual, RMSNorm, SwiGLU, the residual) in one call, the pieces above run back to back: what a step costs
 // beyond its reads is then one call from Python instead of ~10 calls and Paddle ops per layer.
+//
+// vision_attention: the vision encoder's attention (decomposed relative positions) on register tiles, the score rows
+// of a few queries at a time kept in cache (Paddle's path adds the relative terms as height + width extra features
+// to the score matmul, three times its products on GOT's 64 x 64 map, and runs softmax over score blocks in memory).
 
 #include <immintrin.h>
 #include <omp.h>
@@ -392,10 +396,8 @@ __m256 exp_nonpositive(__m256 x) {
     return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)));
 }
 
-// probabilities[0:count] = softmax(scores[0:count]) in place.
-void softmax_in_place(float* scores, int64_t count) {
-    float largest = -3.402823466e38f;
-    for (int64_t c = 0; c < count; ++c) largest = std::max(largest, scores[c]);
+// scores[c] = exp(scores[c] - largest) in place for c < count (largest >= each of them); returns their sum.
+float exponentiate_in_place(float* scores, int64_t count, float largest) {
     const __m256 shift = _mm256_set1_ps(largest);
     __m256 total = _mm256_setzero_ps();
     int64_t c = 0;
@@ -409,7 +411,14 @@ void softmax_in_place(float* scores, int64_t count) {
         scores[c] = std::exp(scores[c] - largest);
         sum += scores[c];
     }
-    const float inverse = 1.0f / sum;
+    return sum;
+}
+
+// probabilities[0:count] = softmax(scores[0:count]) in place.
+void softmax_in_place(float* scores, int64_t count) {
+    float largest = -3.402823466e38f;
+    for (int64_t c = 0; c < count; ++c) largest = std::max(largest, scores[c]);
+    const float inverse = 1.0f / exponentiate_in_place(scores, count, largest);
     for (int64_t k = 0; k < count; ++k) scores[k] *= inverse;
 }
 
@@ -552,6 +561,200 @@ void rms_norm_rows(const float* x, int64_t rows, int64_t features, const float* 
     }
 }
 
+// ---- The vision encoder's attention ----
+// Softmax attention with MViTv2's decomposed relative positions over a [height, width] map, one head at a time:
+// scores[q, k] = scale * q . k + rel_h[q, ky] + rel_w[q, kx]. Keys are packed into 16-column tiles and values
+// transposed token-major once per call, so that both products run on 6 x 16 register tiles (12 accumulators, one
+// tile's loads shared by six queries); a task takes kVisionQueries queries of one head, their score rows in cache.
+
+constexpr int64_t kVisionQueries = 24;   // queries per task: the head's keys and values are read once for all of them
+constexpr int64_t kVisionTileRows = 6;   // queries per register tile
+constexpr int64_t kVisionKeyTile = 256;  // keys per pass of the value product (their values stay in cache)
+
+struct VisionAttentionArgs {
+    const float* qkv;       // [batch, 3, heads, head_dim, tokens]: the qkv projection, feature-major
+    const float* relative;  // [batch, heads, height + width, tokens]: rel_h then rel_w terms of each query
+    int64_t batch, heads, head_dim, height, width;
+    float* out;             // [batch, heads, head_dim, tokens]
+};
+
+// keys [head_dim, tokens] -> packed [tokens / 16][head_dim][16] (whole tiles only).
+void pack_key_tiles(const float* keys, int64_t head_dim, int64_t tokens, float* packed) {
+    for (int64_t d = 0; d < head_dim; ++d)
+        for (int64_t tile = 0; tile < tokens / kPanelWidth; ++tile)
+            std::memcpy(packed + (tile * head_dim + d) * kPanelWidth, keys + d * tokens + tile * kPanelWidth,
+                        kPanelWidth * sizeof(float));
+}
+
+// values [head_dim, tokens] -> token-major [tokens, head_dim].
+void transpose_values(const float* values, int64_t head_dim, int64_t tokens, float* transposed) {
+    constexpr int64_t kBlock = 64;
+    for (int64_t begin = 0; begin < tokens; begin += kBlock)
+        for (int64_t d = 0; d < head_dim; ++d)
+            for (int64_t k = begin; k < std::min(tokens, begin + kBlock); ++k)
+                transposed[k * head_dim + d] = values[d * tokens + k];
+}
+
+// scores[r * stride + j] = queries[:, r] . key_tile[:, j] for ROWS queries ([head_dim][kVisionQueries] columns) and
+// one packed tile of 16 keys ([head_dim][16]).
+template <int ROWS>
+void score_tile(const float* queries, int64_t head_dim, const float* key_tile, float* scores, int64_t stride) {
+    __m256 sum[ROWS][kPanelVectors];
+    for (int r = 0; r < ROWS; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < head_dim; ++d) {
+        const __m256 low = _mm256_loadu_ps(key_tile + d * kPanelWidth);
+        const __m256 high = _mm256_loadu_ps(key_tile + d * kPanelWidth + kFloatsPerVector);
+        for (int r = 0; r < ROWS; ++r) {
+            const __m256 q = _mm256_broadcast_ss(queries + d * kVisionQueries + r);
+            sum[r][0] = _mm256_fmadd_ps(q, low, sum[r][0]);
+            sum[r][1] = _mm256_fmadd_ps(q, high, sum[r][1]);
+        }
+    }
+    for (int r = 0; r < ROWS; ++r) {
+        _mm256_storeu_ps(scores + r * stride, sum[r][0]);
+        _mm256_storeu_ps(scores + r * stride + kFloatsPerVector, sum[r][1]);
+    }
+}
+
+// partial[r * head_dim + d0 + j] += sum over keys [begin, end) of probabilities[r * stride + k] * values[k, d0 + j],
+// for ROWS queries and 16 features from d0 (values token-major [tokens, head_dim]).
+template <int ROWS>
+void value_tile(const float* probabilities, int64_t stride, const float* values, int64_t head_dim, int64_t d0,
+                int64_t begin, int64_t end, float* partial) {
+    __m256 sum[ROWS][kPanelVectors];
+    for (int r = 0; r < ROWS; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_ps();
+    for (int64_t k = begin; k < end; ++k) {
+        const __m256 low = _mm256_loadu_ps(values + k * head_dim + d0);
+        const __m256 high = _mm256_loadu_ps(values + k * head_dim + d0 + kFloatsPerVector);
+        for (int r = 0; r < ROWS; ++r) {
+            const __m256 p = _mm256_broadcast_ss(probabilities + r * stride + k);
+            sum[r][0] = _mm256_fmadd_ps(p, low, sum[r][0]);
+            sum[r][1] = _mm256_fmadd_ps(p, high, sum[r][1]);
+        }
+    }
+    for (int r = 0; r < ROWS; ++r) {
+        float* out = partial + r * head_dim + d0;
+        _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), sum[r][0]));
+        _mm256_storeu_ps(out + kFloatsPerVector, _mm256_add_ps(_mm256_loadu_ps(out + kFloatsPerVector), sum[r][1]));
+    }
+}
+
+// row[k] += rel_h[k / width] + rel_w[k % width] for a [height, width] map of keys; returns the largest result.
+float add_relative_positions(float* row, const float* rel_h, const float* rel_w, int64_t height, int64_t width) {
+    __m256 largest = _mm256_set1_ps(-3.402823466e38f);
+    float largest_tail = -3.402823466e38f;
+    for (int64_t ky = 0; ky < height; ++ky) {
+        float* line = row + ky * width;
+        const __m256 h = _mm256_set1_ps(rel_h[ky]);
+        int64_t kx = 0;
+        for (; kx + kFloatsPerVector <= width; kx += kFloatsPerVector) {
+            const __m256 x = _mm256_add_ps(_mm256_loadu_ps(line + kx), _mm256_add_ps(h, _mm256_loadu_ps(rel_w + kx)));
+            _mm256_storeu_ps(line + kx, x);
+            largest = _mm256_max_ps(largest, x);
+        }
+        for (; kx < width; ++kx) {
+            line[kx] += rel_h[ky] + rel_w[kx];
+            largest_tail = std::max(largest_tail, line[kx]);
+        }
+    }
+    alignas(32) float lanes[kFloatsPerVector];
+    _mm256_store_ps(lanes, largest);
+    return std::max(largest_tail, *std::max_element(lanes, lanes + kFloatsPerVector));
+}
+
+// Per-thread room for one task: the queries [head_dim][kVisionQueries] (scaled), their relative-position terms
+// [kVisionQueries][height + width], score rows [kVisionQueries][score_stride] and output sums
+// [kVisionQueries][head_dim].
+struct VisionTaskBuffers {
+    std::vector<float> queries, relative, scores, partial;
+    int64_t score_stride;
+};
+
+// Queries [first, first + kVisionQueries) of head `bh` (fewer at the end): out[bh, :, q] for each.
+void attend_vision_queries(const VisionAttentionArgs& a, const float* packed_keys, const float* values_by_token,
+                           int64_t bh, int64_t first, VisionTaskBuffers& buffers) {
+    const int64_t dim = a.head_dim, tokens = a.height * a.width, terms = a.height + a.width;
+    const int64_t count = std::min(kVisionQueries, tokens - first), stride = buffers.score_stride;
+    const int64_t batch = bh / a.heads, head = bh % a.heads;
+    const float* query = a.qkv + (batch * 3 * a.heads + head) * dim * tokens;
+    const float* keys = query + a.heads * dim * tokens;
+    const float* relative = a.relative + bh * terms * tokens;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    float* queries = buffers.queries.data();
+    float* scores = buffers.scores.data();
+    float* partial = buffers.partial.data();
+    for (int64_t d = 0; d < dim; ++d)
+        for (int64_t r = 0; r < kVisionQueries; ++r)
+            queries[d * kVisionQueries + r] = r < count ? query[d * tokens + first + r] * scale : 0.0f;
+    for (int64_t j = 0; j < terms; ++j)
+        for (int64_t r = 0; r < count; ++r) buffers.relative[r * terms + j] = relative[j * tokens + first + r];
+    const int64_t tiled = tokens / kPanelWidth * kPanelWidth;
+    for (int64_t k = 0; k < tiled; k += kPanelWidth)
+        for (int64_t r = 0; r < kVisionQueries; r += kVisionTileRows)
+            score_tile<kVisionTileRows>(queries + r, dim, packed_keys + bh * tiled * dim + k * dim,
+                                        scores + r * stride + k, stride);
+    for (int64_t k = tiled; k < tokens; ++k)
+        for (int64_t r = 0; r < count; ++r) {
+            float total = 0.0f;
+            for (int64_t d = 0; d < dim; ++d) total += queries[d * kVisionQueries + r] * keys[d * tokens + k];
+            scores[r * stride + k] = total;
+        }
+    float inverse[kVisionQueries] = {};
+    for (int64_t r = 0; r < count; ++r) {
+        const float* terms_of_query = buffers.relative.data() + r * terms;
+        float* row = scores + r * stride;
+        const float largest = add_relative_positions(row, terms_of_query, terms_of_query + a.height, a.height, a.width);
+        inverse[r] = 1.0f / exponentiate_in_place(row, tokens, largest);
+    }
+    std::fill(partial, partial + kVisionQueries * dim, 0.0f);
+    const float* values = values_by_token + bh * tokens * dim;
+    const int64_t tiled_dim = dim / kPanelWidth * kPanelWidth;
+    for (int64_t begin = 0; begin < tokens; begin += kVisionKeyTile) {
+        const int64_t end = std::min(tokens, begin + kVisionKeyTile);
+        for (int64_t d0 = 0; d0 < tiled_dim; d0 += kPanelWidth)
+            for (int64_t r = 0; r < count; r += kVisionTileRows)
+                value_tile<kVisionTileRows>(scores + r * stride, stride, values, dim, d0, begin, end,
+                                            partial + r * dim);
+    }
+    for (int64_t r = 0; r < count; ++r)
+        for (int64_t d = tiled_dim; d < dim; ++d) {
+            float total = 0.0f;
+            for (int64_t k = 0; k < tokens; ++k) total += scores[r * stride + k] * values[k * dim + d];
+            partial[r * dim + d] = total;
+        }
+    float* out = a.out + bh * dim * tokens;
+    for (int64_t r = 0; r < count; ++r)
+        for (int64_t d = 0; d < dim; ++d) out[d * tokens + first + r] = partial[r * dim + d] * inverse[r];
+}
+
+// Every head's attention: keys packed and values transposed (all heads, split over the threads), then the tasks.
+void run_vision_attention(const VisionAttentionArgs& a, int num_threads) {
+    const int64_t dim = a.head_dim, tokens = a.height * a.width, heads = a.batch * a.heads;
+    const int64_t tiled = tokens / kPanelWidth * kPanelWidth;
+    const int64_t tasks_per_head = (tokens + kVisionQueries - 1) / kVisionQueries;
+    std::vector<float> packed_keys(heads * tiled * dim), values_by_token(heads * tokens * dim);
+#pragma omp parallel num_threads(num_threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t bh = 0; bh < heads; ++bh) {
+            const float* keys = a.qkv + ((bh / a.heads * 3 + 1) * a.heads + bh % a.heads) * dim * tokens;
+            const float* values = keys + a.heads * dim * tokens;
+            pack_key_tiles(keys, dim, tokens, packed_keys.data() + bh * tiled * dim);
+            transpose_values(values, dim, tokens, values_by_token.data() + bh * tokens * dim);
+        }
+        VisionTaskBuffers buffers;
+        buffers.score_stride = tokens + kPanelWidth;  // a padded stride: score rows 2^k floats apart share cache sets
+        buffers.queries.resize(dim * kVisionQueries);
+        buffers.relative.resize(kVisionQueries * (a.height + a.width));
+        buffers.scores.resize(kVisionQueries * buffers.score_stride);
+        buffers.partial.resize(kVisionQueries * dim);
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < heads * tasks_per_head; ++task)
+            attend_vision_queries(a, packed_keys.data(), values_by_token.data(), task / tasks_per_head,
+                                  task % tasks_per_head * kVisionQueries, buffers);
+    }
+}
+
 // Where one decoder layer's tensors are, for decode_layers: float32, but for the seven product weights, which are
 // Paddle Linear weights [in, out], all float32 or all bfloat16.
 struct DecodeLayerTensors {
@@ -631,6 +834,9 @@ void cached_attention(const CachedAttentionArgs* args, int num_threads) { run_ca
 void rms_norm(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out) {
     rms_norm_rows(x, rows, features, weight, eps, out);
 }
+
+// The vision encoder's attention for one block (see run_vision_attention).
+void vision_attention(const VisionAttentionArgs* args, int num_threads) { run_vision_attention(*args, num_threads); }
 
 // Every decoder layer for one new token per row (see decode_layers_with); `hidden` is updated in place.
 void decode_layers(const DecodeLayersArgs* args, int num_threads) {

@@ -13,7 +13,8 @@ A one-token step runs through every decoder layer in one call (`decode_layers`: 
 residuals, back to back in C++), which saves the ~10 Python-side kernel calls and Paddle ops per layer; where a
 layer is not plain (LoRA), the layers run one by one, each product and attention still through our kernels. A
 prefill's attention runs through the same attention kernel (`cached_attention`), causally, without the
-`[heads, tokens, tokens]` score matrix Paddle's ops would build.
+`[heads, tokens, tokens]` score matrix Paddle's ops would build. The vision encoder's attention has its own kernel
+(`vision_attention`), bound by arithmetic rather than reads, in the same library.
 """
 
 import ctypes
@@ -108,8 +109,9 @@ def load_library() -> Optional[ctypes.CDLL]:
     library.cached_attention.argtypes = [ctypes.POINTER(CachedAttentionArgs), ctypes.c_int]
     library.rms_norm.argtypes = [pointer, count, count, pointer, ctypes.c_float, pointer]
     library.decode_layers.argtypes = [ctypes.POINTER(DecodeLayersArgs), ctypes.c_int]
+    library.vision_attention.argtypes = [ctypes.POINTER(VisionAttentionArgs), ctypes.c_int]
     kernels = (library.skinny_matmul, library.skinny_matmul_bf16, library.cached_attention, library.rms_norm)
-    for function in (*kernels, library.decode_layers):
+    for function in (*kernels, library.decode_layers, library.vision_attention):
         function.restype = None
     return library
 
@@ -118,7 +120,8 @@ def kernels_apply(activations: paddle.Tensor, stored: paddle.Tensor, weight_dtyp
     """True when our kernels can take float32 `activations` with `stored` (a weight, in one of `weight_dtypes`, or a
     cache) in CPU inference."""
     return (
-        not paddle.is_grad_enabled()
+        paddle.in_dynamic_mode()
+        and not paddle.is_grad_enabled()
         and activations.dtype == paddle.float32
         and stored.dtype in weight_dtypes
         and activations.place.is_cpu_place()
@@ -379,3 +382,41 @@ def decode_layers(
     )
     load_library().decode_layers(ctypes.byref(args), device.cpu_threads())  # `held` is alive until here
     return hidden
+
+
+class VisionAttentionArgs(ctypes.Structure):
+    """`vision_attention`'s arguments in decode_cpu.cpp (the same fields, in the same order)."""
+
+    _fields_ = [
+        ("qkv", ctypes.c_void_p),
+        ("relative", ctypes.c_void_p),
+        *((name, ctypes.c_int64) for name in ("batch", "heads", "head_dim", "height", "width")),
+        ("out", ctypes.c_void_p),
+    ]
+
+
+def vision_attention(qkv: paddle.Tensor, relative: paddle.Tensor, height: int, width: int) -> Optional[paddle.Tensor]:
+    """The vision encoder's softmax attention with decomposed relative positions, through our kernel: float32
+    `[N, heads, head_dim, height * width]`, or None where it does not apply.
+
+    `qkv` is the feature-major qkv projection `[N, 3, heads, head_dim, height * width]` (queries unscaled);
+    `relative` `[N, heads, height + width, height * width]` holds each query's rel_h then rel_w terms. The scores are
+    `q . k / sqrt(head_dim) + rel_h[q, ky] + rel_w[q, kx]`.
+    """
+    if not kernels_apply(qkv, relative):
+        return None
+    batch, _, heads, head_dim, tokens = qkv.shape
+    qkv, relative = qkv.contiguous(), relative.contiguous()
+    output = _C_ops.empty([batch, heads, head_dim, tokens], qkv.dtype, CPU)
+    args = VisionAttentionArgs(
+        qkv=qkv.data_ptr(),
+        relative=relative.data_ptr(),
+        batch=batch,
+        heads=heads,
+        head_dim=head_dim,
+        height=height,
+        width=width,
+        out=output.data_ptr(),
+    )
+    load_library().vision_attention(ctypes.byref(args), device.cpu_threads())
+    return output

@@ -14,6 +14,7 @@ import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
 from ..config import GOTVisionConfig
+from ..kernels import decode_cpu
 from .feature_major import linear_from_feature_major, linear_to_feature_major
 
 
@@ -124,8 +125,9 @@ def attention_in_query_blocks(
 class VisionAttention(nn.Layer):
     """Multi-head self-attention over a `[N, H, W, C]` map with decomposed relative positions.
 
-    Heads are feature-major, `[N, heads, head_dim, H*W]` (see `feature_major`). The relative-position bias enters
-    the score matmul as extra features (see `key_grid_indicators`); scores are computed a block of queries at a time.
+    Heads are feature-major, `[N, heads, head_dim, H*W]` (see `feature_major`). In CPU inference our kernel attends
+    (`decode_cpu.vision_attention`: the relative terms added to each score row in cache); elsewhere the relative-
+    position bias enters the score matmul as extra features (see `key_grid_indicators`), a block of queries at a time.
     """
 
     SCORE_BLOCK_BYTES = 32 * 1024 * 1024
@@ -148,12 +150,19 @@ class VisionAttention(nn.Layer):
         qkv = qkv.reshape([batch, 3, self.num_heads, self.head_dim, -1])
         query, keys, values = qkv.unbind(axis=1)  # each [N, heads, d, L]
         relative = decomposed_rel_pos(query, self.rel_pos_h, self.rel_pos_w, height, width)
+        attended = decode_cpu.vision_attention(qkv, relative, height, width)
+        if attended is None:
+            attended = self.attend_with_indicators(query, keys, values, relative, height, width)
+        output = linear_from_feature_major(self.proj, attended.reshape([batch, channels, -1]))  # [N, L, C]
+        return output.reshape([batch, height, width, channels])
+
+    def attend_with_indicators(self, query, keys, values, relative, height: int, width: int) -> paddle.Tensor:
+        """Paddle's ops: the relative terms join the score matmul as extra features; `[N, heads, d, L]`."""
+        batch = query.shape[0]
         indicators = key_grid_indicators(height, width, keys.dtype)
         query = paddle.concat([query * (1.0 / math.sqrt(self.head_dim)), relative], axis=2)
         keys = paddle.concat([keys, indicators.expand([batch, self.num_heads] + indicators.shape)], axis=2)
-        attended = attention_in_query_blocks(query, keys, values, self.SCORE_BLOCK_BYTES)  # [N, heads, d, L]
-        output = linear_from_feature_major(self.proj, attended.reshape([batch, channels, -1]))  # [N, L, C]
-        return output.reshape([batch, height, width, channels])
+        return attention_in_query_blocks(query, keys, values, self.SCORE_BLOCK_BYTES)
 
 
 class VisionMLP(nn.Layer):

@@ -124,7 +124,7 @@ def declared_fields(struct_name):
 
 @pytest.mark.parametrize(
     "struct_name,field_count",
-    [("CachedAttentionArgs", 22), ("DecodeLayerTensors", 14), ("DecodeLayersArgs", 9)],
+    [("CachedAttentionArgs", 22), ("DecodeLayerTensors", 14), ("DecodeLayersArgs", 9), ("VisionAttentionArgs", 8)],
 )
 def test_the_argument_structs_match_the_cpp_ones(struct_name, field_count):
     """The kernels' argument structs are declared twice (ctypes and C++): the same fields, in the same order, of
@@ -298,6 +298,29 @@ def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
                 else:
                     expected = value.mean(axis=1)
                 np.testing.assert_allclose(ours[b, h, :, t], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "batch,heads,head_dim,height,width",
+    [(2, 3, 20, 5, 7), (1, 2, 32, 8, 8), (3, 1, 16, 3, 3), (1, 2, 64, 13, 11)],
+    ids=["odd_sizes", "whole_tiles", "one_partial_tile", "several_tasks"],
+)
+def test_vision_attention_equals_float64_numpy(batch, heads, head_dim, height, width, threads):
+    """softmax(q . k / sqrt(d) + rel_h[q, ky] + rel_w[q, kx]) . v per head, for maps whose token count and head size
+    leave every kind of remainder (the 16-key tiles, the 6-query register tiles, the 24-query tasks)."""
+    tokens = height * width
+    qkv = random((batch, 3, heads, head_dim, tokens), 30)
+    relative = random((batch, heads, height + width, tokens), 31) * 3
+    with paddle.no_grad():
+        ours = decode_cpu.vision_attention(paddle.to_tensor(qkv), paddle.to_tensor(relative), height, width).numpy()
+    query, keys, values = (qkv[:, i].astype("float64") for i in range(3))
+    key_rows, key_columns = np.divmod(np.arange(tokens), width)
+    bias = relative[:, :, key_rows, :] + relative[:, :, height + key_columns, :]  # [B, heads, key, query]
+    scores = np.einsum("bhdq,bhdk->bhqk", query, keys) / np.sqrt(head_dim) + bias.transpose(0, 1, 3, 2)
+    probabilities = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    expected = np.einsum("bhqk,bhdk->bhdq", probabilities, values)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])

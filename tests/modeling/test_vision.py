@@ -9,6 +9,7 @@ import reference
 from reference import SHAPES
 
 from paddle_got import GOTQwenForCausalLM
+from paddle_got.kernels import decode_cpu
 from paddle_got.modeling.vision import get_rel_pos, window_partition, window_unpartition
 
 
@@ -31,13 +32,34 @@ def test_rel_pos_table_indexing():
             np.testing.assert_array_equal(relative[i, j], table.numpy()[i - j + 2])
 
 
+@pytest.fixture(params=[True, False], ids=["inference", "with_gradients"])
+def kernel_attentions(request, monkeypatch):
+    """`(inference, calls)`: run without gradients (where our CPU kernel attends) or with them (Paddle's ops);
+    `calls` counts the vision attentions our kernel ran."""
+    calls = []
+    kernel = decode_cpu.vision_attention
+
+    def counted(*args):
+        attended = kernel(*args)
+        calls.extend([] if attended is None else [attended.shape])
+        return attended
+
+    monkeypatch.setattr(decode_cpu, "vision_attention", counted)
+    return request.param, calls
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
-def test_image_features_match_reference(shape, checkpoint_dirs, reference_models):
-    """Encoder + net_2/net_3 + projector give the reference's image features, tile by tile."""
+def test_image_features_match_reference(shape, checkpoint_dirs, reference_models, kernel_attentions):
+    """Encoder + net_2/net_3 + projector give the reference's image features, tile by tile, with every attention
+    through our kernel in inference and through Paddle's ops with gradients."""
+    inference, calls = kernel_attentions
     model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(shape, "got"))
     pixels = reference.random_pixels(2, shape, seed=9)
     with torch.no_grad():
         expected = reference_models(shape).get_image_features(torch.from_numpy(pixels)).numpy()
-    features = model.qwen2.encode_images(paddle.to_tensor(pixels)).numpy()
+    with paddle.set_grad_enabled(not inference):
+        features = model.qwen2.encode_images(paddle.to_tensor(pixels)).numpy()
     assert features.shape == (2, shape.tokens_per_tile, shape.text_hidden)
+    kernel_runs = inference and decode_cpu.load_library() is not None
+    assert len(calls) == (shape.vision_layers if kernel_runs else 0)
     assert reference.relative_error(features, expected) <= 1e-5
