@@ -10,8 +10,8 @@
 //   summation order differs from a float32 product; half the bytes read).
 //
 // cached_attention: one layer's attention for the new tokens of each sequence (one in a decode step, the prompt in a
-// prefill): rotary on the new queries and keys, the keys and values written into the feature-major KV cache, and
-// attention over its filled columns only (causally, without materialising a [tokens, tokens] score matrix).
+// prefill): rotary on the new queries and keys, the keys and values written into the token-major KV cache, and
+// attention over its filled rows only (causally, without materialising a [tokens, tokens] score matrix).
 //
 // rms_norm: the decoder's RMSNorm for a few rows.
 //
@@ -422,21 +422,82 @@ void softmax_in_place(float* scores, int64_t count) {
     for (int64_t k = 0; k < count; ++k) scores[k] *= inverse;
 }
 
-// One head: out[d] = softmax(query . K[:, :count] + bias) . V[d, :count] (query already scaled); K and V rows are
-// `capacity` floats apart.
-void attend_one_head(const float* query, int64_t head_dim, const float* keys, const float* values, int64_t capacity,
-                     int64_t count, const float* bias, float* scores, float* out) {
-    one_row_slab<8>(query, keys, capacity, count, Range{0, head_dim}, scores);
+// scores[k] = query . keys[k, :] for k < count; keys token-major (rows of head_dim floats, one per token).
+void score_tokens(const float* query, const float* keys, int64_t head_dim, int64_t count, float* scores) {
+    const int64_t vectorised = head_dim / kFloatsPerVector * kFloatsPerVector;
+    int64_t k = 0;
+    for (; k + 4 <= count; k += 4) {
+        __m256 sum[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int64_t i = 0; i < vectorised; i += kFloatsPerVector) {
+            const __m256 q = _mm256_loadu_ps(query + i);
+            for (int t = 0; t < 4; ++t)
+                sum[t] = _mm256_fmadd_ps(q, _mm256_loadu_ps(keys + (k + t) * head_dim + i), sum[t]);
+        }
+        // Lane j of `pairs` holds partial sums of token j % 4, so its two halves add up to the four dot products.
+        const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(sum[0], sum[1]), _mm256_hadd_ps(sum[2], sum[3]));
+        _mm_storeu_ps(scores + k, _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1)));
+        for (int t = 0; t < 4; ++t)
+            for (int64_t i = vectorised; i < head_dim; ++i) scores[k + t] += query[i] * keys[(k + t) * head_dim + i];
+    }
+    for (; k < count; ++k) {
+        float total = 0.0f;
+        for (int64_t i = 0; i < head_dim; ++i) total += query[i] * keys[k * head_dim + i];
+        scores[k] = total;
+    }
+}
+
+// out[0 : 8 * VECTORS] = sum over k < count of weights[k] * rows[k, 0 : 8 * VECTORS], rows `stride` floats apart.
+template <int VECTORS>
+void weigh_rows(const float* weights, const float* rows, int64_t stride, int64_t count, float* out) {
+    __m256 sum[VECTORS];
+    for (int v = 0; v < VECTORS; ++v) sum[v] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < count; ++k) {
+        const __m256 weight = _mm256_broadcast_ss(weights + k);
+        for (int v = 0; v < VECTORS; ++v)
+            sum[v] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(rows + k * stride + v * kFloatsPerVector), sum[v]);
+    }
+    for (int v = 0; v < VECTORS; ++v) _mm256_storeu_ps(out + v * kFloatsPerVector, sum[v]);
+}
+
+// out[d] = sum over k < count of probabilities[k] * values[k, d]; values token-major like score_tokens' keys. Up to
+// eight vectors of features per pass over the values, each row read once per pass.
+void weigh_values(const float* probabilities, const float* values, int64_t head_dim, int64_t count, float* out) {
+    constexpr int64_t kPassWidth = 8 * kFloatsPerVector;
+    int64_t d = 0;
+    for (; d + kPassWidth <= head_dim; d += kPassWidth)
+        weigh_rows<8>(probabilities, values + d, head_dim, count, out + d);
+    const float* rows = values + d;
+    switch ((head_dim - d) / kFloatsPerVector) {
+        case 7: weigh_rows<7>(probabilities, rows, head_dim, count, out + d); break;
+        case 6: weigh_rows<6>(probabilities, rows, head_dim, count, out + d); break;
+        case 5: weigh_rows<5>(probabilities, rows, head_dim, count, out + d); break;
+        case 4: weigh_rows<4>(probabilities, rows, head_dim, count, out + d); break;
+        case 3: weigh_rows<3>(probabilities, rows, head_dim, count, out + d); break;
+        case 2: weigh_rows<2>(probabilities, rows, head_dim, count, out + d); break;
+        case 1: weigh_rows<1>(probabilities, rows, head_dim, count, out + d); break;
+        default: break;
+    }
+    for (d += (head_dim - d) / kFloatsPerVector * kFloatsPerVector; d < head_dim; ++d) {
+        float total = 0.0f;
+        for (int64_t k = 0; k < count; ++k) total += probabilities[k] * values[k * head_dim + d];
+        out[d] = total;
+    }
+}
+
+// One head: out = softmax(query . K[:count] + bias) . V[:count] (query already scaled), K and V token-major
+// [tokens, head_dim]: each head's cache is one contiguous block, read front to back.
+void attend_one_head(const float* query, int64_t head_dim, const float* keys, const float* values, int64_t count,
+                     const float* bias, float* scores, float* out) {
+    score_tokens(query, keys, head_dim, count, scores);
     if (bias)
         for (int64_t c = 0; c < count; ++c) scores[c] += bias[c];
     softmax_in_place(scores, count);
-    int64_t d = 0;
-    for (; d + 4 <= head_dim; d += 4) dot_block<1, 4>(scores, count, values + d * capacity, capacity, nullptr, 0, out + d);
-    for (; d < head_dim; ++d) dot_block<1, 1>(scores, count, values + d * capacity, capacity, nullptr, 0, out + d);
+    weigh_values(scores, values, head_dim, count, out);
 }
 
 // Where one cached attention step finds its tensors (all float32, contiguous): `new_tokens` new tokens per sequence
-// (1 for a decode step, the prompt for a prefill), feature-major like the cache. Rotary tables and the bias have one
+// (1 for a decode step, the prompt for a prefill), feature-major as the projections give them; the cache is
+// token-major (each head's keys one contiguous block, as attention reads them). Rotary tables and the bias have one
 // block per head: block (b * heads + h) for queries, (b * kv_heads + g) for keys, `*_row_stride` floats apart (0:
 // one block shared by every head and sequence).
 struct CachedAttentionArgs {
@@ -448,10 +509,10 @@ struct CachedAttentionArgs {
     const float* key_cos;
     const float* key_sin;
     int64_t table_row_stride;
-    float* keys;               // cache [>= batch, kv_heads, head_dim, capacity]; columns from `position` are written
+    float* keys;               // cache [>= batch, kv_heads, capacity, head_dim]; rows from `position` are written
     float* values;
     int64_t capacity;
-    int64_t position;          // filled columns before this step
+    int64_t position;          // filled rows (tokens) before this step
     const int64_t* positions;  // [batch]: each sequence's own `position` (continuous batching, one new token), or null
     int64_t new_tokens;
     const float* bias;         // additive, blocks of [new_tokens, bias_columns] (bias_columns >= position +
@@ -509,11 +570,10 @@ void add_in_place(float* total, const float* addend, int64_t count) {
     for (int64_t i = 0; i < count; ++i) total[i] += addend[i];
 }
 
-// One decode step of attention: rotate the new keys into the cache (values too, unrotated), then each rotated query
-// attends over the position + 1 filled columns of its sequence; query head h reads KV head h / (heads / kv_heads).
-// One attention step: every new key (rotated) and value written into the cache at its sequence's columns, then
-// each new query attends over the columns it may see: causally, or with a bias over every filled column (the bias
-// masks what it hides, as in the Paddle path, so even a fully masked padding row gives the same result).
+// One attention step: every new key (rotated) and value written into the cache at its sequence's next rows, then
+// each rotated query attends over the tokens it may see: causally, or with a bias over every filled row (the bias
+// masks what it hides, as in the Paddle path, so even a fully masked padding row gives the same result). Query head
+// h reads KV head h / (heads / kv_heads).
 void run_cached_attention(const CachedAttentionArgs& a, int num_threads) {
     const int64_t group = a.heads / a.kv_heads, tokens = a.new_tokens, head_dim = a.head_dim;
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -524,11 +584,10 @@ void run_cached_attention(const CachedAttentionArgs& a, int num_threads) {
         for (int64_t row_token = 0; row_token < a.batch * a.kv_heads * tokens; ++row_token) {
             const int64_t row = row_token / tokens, t = row_token % tokens;
             const int64_t table = row * a.table_row_stride + t, source = row * head_dim * tokens + t;
-            const int64_t column = row * head_dim * a.capacity + position_of(row / a.kv_heads) + t;
-            rotate(a.new_keys + source, a.key_cos + table, a.key_sin + table, tokens, head_dim, 1.0f, a.keys + column,
-                   a.capacity);
-            for (int64_t d = 0; d < head_dim; ++d)
-                a.values[column + d * a.capacity] = a.new_values[source + d * tokens];
+            const int64_t target = (row * a.capacity + position_of(row / a.kv_heads) + t) * head_dim;
+            rotate(a.new_keys + source, a.key_cos + table, a.key_sin + table, tokens, head_dim, 1.0f, a.keys + target,
+                   1);
+            for (int64_t d = 0; d < head_dim; ++d) a.values[target + d] = a.new_values[source + d * tokens];
         }
         thread_local std::vector<float> scores, query, attended;
         scores.resize(a.capacity);
@@ -541,8 +600,8 @@ void run_cached_attention(const CachedAttentionArgs& a, int num_threads) {
             const int64_t kv = row / a.heads * a.kv_heads + row % a.heads / group;
             rotate(a.query + row * head_dim * tokens + t, a.query_cos + table, a.query_sin + table, tokens, head_dim,
                    scale, query.data(), 1);
-            attend_one_head(query.data(), head_dim, a.keys + kv * head_dim * a.capacity,
-                            a.values + kv * head_dim * a.capacity, a.capacity, count,
+            attend_one_head(query.data(), head_dim, a.keys + kv * a.capacity * head_dim,
+                            a.values + kv * a.capacity * head_dim, count,
                             a.bias ? a.bias + row * a.bias_row_stride + t * a.bias_columns : nullptr, scores.data(),
                             attended.data());
             for (int64_t d = 0; d < head_dim; ++d) a.out[(row * head_dim + d) * tokens + t] = attended[d];

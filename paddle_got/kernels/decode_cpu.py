@@ -3,7 +3,7 @@
 While generating, every linear layer multiplies 1-8 rows (one per sequence) by a weight read once from memory, and
 attention reads each cached key and value once, so a step's speed is its read rate. MKL runs one row on a single
 core and eight rows slower still, and Paddle's attention would read the cache's free capacity too; our kernels
-stream on every core and read only filled columns. They apply in float32 inference on CPU (weights in float32, or in
+stream on every core and read only filled positions. They apply in float32 inference on CPU (weights in float32, or in
 bfloat16 for half the reads: see `GOTQwenForCausalLM.keep_decoder_weights_in_bfloat16`) and are compiled on first
 use (AVX2 + FMA, Linux x86-64, any C++ compiler) into the cache directory, then loaded with ctypes. Without a
 compiler, on another CPU, or with `PADDLE_GOT_NATIVE=0`, Paddle's kernels run instead (the same results up to
@@ -249,7 +249,7 @@ def attention_args(
         key_cos=held[2].data_ptr(),
         key_sin=held[3].data_ptr(),
         table_row_stride=per_head_rows(held[0]),
-        capacity=keys.shape[-1],
+        capacity=keys.shape[2],
         position=position,
         positions=None if positions is None else held[4].data_ptr(),
         new_tokens=new_tokens,
@@ -280,11 +280,11 @@ def cached_attention(
 
     `query` `[B, H, d, L]` and `new_keys`/`new_values` `[B, kv_heads, d, L]` are the new tokens' projections before
     rotary; `rotary` is `((cos, sin) for query heads, (cos, sin) for KV heads)` as `attend`'s callers build it.
-    The rotated keys and the values are written into columns `position...position + L - 1` of the cache buffers
-    `keys`/`values` `[>= B, kv_heads, d, capacity]` (sequence b in slot b). Without `attention_bias` each query
-    attends causally; with it (additive, `[L, K]` shared or `[B, H, L, K]`, K >= position + L) over every filled
-    column. `positions` (int64 `[B]`, one new token) gives each sequence its own position instead (continuous
-    batching).
+    The rotated keys and the values are written at positions `position...position + L - 1` of the token-major cache
+    buffers `keys`/`values` `[>= B, kv_heads, capacity, d]` (sequence b in slot b). Without `attention_bias` each
+    query attends causally; with it (additive, `[L, K]` shared or `[B, H, L, K]`, K >= position + L) over every
+    filled position. `positions` (int64 `[B]`, one new token) gives each sequence its own position instead
+    (continuous batching).
     """
     if not kernels_apply(query, keys) or not values.is_contiguous():
         return None

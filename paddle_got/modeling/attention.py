@@ -58,36 +58,43 @@ def use_fused_attention(tensor: paddle.Tensor) -> bool:
 
 
 def attend(
-    query: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, attention_bias: Optional[paddle.Tensor]
+    query: paddle.Tensor,
+    keys: paddle.Tensor,
+    values: paddle.Tensor,
+    attention_bias: Optional[paddle.Tensor],
+    token_major: bool = False,
 ) -> paddle.Tensor:
-    """Softmax attention on feature-major heads: query `[B, H, d, L]`, keys/values `[B, H, d, K]` -> `[B, H, d, L]`.
+    """Softmax attention on feature-major heads: query `[B, H, d, L]`, keys/values `[B, H, d, K]` (or token-major
+    `[B, H, K, d]`, as the KV caches hold them, with `token_major`) -> `[B, H, d, L]`.
 
     `attention_bias` is additive, `[L, K]` or `[B, H, L, K]`; None means plain causal (K == L).
     """
     length = query.shape[-1]
     if use_fused_attention(query):
         rows = [0, 3, 1, 2]  # [B, H, d, L] -> [B, L, H, d], the layout of the fused kernel
+        key_rows = [0, 2, 1, 3] if token_major else rows
         if attention_bias is not None and attention_bias.ndim == 2:
             attention_bias = attention_bias.unsqueeze([0, 1])
         attended = F.scaled_dot_product_attention(
             query.transpose(rows),
-            keys.transpose(rows),
-            values.transpose(rows),
+            keys.transpose(key_rows),
+            values.transpose(key_rows),
             attn_mask=attention_bias,
             is_causal=attention_bias is None and length > 1,
         )
         return attended.transpose([0, 2, 3, 1])
     if attention_bias is None and length > 1:
         attention_bias = causal_bias(length, query.dtype)
-    scores = paddle.matmul(query * (1.0 / math.sqrt(query.shape[2])), keys, transpose_x=True)  # [B, H, L, K]
+    scaled = query * (1.0 / math.sqrt(query.shape[2]))
+    scores = paddle.matmul(scaled, keys, transpose_x=True, transpose_y=token_major)  # [B, H, L, K]
     if attention_bias is not None:
         scores = scores + attention_bias
     probabilities = F.softmax(scores, axis=-1)
-    return paddle.matmul(values, probabilities, transpose_y=True)
+    return paddle.matmul(values, probabilities, transpose_x=token_major, transpose_y=True)
 
 
 def repeat_kv_heads(keys: paddle.Tensor, values: paddle.Tensor, num_heads: int):
-    """Grouped KV heads `[B, kv_heads, d, K]` repeated to `num_heads` (unchanged when they are equal)."""
+    """Grouped KV heads `[B, kv_heads, ...]` repeated to `num_heads` along axis 1 (unchanged when they are equal)."""
     if keys.shape[1] == num_heads:
         return keys, values
     repeats = num_heads // keys.shape[1]

@@ -1,18 +1,19 @@
 """The decoder's KV caches, and the one place that decides how a cached attention step runs.
 
-Both caches hold every layer's keys and values feature-major, `[rows, kv_heads, head_dim, capacity]`, and give the
-decoder the same calls: `prepare` (positions and attention bias for the new tokens), `attend` (one layer:
-rotary, cache write, attention) and `advance`. In CPU inference `attend` runs our kernel (`kernels/decode_cpu`),
-which reads only each row's filled columns (and, in a prefill, attends causally without a score matrix); elsewhere
-it runs Paddle's ops. `kernel_columns`
-tells the decoder where that kernel writes and reads when a whole step runs in one call (`decode_cpu.decode_layers`).
+Both caches hold every layer's keys and values token-major, `[rows, kv_heads, capacity, head_dim]` (each head's
+cache one contiguous block, which is how a decode step reads it), and give the decoder the same calls: `prepare`
+(positions and attention bias for the new tokens), `attend` (one layer: rotary, cache write, attention) and
+`advance`. In CPU inference `attend` runs our kernel (`kernels/decode_cpu`), which reads only each row's filled
+positions (and, in a prefill, attends causally without a score matrix); elsewhere it runs Paddle's ops.
+`kernel_columns` tells the decoder where that kernel writes and reads when a whole step runs in one call
+(`decode_cpu.decode_layers`).
 
 - `KVCache`: a left-padded batch whose rows share one length (prompt prefill, `model(...)` calls with a cache).
 - `RowCache`: continuous batching. Rows come and go, each with its own length and positions (no padding):
   rows `0..rows-1` are running, a new row takes the next slot, a finished row's slot is refilled by the last row.
 
-Whenever a cache must grow, its capacity grows to GROWTH columns beyond what is needed, so the next GROWTH steps
-neither copy nor slice the buffers.
+Whenever a cache must grow, its capacity grows to `growth` (GROWTH unless set) positions beyond what is needed, so
+the next `growth` steps neither copy nor slice the buffers.
 """
 
 from typing import List, Optional, Tuple
@@ -25,7 +26,6 @@ from ..kernels import decode_cpu
 from .attention import (
     Rotary,
     additive_mask,
-    append_zero_columns,
     attend,
     broadcastable_to_heads,
     build_attention_bias,
@@ -40,34 +40,52 @@ GROWTH = 256
 KernelColumns = Tuple[List[paddle.Tensor], List[paddle.Tensor], int, Optional[paddle.Tensor]]
 
 
+def append_zero_positions(buffer: paddle.Tensor, extra: int) -> paddle.Tensor:
+    """A token-major cache buffer `[rows, kv_heads, n, d]` -> `[rows, kv_heads, n + extra, d]`, zeros after
+    (concatenated on a 2-D view: the N-D concat is slow on CPU)."""
+    if extra == 0:
+        return buffer
+    rows, kv_heads, _, head_dim = buffer.shape
+    flat = buffer.reshape([rows * kv_heads, -1])
+    grown = paddle.concat([flat, paddle.zeros([flat.shape[0], extra * head_dim], buffer.dtype)], axis=1)
+    return grown.reshape([rows, kv_heads, -1, head_dim])
+
+
+def to_token_major(states: paddle.Tensor) -> paddle.Tensor:
+    """Feature-major heads `[B, heads, d, L]` -> token-major `[B, heads, L, d]` (through `einsum`, whose transpose
+    kernel is ~30x faster on CPU than Paddle's permute-then-copy)."""
+    return paddle.einsum("bhdl->bhld", states)
+
+
 class KVCache:
-    """A left-padded batch's keys and values; `length` columns are filled, the same for every row.
+    """A left-padded batch's keys and values; `length` positions are filled, the same for every row.
 
     A layer's first `attend` stores the prompt (its batch and dtype become the buffers') and attends over exactly
-    it; later steps write column `length` and attend over the whole capacity, the free columns hidden by the
+    it; later steps write position `length` and attend over the whole capacity, the free positions hidden by the
     attention bias (see `key_length`; the CPU kernel reads only the filled ones). `advance` moves `length` once all
     layers have written.
     """
 
     def __init__(self, config: GOTConfig):
         self.num_layers = config.num_hidden_layers
+        self.growth = GROWTH
         self.keys: List[Optional[paddle.Tensor]] = [None] * self.num_layers
         self.values: List[Optional[paddle.Tensor]] = [None] * self.num_layers
         self.capacity = 0
         self.length = 0
 
     def reserve(self, total_length: int) -> None:
-        """Make room for `total_length` positions, and GROWTH more."""
+        """Make room for `total_length` positions, and `growth` more."""
         if total_length <= self.capacity:
             return
-        extra = total_length + GROWTH - self.capacity
+        extra = total_length + self.growth - self.capacity
         if self.length > 0:
-            self.keys = [append_zero_columns(keys, extra) for keys in self.keys]
-            self.values = [append_zero_columns(values, extra) for values in self.values]
+            self.keys = [append_zero_positions(keys, extra) for keys in self.keys]
+            self.values = [append_zero_positions(values, extra) for values in self.values]
         self.capacity += extra
 
     def key_length(self, new_tokens: int) -> int:
-        """How many key columns attention sees when `new_tokens` arrive: just them on an empty cache, else all."""
+        """How many key positions attention sees when `new_tokens` arrive: just them on an empty cache, else all."""
         return new_tokens if self.length == 0 else self.capacity
 
     def prepare(
@@ -115,7 +133,7 @@ class KVCache:
         """
         if decode_cpu.kernels_apply(query, keys):
             if self.length == 0:  # the kernel writes the prompt into zeroed buffers of the full capacity
-                shape = keys.shape[:3] + [self.capacity]
+                shape = [*keys.shape[:2], self.capacity, keys.shape[2]]
                 self.keys[layer], self.values[layer] = paddle.zeros(shape, keys.dtype), paddle.zeros(shape, keys.dtype)
             attended = decode_cpu.cached_attention(
                 query, keys, values, rotary, self.keys[layer], self.values[layer], self.length, attention_bias
@@ -123,20 +141,20 @@ class KVCache:
             if attended is not None:
                 return attended
         query, keys = rotate_query_and_keys(query, keys, rotary)
-        keys, values = self.update(layer, keys, values)
-        return attend(query, *repeat_kv_heads(keys, values, query.shape[1]), attention_bias)
+        keys, values = self.update(layer, to_token_major(keys), to_token_major(values))
+        return attend(query, *repeat_kv_heads(keys, values, query.shape[1]), attention_bias, token_major=True)
 
     def update(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        """Store rotated `[B, kv_heads, d, new]` keys/values at `length`; return the `key_length` columns to attend
-        over."""
-        new_tokens = keys.shape[-1]
+        """Store rotated token-major `[B, kv_heads, new, d]` keys/values at `length`; return the `key_length`
+        positions to attend over (token-major)."""
+        new_tokens = keys.shape[2]
         if self.length == 0:
-            self.keys[layer] = append_zero_columns(keys, self.capacity - new_tokens)
-            self.values[layer] = append_zero_columns(values, self.capacity - new_tokens)
+            self.keys[layer] = append_zero_positions(keys, self.capacity - new_tokens)
+            self.values[layer] = append_zero_positions(values, self.capacity - new_tokens)
             return keys, values
         end = self.length + new_tokens
-        self.keys[layer][:, :, :, self.length : end] = keys
-        self.values[layer][:, :, :, self.length : end] = values
+        self.keys[layer][:, :, self.length : end, :] = keys
+        self.values[layer][:, :, self.length : end, :] = values
         return self.keys[layer], self.values[layer]
 
     def advance(self, new_tokens: int) -> None:
@@ -152,13 +170,14 @@ class KVCache:
 class RowCache:
     """Continuous batching's cache: up to `max_rows` sequences, each with its own length.
 
-    Running rows occupy slots `0..rows-1` of `[max_rows, kv_heads, d, capacity]` buffers (allocated with the first
+    Running rows occupy slots `0..rows-1` of `[max_rows, kv_heads, capacity, d]` buffers (allocated with the first
     row, in its dtype). A decode step gives every running row one token at its own position `lengths[row]`.
     """
 
     def __init__(self, config: GOTConfig, max_rows: int):
         self.num_layers = config.num_hidden_layers
         self.max_rows = max_rows
+        self.growth = GROWTH
         self.keys: List[Optional[paddle.Tensor]] = [None] * self.num_layers
         self.values: List[Optional[paddle.Tensor]] = [None] * self.num_layers
         self.lengths = np.zeros(max_rows, dtype=np.int64)
@@ -168,13 +187,13 @@ class RowCache:
         self._bias: Optional[paddle.Tensor] = None
 
     def reserve(self, total_length: int) -> None:
-        """Make room for rows of `total_length` positions, and GROWTH more."""
+        """Make room for rows of `total_length` positions, and `growth` more."""
         if total_length <= self.capacity:
             return
-        extra = total_length + GROWTH - self.capacity
+        extra = total_length + self.growth - self.capacity
         if self.keys[0] is not None:
-            self.keys = [append_zero_columns(keys, extra) for keys in self.keys]
-            self.values = [append_zero_columns(values, extra) for values in self.values]
+            self.keys = [append_zero_positions(keys, extra) for keys in self.keys]
+            self.values = [append_zero_positions(values, extra) for values in self.values]
         self.capacity += extra
 
     def add_row(self, prefilled: KVCache) -> int:
@@ -184,13 +203,14 @@ class RowCache:
         length = prefilled.length
         self.reserve(length + 1)
         if self.keys[0] is None:
-            shape = [self.max_rows] + prefilled.keys[0].shape[1:3] + [self.capacity]
+            _, kv_heads, _, head_dim = prefilled.keys[0].shape
+            shape = [self.max_rows, kv_heads, self.capacity, head_dim]
             self.keys = [paddle.zeros(shape, prefilled.keys[0].dtype) for _ in range(self.num_layers)]
             self.values = [paddle.zeros(shape, prefilled.keys[0].dtype) for _ in range(self.num_layers)]
         row = self.rows
         for layer in range(self.num_layers):
-            self.keys[layer][row, :, :, :length] = prefilled.keys[layer][0, :, :, :length]
-            self.values[layer][row, :, :, :length] = prefilled.values[layer][0, :, :, :length]
+            self.keys[layer][row, :, :length, :] = prefilled.keys[layer][0, :, :length, :]
+            self.values[layer][row, :, :length, :] = prefilled.values[layer][0, :, :length, :]
         self.lengths[row] = length
         self.rows += 1
         return row
@@ -204,8 +224,8 @@ class RowCache:
             return None
         length = int(self.lengths[last])
         for layer in range(self.num_layers):
-            self.keys[layer][row, :, :, :length] = self.keys[layer][last, :, :, :length]
-            self.values[layer][row, :, :, :length] = self.values[layer][last, :, :, :length]
+            self.keys[layer][row, :, :length, :] = self.keys[layer][last, :, :length, :]
+            self.values[layer][row, :, :length, :] = self.values[layer][last, :, :length, :]
         self.lengths[row] = length
         return last
 
@@ -234,7 +254,7 @@ class RowCache:
         rotary: Rotary,
         attention_bias: Optional[paddle.Tensor],
     ) -> paddle.Tensor:
-        """Layer `layer`: write each row's new key/value at its own position and attend over its filled columns."""
+        """Layer `layer`: write each row's new key/value at its own position and attend over its filled positions."""
         attended = decode_cpu.cached_attention(
             query, keys, values, rotary, self.keys[layer], self.values[layer], 0, None, positions=self._positions
         )
@@ -242,14 +262,14 @@ class RowCache:
             return attended
         query, keys = rotate_query_and_keys(query, keys, rotary)
         for row, position in enumerate(self.lengths[: self.rows].tolist()):
-            self.keys[layer][row, :, :, position] = keys[row, :, :, 0]
-            self.values[layer][row, :, :, position] = values[row, :, :, 0]
+            self.keys[layer][row, :, position, :] = keys[row, :, :, 0]
+            self.values[layer][row, :, position, :] = values[row, :, :, 0]
         if self._bias is None:
             columns = paddle.arange(self.capacity).unsqueeze(0)
             allowed = (columns <= self._positions.unsqueeze(1)).unsqueeze(1).unsqueeze(1)  # [rows, 1, 1, capacity]
             self._bias = broadcastable_to_heads(additive_mask(allowed, query.dtype), query.shape[1])
         cached_keys, cached_values = self.keys[layer][: self.rows], self.values[layer][: self.rows]
-        return attend(query, *repeat_kv_heads(cached_keys, cached_values, query.shape[1]), self._bias)
+        return attend(query, *repeat_kv_heads(cached_keys, cached_values, query.shape[1]), self._bias, token_major=True)
 
     def advance(self, new_tokens: int) -> None:
         """Every running row has one more filled position."""

@@ -149,6 +149,17 @@ def test_matmul_leaves_training_and_many_rows_to_paddle(counting_library):
     assert counting_library.calls["skinny_matmul"] == 0
 
 
+def token_major_buffer(feature_major):
+    """A cache buffer `[rows, kv_heads, capacity, d]` (token-major, as the caches hold it) with the contents of the
+    numpy `[rows, kv_heads, d, capacity]` (feature-major, as the tests below index it)."""
+    return paddle.to_tensor(np.ascontiguousarray(feature_major.transpose(0, 1, 3, 2)))
+
+
+def feature_major_view(buffer):
+    """A token-major cache buffer's contents as numpy `[rows, kv_heads, d, capacity]`."""
+    return buffer.numpy().transpose(0, 1, 3, 2)
+
+
 def rotated(states, positions, theta):
     """Rotary embedding in float64 numpy: `states` `[B, heads, d]` at `positions` `[B]`."""
     half = states.shape[-1] // 2
@@ -158,11 +169,14 @@ def rotated(states, positions, theta):
     return states * np.cos(angles) + turned * np.sin(angles)
 
 
-@pytest.mark.parametrize("batch,heads,kv_heads,padded", [(1, 4, 4, False), (3, 4, 2, True), (2, 16, 16, True)])
-def test_decode_attention_step_equals_float64_numpy(batch, heads, kv_heads, padded, threads):
+# head_dim 16, 20 and 64: value rows of two vectors, of two and a remainder, of the eight one pass takes (GOT's).
+@pytest.mark.parametrize(
+    "batch,heads,kv_heads,padded,head_dim", [(1, 4, 4, False, 16), (3, 4, 2, True, 20), (2, 16, 16, True, 64)]
+)
+def test_decode_attention_step_equals_float64_numpy(batch, heads, kv_heads, padded, head_dim, threads):
     """Rotary on the new query and key, the key and value written into the cache's next column, attention over the
     filled columns only (the free ones hold NaN and huge values), grouped KV heads and left padding."""
-    head_dim, capacity, position, theta = 16, 40, 28, 1e4
+    capacity, position, theta = 40, 28, 1e4
     query, new_keys, new_values = (
         random((batch, count, head_dim, 1), seed) for count, seed in ((heads, 0), (kv_heads, 1), (kv_heads, 2))
     )
@@ -175,16 +189,16 @@ def test_decode_attention_step_equals_float64_numpy(batch, heads, kv_heads, padd
     tables = RotaryEmbedding(head_dim, theta)(positions, "float32")
     rotary = tuple(tuple(broadcastable_to_heads(table, count) for table in tables) for count in (heads, kv_heads))
     bias = build_attention_bias(paddle.to_tensor(mask), 1, position, capacity, heads, "float32")
-    key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
+    key_buffer, value_buffer = token_major_buffer(keys), token_major_buffer(values)
     with paddle.no_grad():
         new_token = [paddle.to_tensor(array) for array in (query, new_keys, new_values)]
         ours = decode_cpu.cached_attention(*new_token, rotary, key_buffer, value_buffer, position, bias).numpy()
 
     token_positions = positions.numpy()[:, 0].astype("float64")
     rotated_keys = rotated(new_keys[..., 0].astype("float64"), token_positions, theta)
-    np.testing.assert_allclose(key_buffer.numpy()[..., position], rotated_keys, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(value_buffer.numpy()[..., position], new_values[..., 0])
-    np.testing.assert_array_equal(key_buffer.numpy()[..., position + 1 :], keys[..., position + 1 :])
+    np.testing.assert_allclose(feature_major_view(key_buffer)[..., position], rotated_keys, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(feature_major_view(value_buffer)[..., position], new_values[..., 0])
+    np.testing.assert_array_equal(feature_major_view(key_buffer)[..., position + 1 :], keys[..., position + 1 :])
     keys[..., position], values[..., position] = rotated_keys, new_values[..., 0]
     rotated_queries = rotated(query[..., 0].astype("float64"), token_positions, theta)
     group = heads // kv_heads
@@ -215,12 +229,12 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
     keys[batch:], values[batch:] = np.nan, 1e30
     tables = RotaryEmbedding(head_dim, theta)(paddle.to_tensor(row_positions[:, None]), "float32")
     rotary = tuple(tuple(broadcastable_to_heads(table, count) for table in tables) for count in (heads, kv_heads))
-    key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
+    key_buffer, value_buffer = token_major_buffer(keys), token_major_buffer(values)
     with paddle.no_grad():
         new_token = [paddle.to_tensor(array) for array in (query, new_keys, new_values)]
         positions = paddle.to_tensor(row_positions)
         ours = decode_cpu.cached_attention(*new_token, rotary, key_buffer, value_buffer, 0, None, positions).numpy()
-    written_keys, written_values = key_buffer.numpy(), value_buffer.numpy()
+    written_keys, written_values = feature_major_view(key_buffer), feature_major_view(value_buffer)
     rotated_keys = rotated(new_keys[..., 0].astype("float64"), row_positions.astype("float64"), theta)
     rotated_queries = rotated(query[..., 0].astype("float64"), row_positions.astype("float64"), theta)
     group = heads // kv_heads
@@ -241,18 +255,18 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
 
 
 @pytest.mark.parametrize(
-    "batch,heads,kv_heads,new_tokens,position,padded",
-    [(1, 4, 4, 9, 0, False), (3, 4, 2, 11, 0, True), (2, 4, 2, 5, 0, False), (2, 4, 4, 3, 20, True)],
+    "batch,heads,kv_heads,new_tokens,position,padded,head_dim",
+    [(1, 4, 4, 9, 0, False, 16), (3, 4, 2, 11, 0, True, 20), (2, 4, 2, 5, 0, False, 64), (2, 4, 4, 3, 20, True, 72)],
     ids=["prompt", "padded_prompt_gqa", "batch_gqa", "continuation"],
 )
 def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
-    batch, heads, kv_heads, new_tokens, position, padded, threads
+    batch, heads, kv_heads, new_tokens, position, padded, head_dim, threads
 ):
     """A prefill (an empty cache, causal or with a padding bias) and a several-token continuation of a filled cache:
     every new key and value written at its column, each real query attending over the columns up to its own (the
     free columns hold NaN and huge values), and a fully masked padding query averaging every filled column's values,
     as the Paddle path gives it."""
-    head_dim, capacity, theta = 16, 40, 1e4
+    capacity, theta = 40, 1e4
     filled = position + new_tokens
     query, new_keys, new_values = (
         random((batch, count, head_dim, new_tokens), seed)
@@ -269,7 +283,7 @@ def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
     key_length = new_tokens if position == 0 else capacity
     bias = build_attention_bias(paddle.to_tensor(mask), new_tokens, position, key_length, heads, "float32")
     assert (bias is None) == (not padded and position == 0)
-    key_buffer, value_buffer = paddle.to_tensor(keys), paddle.to_tensor(values)
+    key_buffer, value_buffer = token_major_buffer(keys), token_major_buffer(values)
     with paddle.no_grad():
         new = [paddle.to_tensor(array) for array in (query, new_keys, new_values)]
         ours = decode_cpu.cached_attention(*new, rotary, key_buffer, value_buffer, position, bias).numpy()
@@ -279,9 +293,9 @@ def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
     rotated_keys = np.stack(
         [rotated(new_keys[..., t].astype("float64"), token_positions[:, t], theta) for t in range(new_tokens)], -1
     )
-    np.testing.assert_allclose(key_buffer.numpy()[..., columns], rotated_keys, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(value_buffer.numpy()[..., columns], new_values)
-    np.testing.assert_array_equal(key_buffer.numpy()[..., filled:], keys[..., filled:])
+    np.testing.assert_allclose(feature_major_view(key_buffer)[..., columns], rotated_keys, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(feature_major_view(value_buffer)[..., columns], new_values)
+    np.testing.assert_array_equal(feature_major_view(key_buffer)[..., filled:], keys[..., filled:])
     keys[..., columns], values[..., columns] = rotated_keys, new_values
     group = heads // kv_heads
     for t in range(new_tokens):
@@ -352,7 +366,7 @@ def cached_logits(model, full_ids, full_mask, prompt_length, growth=None):
     time, without gradients (`growth`: the cache's spare columns per reallocation)."""
     cache = KVCache(model.config)
     if growth is not None:
-        cache.GROWTH = growth
+        cache.growth = growth
     stepped = []
     with paddle.no_grad():
         for end in range(prompt_length, full_ids.shape[1] + 1):

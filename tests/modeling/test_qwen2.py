@@ -27,7 +27,7 @@ def test_cached_decoding_equals_full_forward(checkpoint_dirs):
     full = model(paddle.to_tensor(full_ids), pixels, paddle.to_tensor(full_mask)).logits.numpy()
 
     cache = KVCache(model.config)
-    cache.GROWTH = 3  # force several growths during the test
+    cache.growth = 3  # force several growths during the test
     step = model(paddle.to_tensor(ids), pixels, paddle.to_tensor(mask), past_key_values=cache, last_logits_only=True)
     stepped = [step.logits.numpy()[:, 0]]
     for index in range(continuation.shape[1] - 1):
