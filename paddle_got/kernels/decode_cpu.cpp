@@ -620,6 +620,20 @@ void rms_norm_rows(const float* x, int64_t rows, int64_t features, const float* 
     }
 }
 
+// out[0:count] = the bfloat16 values in[0:count] as float32 (exact: the 16 bits become the float's top half), every
+// thread widening its own share of the array.
+void widen_bfloat16(const bfloat16* in, int64_t count, float* out, int num_threads) {
+    constexpr int64_t kChunk = 1 << 16;
+    const int64_t chunks = (count + kChunk - 1) / kChunk;
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+        const int64_t begin = chunk * kChunk, end = std::min(count, begin + kChunk);
+        int64_t i = begin;
+        for (; i + kFloatsPerVector <= end; i += kFloatsPerVector) _mm256_storeu_ps(out + i, load8(in + i));
+        for (; i < end; ++i) out[i] = to_float(in[i]);
+    }
+}
+
 // ---- The vision encoder's attention ----
 // Softmax attention with MViTv2's decomposed relative positions over a [height, width] map, one head at a time:
 // scores[q, k] = scale * q . k + rel_h[q, ky] + rel_w[q, kx]. Keys are packed into 16-column tiles and values
@@ -892,6 +906,11 @@ void cached_attention(const CachedAttentionArgs* args, int num_threads) { run_ca
 // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight, for `rows` rows of `features` floats.
 void rms_norm(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out) {
     rms_norm_rows(x, rows, features, weight, eps, out);
+}
+
+// out[0:count] = the bfloat16 in[0:count] as float32 (see widen_bfloat16).
+void widen_bf16(const uint16_t* in, int64_t count, float* out, int num_threads) {
+    widen_bfloat16(in, count, out, num_threads);
 }
 
 // The vision encoder's attention for one block (see run_vision_attention).

@@ -514,6 +514,24 @@ def test_bfloat16_weight_matmul_equals_float64_numpy(
     assert counting_library.calls["skinny_matmul_bf16"] == 1 and counting_library.calls["skinny_matmul"] == 0
 
 
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (1024, 65)], ids=["remainder_only", "small", "several_chunks"])
+def test_bfloat16_weights_are_widened_bit_for_bit_as_paddle_casts_them(shape, threads, counting_library):
+    """In inference our kernel widens a bfloat16 weight for Paddle's matmuls: the same bits as Paddle's cast, for
+    ordinary, subnormal, signed-zero, infinite and NaN values (with gradients, Paddle's cast runs)."""
+    values = random(shape, 5).ravel() * np.float32(1e3)
+    values[:4] = [np.inf, -np.inf, np.nan, -0.0]
+    values[4:6] = np.array([1e-39, -3e-40], dtype="float32")  # subnormal in float32 and bfloat16
+    weight = paddle.to_tensor(values.reshape(shape)).astype("bfloat16")
+    activations = paddle.zeros([1, shape[-1]])
+    expected = weight.astype("float32").numpy()
+    with paddle.no_grad():
+        ours = decode_cpu.weight_in(weight, activations).numpy()
+    np.testing.assert_array_equal(ours.view("uint32"), expected.view("uint32"))
+    assert counting_library.calls["widen_bf16"] == 1
+    assert decode_cpu.weight_in(weight, activations).dtype == paddle.float32
+    assert counting_library.calls["widen_bf16"] == 1
+
+
 @pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
 def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, counting_library, one_call):
     """The reference with bfloat16-valued weights, run in float32, against ours holding the decoder's product
