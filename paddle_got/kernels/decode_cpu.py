@@ -147,8 +147,8 @@ def few_rows(rows: paddle.Tensor) -> bool:
 
 def weight_in(weight: paddle.Tensor, activations: paddle.Tensor) -> paddle.Tensor:
     """`weight` in the `activations`' dtype: bfloat16 decoder weights (kept to halve a decode step's reads) are
-    widened for Paddle's kernels, which multiply matching dtypes only (by our kernel in CPU inference: Paddle's cast
-    reads ~3 GB/s, a sixth of a prefill's widening time); any other weight is returned as it is."""
+    widened for Paddle's kernels, which multiply matching dtypes only (by our kernel in CPU inference, where Paddle's
+    cast reads ~3 GB/s); any other weight is returned as it is."""
     if weight.dtype == activations.dtype:
         return weight
     if not kernels_apply(activations, weight, (paddle.bfloat16,)):
