@@ -26,6 +26,7 @@ from ..kernels import decode_cpu
 from .attention import (
     Rotary,
     additive_mask,
+    append_zero_columns,
     attend,
     broadcastable_to_heads,
     build_attention_bias,
@@ -41,14 +42,11 @@ KernelColumns = Tuple[List[paddle.Tensor], List[paddle.Tensor], int, Optional[pa
 
 
 def append_zero_positions(buffer: paddle.Tensor, extra: int) -> paddle.Tensor:
-    """A token-major cache buffer `[rows, kv_heads, n, d]` -> `[rows, kv_heads, n + extra, d]`, zeros after
-    (concatenated on a 2-D view: the N-D concat is slow on CPU)."""
-    if extra == 0:
-        return buffer
+    """A token-major cache buffer `[rows, kv_heads, n, d]` -> `[rows, kv_heads, n + extra, d]`, zeros after (each
+    head's block is contiguous, so this is `append_zero_columns` on `[rows, kv_heads, n * d]`)."""
     rows, kv_heads, _, head_dim = buffer.shape
-    flat = buffer.reshape([rows * kv_heads, -1])
-    grown = paddle.concat([flat, paddle.zeros([flat.shape[0], extra * head_dim], buffer.dtype)], axis=1)
-    return grown.reshape([rows, kv_heads, -1, head_dim])
+    flat = buffer.reshape([rows, kv_heads, -1])
+    return append_zero_columns(flat, extra * head_dim).reshape([rows, kv_heads, -1, head_dim])
 
 
 def to_token_major(states: paddle.Tensor) -> paddle.Tensor:
