@@ -148,7 +148,9 @@ class VisionAttention(nn.Layer):
         tokens = hidden_states.reshape([batch, height * width, channels])
         qkv = linear_to_feature_major(self.qkv, tokens)  # [N, 3C, L]
         qkv = qkv.reshape([batch, 3, self.num_heads, self.head_dim, -1])
-        query, keys, values = qkv.unbind(axis=1)  # each [N, heads, d, L]
+        # Slices, not unbind: in an export unbind becomes a split that oneDNN's bfloat16 placement does not take, and
+        # the value products behind it stayed float32 (with ~7 GB of bfloat16 -> float32 copies a 1024 px tile).
+        query, keys, values = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # each [N, heads, d, L]
         relative = decomposed_rel_pos(query, self.rel_pos_h, self.rel_pos_w, height, width)
         attended = decode_cpu.vision_attention(qkv, relative, height, width)
         if attended is None:
