@@ -5,8 +5,9 @@
 Builds the released architecture (`GOTConfig()`: ViTDet-B on 1024x1024 tiles, 256 features of 1024 per tile) with
 random encoder and projector weights (the decoder is never materialised), exports them with
 `paddle_got.export.export_encoder`, and times one 1024x1024 tile through dygraph float32 `encode_images` and through
-the float32 predictor, each the best of 2 runs after a warm-up, on --threads threads. Prints the CPU and its vector
-features, the export and load times, both encoder times and their ratio, and how far the two outputs are apart.
+the predictor in each of --precisions (float32, and bfloat16 on CPUs with AMX or AVX512-BF16), each the best of 2
+runs after a warm-up, on --threads threads. Prints the CPU and its vector features, the export and load times, the
+encoder times and their ratios to dygraph's, and how far each output is from dygraph's.
 """
 
 import argparse
@@ -47,12 +48,23 @@ def build_model():
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both sides")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("float32", "bfloat16"),
+        help="the predictor's precisions (default: float32, and bfloat16 where the CPU has AMX or AVX512-BF16)",
+    )
     args = parser.parse_args()
 
     import paddle
 
+    from paddle_got import device
     from paddle_got.device import set_cpu_threads
-    from paddle_got.export import InferenceEncoder, export_encoder
+    from paddle_got.export import BFLOAT16_CPU_FLAGS, InferenceEncoder, check_bfloat16_cpu, export_encoder
+
+    precisions = args.precisions or ["float32"] + ["bfloat16"] * bool(set(BFLOAT16_CPU_FLAGS) & device.cpu_flags())
+    if "bfloat16" in precisions:
+        check_bfloat16_cpu()
 
     print(f"CPU: {cpu_description()}; Paddle {paddle.__version__}; {args.threads} threads")
     set_cpu_threads(args.threads)
@@ -66,22 +78,22 @@ def main():
         start = time.perf_counter()
         export_encoder(model, directory)
         export_s = time.perf_counter() - start
-        start = time.perf_counter()
-        encoder = InferenceEncoder(directory, num_threads=args.threads)
-        load_s = time.perf_counter() - start
-        predictor_s = timed(lambda: encoder(pixels))
-        features = encoder(pixels).numpy()
-    difference = np.abs(features - expected)
-    print(f"export {export_s:.1f} s; predictor load (with its first run) {load_s:.1f} s")
-    print(
-        f"one {size}x{size} tile, float32: dygraph {dygraph_s:.2f} s, Paddle Inference (oneDNN) {predictor_s:.2f} s "
-        f"({dygraph_s / predictor_s:.2f}x)"
-    )
-    print(
-        f"output {list(features.shape)}: max |difference| {difference.max():.3g} "
-        f"({difference.max() / np.abs(expected).max():.3g} of max |dygraph|), "
-        f"relative L2 {np.linalg.norm(features - expected) / np.linalg.norm(expected):.3g}"
-    )
+        runs = {}
+        for precision in precisions:
+            start = time.perf_counter()
+            encoder = InferenceEncoder(directory, precision, num_threads=args.threads)
+            load_s = time.perf_counter() - start
+            runs[precision] = (load_s, timed(lambda encoder=encoder: encoder(pixels)), encoder(pixels).numpy())
+    print(f"export {export_s:.1f} s")
+    print(f"one {size}x{size} tile: dygraph float32 {dygraph_s:.2f} s")
+    for precision, (load_s, predictor_s, features) in runs.items():
+        difference = np.abs(features - expected)
+        print(
+            f"Paddle Inference (oneDNN) {precision}: {predictor_s:.2f} s ({predictor_s / dygraph_s:.2f}x dygraph's "
+            f"time; load with its first run {load_s:.1f} s); output {list(features.shape)}: max |difference| "
+            f"{difference.max():.3g} ({difference.max() / np.abs(expected).max():.3g} of max |dygraph|), relative L2 "
+            f"{np.linalg.norm(features - expected) / np.linalg.norm(expected):.3g}"
+        )
 
 
 if __name__ == "__main__":

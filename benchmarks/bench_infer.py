@@ -4,9 +4,10 @@
 
 Builds the full released GOT configuration with random bfloat16-valued weights, saves it once in float32 and once
 in bfloat16 (as released), and runs four sides, each in its own process so that peak memory is its own: ours on
-float32 weights, ours on the bfloat16 checkpoint (decoder weights kept in bfloat16, widened by our kernels; the
-encoder in float32), and transformers (torch, CPU) in float32 and in bfloat16. Prints the CPU's features and the
-kernel path. All get the same 1024x1024 image and prompt, and the same thread count. Prints, per side: vision
+float32 weights, ours on the bfloat16 checkpoint as `--dtype bfloat16` runs it (decoder weights kept in bfloat16,
+widened by our kernels; the encoder exported and run on oneDNN's bfloat16 kernels on a CPU with AMX or AVX512-BF16,
+in float32 dygraph elsewhere), and transformers (torch, CPU) in float32 and in bfloat16. Prints the CPU's features
+and the kernel paths. All get the same 1024x1024 image and prompt, and the same thread count. Prints, per side: vision
 encoder time,
 prefill time, decode tokens/s at batch 1, 4 and 8 (the better of two runs of 32 steps after a warm-up run, EOS
 ignored), end-to-end time for --new_tokens new tokens, peak memory; then the ratios, and each stage against
@@ -131,6 +132,12 @@ def run_ours(directory: str, args, bfloat16: bool) -> dict:
 
     set_cpu_threads(args.threads)
     model = GOTQwenForCausalLM.from_pretrained(directory, bfloat16_decode_weights=bfloat16)
+    if bfloat16 and native_bfloat16():
+        from paddle_got.export import InferenceEncoder, export_encoder
+
+        export_dir = os.path.join(directory, "inference")
+        export_encoder(model, export_dir, source_checkpoint=directory)
+        model.qwen2.exported_encoder = InferenceEncoder(export_dir, "bfloat16", args.threads)
     config = model.config
     ids, pixel_array = read_inputs(directory)
     pixels = paddle.to_tensor(pixel_array)
@@ -254,15 +261,24 @@ def child(side: str, directory: str, args) -> None:
     print(json.dumps(results))
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU has AMX or AVX512-BF16, on which ours_bf16 runs the encoder on oneDNN's bfloat16 kernels."""
+    from paddle_got import device
+    from paddle_got.export import BFLOAT16_CPU_FLAGS
+
+    return bool(set(BFLOAT16_CPU_FLAGS) & device.cpu_flags())
+
+
 def cpu_and_kernels() -> str:
-    """The CPU, its vector features, and the decode kernel path our side takes on it."""
+    """The CPU, its vector features, and the kernel paths our sides take on it."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_serve import cpu_description
 
     from paddle_got.kernels import decode_cpu
 
     path = "AVX2 + FMA (paddle_got/kernels/decode_cpu.cpp)" if decode_cpu.load_library() else "Paddle's kernels"
-    return f"CPU: {cpu_description()}; decode kernels: {path}"
+    encoder = "Paddle Inference, oneDNN bfloat16" if native_bfloat16() else "dygraph float32 (no AMX/AVX512-BF16)"
+    return f"CPU: {cpu_description()}; decode kernels: {path}; ours_bf16 encoder: {encoder}"
 
 
 def main():
