@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import warnings
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 import paddle
 import paddle.nn as nn
@@ -225,7 +225,7 @@ class InferenceEncoder:
             config.delete_pass(FLOAT32_FC_PASS)
         self.predictor = inference.create_predictor(config)
         with native_stdout_to_stderr():
-            self.predictor.run([paddle.zeros(self.input_shape, "float32")])
+            self.run([paddle.zeros(self.input_shape, "float32")])
         logger.info(
             f"Loaded the exported encoder in {directory} ({precision}, oneDNN, "
             f"{config.cpu_math_library_num_threads()} threads)."
@@ -242,7 +242,14 @@ class InferenceEncoder:
             )
         tiles = pixel_values.astype("float32").cpu()
         features = [
-            self.predictor.run([tiles[index : index + TILES_PER_RUN]])[0]
-            for index in range(0, tiles.shape[0], TILES_PER_RUN)
+            self.run([tiles[index : index + TILES_PER_RUN]])[0] for index in range(0, tiles.shape[0], TILES_PER_RUN)
         ]
         return features[0] if len(features) == 1 else paddle.concat(features)
+
+    def run(self, inputs: List[paddle.Tensor]) -> List[paddle.Tensor]:
+        """The predictor's outputs for `inputs`, after which Paddle's own CPU kernels get their thread count back: a
+        run leaves the math library on one thread (a bfloat16 page's prefill then took 2.35 s instead of 1.25)."""
+        try:
+            return self.predictor.run(inputs)
+        finally:
+            device.set_cpu_threads(device.cpu_threads())

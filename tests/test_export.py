@@ -1,6 +1,7 @@
 """paddle_got.export: the Paddle Inference encoder gives the dygraph `encode_images` features, whatever the tile
 count; its files, its metadata, and the bfloat16 CPU check."""
 
+import ctypes
 import os
 
 import numpy as np
@@ -15,6 +16,7 @@ from paddle_got import GOTQwenForCausalLM, device
 from paddle_got.errors import BadInputError, ExportError
 from paddle_got.export import InferenceEncoder, check_bfloat16_cpu, export_encoder
 
+OPENMP_RUNTIME = os.path.join(os.path.dirname(paddle.__file__), "libs", "libiomp5.so")  # what Paddle's MKL runs on
 NO_BF16_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n"
 AMX_CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16\n"
 
@@ -128,3 +130,19 @@ def test_bfloat16_check_passes_on_an_amx_cpu(tmp_path, monkeypatch):
 def test_unknown_precision_is_refused(exported):
     with pytest.raises(ExportError, match=r"^Unknown precision 'float16': choose float32 or bfloat16\.$"):
         InferenceEncoder(exported[1], precision="float16")
+
+
+@pytest.mark.skipif(not os.path.exists(OPENMP_RUNTIME), reason="this Paddle wheel ships no libiomp5")
+def test_the_predictor_leaves_paddles_cpu_threads_as_they_were(exported):
+    """A predictor's run leaves the math library on one thread; ours gives back the count `set_cpu_threads` set, so
+    that the decoder's matmuls after the encoder keep every core."""
+    _, directory = exported
+    openmp = ctypes.CDLL(OPENMP_RUNTIME)
+    device.set_cpu_threads(2)
+    try:
+        encoder = InferenceEncoder(directory, num_threads=2)
+        assert openmp.omp_get_max_threads() == 2
+        encoder(paddle.zeros(encoder.input_shape))
+        assert openmp.omp_get_max_threads() == 2
+    finally:
+        device.set_cpu_threads()
