@@ -58,11 +58,10 @@ def main():
 
     import paddle
 
-    from paddle_got import device
     from paddle_got.device import set_cpu_threads
-    from paddle_got.export import BFLOAT16_CPU_FLAGS, InferenceEncoder, check_bfloat16_cpu, export_encoder
+    from paddle_got.export import InferenceEncoder, check_bfloat16_cpu, cpu_runs_bfloat16, export_encoder
 
-    precisions = args.precisions or ["float32"] + ["bfloat16"] * bool(set(BFLOAT16_CPU_FLAGS) & device.cpu_flags())
+    precisions = args.precisions or ["float32"] + ["bfloat16"] * cpu_runs_bfloat16()
     if "bfloat16" in precisions:
         check_bfloat16_cpu()
 

@@ -128,13 +128,12 @@ def run_ours(directory: str, args, bfloat16: bool) -> dict:
     from paddle_got import GOTQwenForCausalLM
     from paddle_got.device import set_cpu_threads
     from paddle_got.engine import Engine, GenerationRequest
+    from paddle_got.export import InferenceEncoder, cpu_runs_bfloat16, export_encoder
     from paddle_got.modeling.kv_cache import KVCache
 
     set_cpu_threads(args.threads)
     model = GOTQwenForCausalLM.from_pretrained(directory, bfloat16_decode_weights=bfloat16)
-    if bfloat16 and native_bfloat16():
-        from paddle_got.export import InferenceEncoder, export_encoder
-
+    if bfloat16 and cpu_runs_bfloat16():
         export_dir = os.path.join(directory, "inference")
         export_encoder(model, export_dir, source_checkpoint=directory)
         model.qwen2.exported_encoder = InferenceEncoder(export_dir, "bfloat16", args.threads)
@@ -261,23 +260,16 @@ def child(side: str, directory: str, args) -> None:
     print(json.dumps(results))
 
 
-def native_bfloat16() -> bool:
-    """Whether this CPU has AMX or AVX512-BF16, on which ours_bf16 runs the encoder on oneDNN's bfloat16 kernels."""
-    from paddle_got import device
-    from paddle_got.export import BFLOAT16_CPU_FLAGS
-
-    return bool(set(BFLOAT16_CPU_FLAGS) & device.cpu_flags())
-
-
 def cpu_and_kernels() -> str:
     """The CPU, its vector features, and the kernel paths our sides take on it."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_serve import cpu_description
 
+    from paddle_got.export import cpu_runs_bfloat16
     from paddle_got.kernels import decode_cpu
 
     path = "AVX2 + FMA (paddle_got/kernels/decode_cpu.cpp)" if decode_cpu.load_library() else "Paddle's kernels"
-    encoder = "Paddle Inference, oneDNN bfloat16" if native_bfloat16() else "dygraph float32 (no AMX/AVX512-BF16)"
+    encoder = "Paddle Inference, oneDNN bfloat16" if cpu_runs_bfloat16() else "dygraph float32 (no AMX/AVX512-BF16)"
     return f"CPU: {cpu_description()}; decode kernels: {path}; ours_bf16 encoder: {encoder}"
 
 

@@ -169,10 +169,15 @@ def read_metadata(directory: str) -> dict:
     return metadata
 
 
+def cpu_runs_bfloat16() -> bool:
+    """Whether this CPU has an instruction set oneDNN's bfloat16 kernels need (AMX or AVX512-BF16)."""
+    return bool(set(BFLOAT16_CPU_FLAGS) & device.cpu_flags())
+
+
 def check_bfloat16_cpu() -> None:
     """Return when this CPU has an instruction set oneDNN's bfloat16 kernels need (AMX or AVX512-BF16); raise
     ExportError otherwise."""
-    if not set(BFLOAT16_CPU_FLAGS) & device.cpu_flags():
+    if not cpu_runs_bfloat16():
         raise ExportError(
             "Precision bfloat16 runs on oneDNN's bfloat16 kernels, which need a CPU with AMX or AVX512-BF16 "
             f"(flag {' or '.join(BFLOAT16_CPU_FLAGS)} in {device.CPUINFO}), and this one has neither: use float32."
