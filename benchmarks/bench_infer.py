@@ -128,7 +128,7 @@ def run_ours(directory: str, args, bfloat16: bool) -> dict:
     from paddle_got import GOTQwenForCausalLM
     from paddle_got.device import set_cpu_threads
     from paddle_got.engine import Engine, GenerationRequest
-    from paddle_got.export import InferenceEncoder, cpu_runs_bfloat16, export_encoder
+    from paddle_got.export import cpu_runs_bfloat16, export_encoder, run_encoder_exported
     from paddle_got.modeling.kv_cache import KVCache
 
     set_cpu_threads(args.threads)
@@ -136,7 +136,7 @@ def run_ours(directory: str, args, bfloat16: bool) -> dict:
     if bfloat16 and cpu_runs_bfloat16():
         export_dir = os.path.join(directory, "inference")
         export_encoder(model, export_dir, source_checkpoint=directory)
-        model.qwen2.exported_encoder = InferenceEncoder(export_dir, "bfloat16", args.threads)
+        run_encoder_exported(model, export_dir, "bfloat16", args.threads)
     config = model.config
     ids, pixel_array = read_inputs(directory)
     pixels = paddle.to_tensor(pixel_array)

@@ -258,3 +258,11 @@ class InferenceEncoder:
             return self.predictor.run(inputs)
         finally:
             device.set_cpu_threads(device.cpu_threads())
+
+
+def run_encoder_exported(model, directory: str, precision: str = "bfloat16", num_threads: Optional[int] = None) -> None:
+    """Make `model` (a GOTQwenForCausalLM, for inference) encode images with the export in `directory` through an
+    InferenceEncoder; its dygraph encoder's weights are released first, so that the predictor reuses their memory
+    (0.3 GB less at the peak with GOT's encoder, measured on CPU)."""
+    model.qwen2.drop_dygraph_encoder()
+    model.qwen2.exported_encoder = InferenceEncoder(directory, precision, num_threads)

@@ -17,7 +17,7 @@ from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
 from .device import gpu_compute_capability, resolve_dtype, set_cpu_threads
 from .engine import ERROR, Engine, GenerationRequest, RequestHandle
 from .errors import BadInputError, GOTError
-from .export import InferenceEncoder, check_bfloat16_cpu, checkpoint_export_dir
+from .export import check_bfloat16_cpu, checkpoint_export_dir, run_encoder_exported
 from .hub import DEFAULT_MODEL, resolve_model_path
 from .inputs import ImageInput, InputImage, document_error, expand_inputs, load_input
 from .kernels import decode_cpu
@@ -152,8 +152,7 @@ class GOT:
         if model.qwen2.embed_tokens.weight.dtype == paddle.bfloat16 and dtype == "float32":
             logger.info("Decoding with the decoder's weights in bfloat16 (widened exactly by the CPU kernels).")
         if bfloat16_encoder:
-            directory = checkpoint_export_dir(model, path)
-            model.qwen2.exported_encoder = InferenceEncoder(directory, "bfloat16", num_threads)
+            run_encoder_exported(model, checkpoint_export_dir(model, path), "bfloat16", num_threads)
         return cls(model, processor)
 
     def iter_recognize(

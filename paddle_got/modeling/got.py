@@ -54,6 +54,12 @@ class GOTQwenModel(Qwen2Model):
             return self.exported_encoder(pixel_values)
         return self.mm_projector_vary(self.vision_tower_high(pixel_values))
 
+    def drop_dygraph_encoder(self) -> None:
+        """Release the vision tower's and the projector's weights, for inference where `exported_encoder` runs in
+        their place (the predictor's memory then reuses theirs); `encode_images` then needs `exported_encoder`."""
+        del self.vision_tower_high
+        del self.mm_projector_vary
+
     def embed(self, input_ids: paddle.Tensor, image_features: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         """Token embeddings `[B, L, hidden]` with the `<imgpad>` slots replaced by `image_features` in order.
 
