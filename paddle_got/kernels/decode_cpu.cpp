@@ -13,7 +13,7 @@
 // prefill): rotary on the new queries and keys, the keys and values written into the token-major KV cache, and
 // attention over its filled rows only (causally, without materialising a [tokens, tokens] score matrix).
 //
-// rms_norm: the decoder's RMSNorm for a few rows.
+// rms_norm, silu_mul: the decoder's RMSNorm and SwiGLU product, for a step's few rows or a prompt's prefill.
 //
 // decode_layers: a whole one-token step through every decoder layer (RMSNorm, q/k/v, cached_attention, o, the
 // residual, RMSNorm, SwiGLU, the residual) in one call, the pieces above run back to back: what a step costs
@@ -925,10 +925,16 @@ int decode_cpu_supported() { return __builtin_cpu_supports("avx2") && __builtin_
 // One cached attention step: a decode step or a prompt's prefill (see run_cached_attention).
 void cached_attention(const CachedAttentionArgs* args, int num_threads) { run_cached_attention(*args, num_threads); }
 
-// out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight, for `rows` rows of `features` floats.
-void rms_norm(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out) {
-    rms_norm_rows(x, rows, features, weight, eps, out);
+// out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight, for `rows` rows of `features` floats, the rows
+// shared among the threads.
+void rms_norm(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out,
+              int num_threads) {
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; ++r) rms_norm_rows(x + r * features, 1, features, weight, eps, out + r * features);
 }
+
+// gate[0:count] = silu(gate) * up: SwiGLU's product in place (see silu_times).
+void silu_mul(float* gate, const float* up, int64_t count, int num_threads) { silu_times(gate, up, count, num_threads); }
 
 // out[0:count] = the bfloat16 in[0:count] as float32 (see widen_bfloat16).
 void widen_bf16(const uint16_t* in, int64_t count, float* out, int num_threads) {

@@ -2,6 +2,7 @@
 and the fallbacks (gradients, many rows, no compiler)."""
 
 import logging
+import math
 import platform
 import shutil
 from collections import Counter
@@ -337,13 +338,13 @@ def test_vision_attention_equals_float64_numpy(batch, heads, head_dim, height, w
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8])
-def test_rms_norm_equals_float64_numpy(rows):
-    """`x / rms(x) * weight` row by row; beyond MAX_ROWS rows (or with gradients) the kernel declines."""
+@pytest.mark.parametrize("rows", [1, 3, 8, 300])
+def test_rms_norm_equals_float64_numpy(rows, threads):
+    """`x / rms(x) * weight` row by row, for a step's few rows and a prefill's many; with gradients the kernel
+    declines."""
     x, weight = random((rows, 1, 130), 0), random((130,), 1)
     with paddle.no_grad():
         ours = decode_cpu.rms_norm(paddle.to_tensor(x), paddle.to_tensor(weight), 1e-6).numpy()
-        assert decode_cpu.rms_norm(paddle.ones([decode_cpu.MAX_ROWS + 1, 4]), paddle.ones([4]), 1e-6) is None
     assert decode_cpu.rms_norm(paddle.ones([1, 4]), paddle.ones([4]), 1e-6) is None
     x64 = x.astype("float64")
     expected = x64 / np.sqrt((x64**2).mean(axis=-1, keepdims=True) + 1e-6) * weight
@@ -437,6 +438,23 @@ def test_a_step_in_one_call_takes_silu_over_its_whole_range(tmp_path, counting_l
     stepped = cached_logits(model, full_ids, full_mask, prompt_length)
     assert reference.relative_error(stepped, expected[:, prompt_length - 1 :]) <= 1e-5
     assert counting_library.calls["decode_layers"] == full_ids.shape[1] - prompt_length
+
+
+@pytest.mark.parametrize("shape", [(1, 45), (300, 130)], ids=["step", "prefill"])
+def test_silu_times_equals_float64_numpy_in_place(shape, threads):
+    """SwiGLU's `silu(gate) * up` written into `gate`, over gates from -120 to 120 (exp underflows below -87);
+    with gradients, or with shapes that differ, the kernel declines."""
+    gate = np.linspace(-120.0, 120.0, math.prod(shape), dtype="float32").reshape(shape)
+    up = random(shape, 2)
+    with paddle.no_grad():
+        gate_tensor = paddle.to_tensor(gate)
+        ours = decode_cpu.silu_times(gate_tensor, paddle.to_tensor(up))
+        assert ours is gate_tensor
+        assert decode_cpu.silu_times(paddle.ones([2, 4]), paddle.ones([2, 3])) is None
+    assert decode_cpu.silu_times(paddle.ones([2, 4]), paddle.ones([2, 4])) is None
+    gate64 = gate.astype("float64")
+    expected = gate64 / (1.0 + np.exp(-gate64)) * up
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-6, atol=1e-30)
 
 
 @pytest.fixture
