@@ -77,6 +77,17 @@ float horizontal_sum(__m256 vector) {
     return _mm_cvtss_f32(_mm_add_ss(halves, _mm_shuffle_ps(halves, halves, 1)));
 }
 
+// The ROWS weight rows from row k (rows `row_stride` weights apart) and x[k + r] broadcast, for a one-row sweep.
+template <int ROWS, typename W>
+inline void sweep_rows(const float* x, const W* weight, int64_t row_stride, int64_t k, const W* (&rows)[ROWS],
+                       __m256 (&xs)[ROWS]) {
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+        rows[r] = weight + (k + r) * row_stride;
+        xs[r] = _mm256_broadcast_ss(x + k + r);
+    }
+}
+
 // One row: partial[0:out_features] = x[begin:end] @ W[begin:end, 0:out_features], W's rows `row_stride` weights
 // apart, ROWS weight rows per sweep (for a product, each thread streams its own contiguous slab of W). Long weight
 // rows are read eight at a time, so that the running sums are loaded and stored once per eight rows; short ones one
@@ -89,11 +100,7 @@ void one_row_slab(const float* x, const W* weight, int64_t row_stride, int64_t o
     for (; k + ROWS <= depth.end; k += ROWS) {
         const W* rows[ROWS];
         __m256 xs[ROWS];
-#pragma GCC unroll 8
-        for (int r = 0; r < ROWS; ++r) {
-            rows[r] = weight + (k + r) * row_stride;
-            xs[r] = _mm256_broadcast_ss(x + k + r);
-        }
+        sweep_rows(x, weight, row_stride, k, rows, xs);
         int64_t j = 0;
         for (; j + kFloatsPerVector <= out_features; j += kFloatsPerVector) {
             __m256 sum_even = _mm256_loadu_ps(partial + j), sum_odd = _mm256_setzero_ps();
@@ -142,11 +149,7 @@ void one_row_slab_even_odd(const float* x, const bfloat16* weight, int64_t out_f
     for (; k + kRows <= depth.end; k += kRows) {
         const bfloat16* rows[kRows];
         __m256 xs[kRows];
-#pragma GCC unroll 8
-        for (int r = 0; r < kRows; ++r) {
-            rows[r] = weight + (k + r) * out_features;
-            xs[r] = _mm256_broadcast_ss(x + k + r);
-        }
+        sweep_rows(x, weight, out_features, k, rows, xs);
         const int64_t next_rows = kRows * out_features;
         for (int64_t j = 0; j < blocked; j += kPanelWidth) {
             __m256 sum_even = _mm256_loadu_ps(partial + j), sum_odd = _mm256_loadu_ps(partial + j + kFloatsPerVector);
