@@ -12,8 +12,9 @@ positions (and, in a prefill, attends causally without a score matrix); elsewher
 - `RowCache`: continuous batching. Rows come and go, each with its own length and positions (no padding):
   rows `0..rows-1` are running, a new row takes the next slot, a finished row's slot is refilled by the last row.
 
-Whenever a cache must grow, its capacity grows to `growth` (GROWTH unless set) positions beyond what is needed, so
-the next `growth` steps neither copy nor slice the buffers.
+Whenever a cache must grow, its capacity grows a quarter beyond what is needed, at most `growth` (GROWTH unless set)
+positions, so that the next steps neither copy nor slice the buffers while a short prompt's cache stays small; the
+buffers grow one layer at a time, never holding a second copy of the whole cache.
 """
 
 from typing import List, Optional, Tuple
@@ -49,6 +50,19 @@ def append_zero_positions(buffer: paddle.Tensor, extra: int) -> paddle.Tensor:
     return append_zero_columns(flat, extra * head_dim).reshape([rows, kv_heads, -1, head_dim])
 
 
+def grown_capacity(total_length: int, growth: int) -> int:
+    """The capacity a cache takes when it must hold `total_length` positions: a quarter more, at most `growth` more
+    (and at least one)."""
+    return total_length + min(growth, max(1, total_length // 4))
+
+
+def grow_in_place(buffers: List[paddle.Tensor], extra: int) -> None:
+    """Append `extra` zero positions to each cache buffer of `buffers` (the list is updated in place), one buffer at
+    a time: only one old buffer is alive beside the new ones."""
+    for index, buffer in enumerate(buffers):
+        buffers[index] = append_zero_positions(buffer, extra)
+
+
 def to_token_major(states: paddle.Tensor) -> paddle.Tensor:
     """Feature-major heads `[B, heads, d, L]` -> token-major `[B, heads, L, d]` (through `einsum`, whose transpose
     kernel is ~30x faster on CPU than Paddle's permute-then-copy)."""
@@ -73,14 +87,14 @@ class KVCache:
         self.length = 0
 
     def reserve(self, total_length: int) -> None:
-        """Make room for `total_length` positions, and `growth` more."""
+        """Make room for `total_length` positions, and some more (`grown_capacity`)."""
         if total_length <= self.capacity:
             return
-        extra = total_length + self.growth - self.capacity
+        capacity = grown_capacity(total_length, self.growth)
         if self.length > 0:
-            self.keys = [append_zero_positions(keys, extra) for keys in self.keys]
-            self.values = [append_zero_positions(values, extra) for values in self.values]
-        self.capacity += extra
+            grow_in_place(self.keys, capacity - self.capacity)
+            grow_in_place(self.values, capacity - self.capacity)
+        self.capacity = capacity
 
     def key_length(self, new_tokens: int) -> int:
         """How many key positions attention sees when `new_tokens` arrive: just them on an empty cache, else all."""
@@ -185,14 +199,14 @@ class RowCache:
         self._bias: Optional[paddle.Tensor] = None
 
     def reserve(self, total_length: int) -> None:
-        """Make room for rows of `total_length` positions, and `growth` more."""
+        """Make room for rows of `total_length` positions, and some more (`grown_capacity`)."""
         if total_length <= self.capacity:
             return
-        extra = total_length + self.growth - self.capacity
+        capacity = grown_capacity(total_length, self.growth)
         if self.keys[0] is not None:
-            self.keys = [append_zero_positions(keys, extra) for keys in self.keys]
-            self.values = [append_zero_positions(values, extra) for values in self.values]
-        self.capacity += extra
+            grow_in_place(self.keys, capacity - self.capacity)
+            grow_in_place(self.values, capacity - self.capacity)
+        self.capacity = capacity
 
     def add_row(self, prefilled: KVCache) -> int:
         """Copy a one-row prefilled `KVCache` into the next free slot; returns the slot (its row index)."""
