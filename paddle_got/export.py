@@ -112,6 +112,10 @@ def export_encoder(model, output_dir: str, source_checkpoint: Optional[str] = No
     finally:
         if was_training:
             encoder.train()
+    # The traced program and `encoder` hold each other: collected now, they no longer keep the encoder's weights
+    # (0.35 GB with GOT's) alive once the model releases them (`run_encoder_exported`).
+    del program, encoder
+    gc.collect()
     move_into(staging, output_dir)
     return metadata
 
@@ -264,8 +268,6 @@ class InferenceEncoder:
 def run_encoder_exported(model, directory: str, precision: str = "bfloat16", num_threads: Optional[int] = None) -> None:
     """Make `model` (a GOTQwenForCausalLM, for inference) encode images with the export in `directory` through an
     InferenceEncoder; its dygraph encoder's weights are released first, so that the predictor reuses their memory
-    (0.3 GB less at the peak with GOT's encoder, measured on CPU). After an export in this process the weights are
-    held in reference cycles with the traced program, so a collection runs before the predictor loads (0.35 GB)."""
+    (0.3 GB less at the peak with GOT's encoder, measured on CPU)."""
     model.qwen2.drop_dygraph_encoder()
-    gc.collect()
     model.qwen2.exported_encoder = InferenceEncoder(directory, precision, num_threads)

@@ -140,7 +140,7 @@ inline int64_t even_odd_index(int64_t j, int64_t out_features) {
 
 // One row, bfloat16 W [in, out]: partial = x[begin:end] @ W[begin:end, :] (laid out as even_odd_index says), eight
 // weight rows per sweep, so that the running sums are loaded and stored once per eight rows, the next eight rows
-// fetched meanwhile, into the cache level HINT (see next_sweep_hint). One row at a time, or without the fetch, read
+// fetched meanwhile, into the cache level HINT (see next_sweep_into_l1). One row at a time, or without the fetch, read
 // at 14-15 GB/s on a 2-core Xeon; this 19-20.
 template <int HINT>
 void one_row_slab_even_odd(const float* x, const bfloat16* weight, int64_t out_features, Range depth, float* partial) {
@@ -222,19 +222,19 @@ void one_row_in_by_out(const float* x, int64_t in_features, const float* weight,
         one_row_in_by_out_sweeping<1>(x, in_features, weight, out_features, bias, out, num_threads);
 }
 
-// Where the bfloat16 one-row sweep fetches its next eight rows: into L1 where L1 holds them beside the eight being
-// read (48 KB on a Xeon with AMX, measured there), else into L2. On a Zen 4 EPYC's 32 KB L1 the fetched lines pushed
-// out the ones still to be read: 18 GB/s into L1, 27-28 into L2 (GOT's layer shapes, two threads).
+// Whether the bfloat16 one-row sweep fetches its next eight rows into L1: where L1 holds them beside the eight being
+// read (48 KB on a Xeon with AMX, measured there); else into L2. On a Zen 4 EPYC's 32 KB L1 the fetched lines pushed
+// out the ones still to be read: median 16.7 GB/s into L1, 30.0 into L2 (GOT's layer shapes, two threads).
 constexpr long kL1BytesForNextSweep = 48 * 1024;
 
-int next_sweep_hint() {
-    static const int hint = sysconf(_SC_LEVEL1_DCACHE_SIZE) >= kL1BytesForNextSweep ? _MM_HINT_T0 : _MM_HINT_T1;
-    return hint;
+bool next_sweep_into_l1() {
+    static const bool into_l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE) >= kL1BytesForNextSweep;
+    return into_l1;
 }
 
 void one_row_in_by_out(const float* x, int64_t in_features, const bfloat16* weight, int64_t out_features,
                        const float* bias, float* out, int num_threads) {
-    const bool into_l1 = next_sweep_hint() == _MM_HINT_T0;
+    const bool into_l1 = next_sweep_into_l1();
     one_row_sweeping(
         in_features, out_features, 8, bias, out, num_threads,
         [=](Range depth, float* partial) {
