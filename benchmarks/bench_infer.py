@@ -5,10 +5,10 @@
 Builds the full released GOT configuration with random bfloat16-valued weights, saves it once in float32 and once
 in bfloat16 (as released), and runs four sides, each in its own process so that peak memory is its own: ours on
 float32 weights, ours on the bfloat16 checkpoint as `--dtype bfloat16` runs it (decoder weights kept in bfloat16,
-widened by our kernels; the encoder exported and run on oneDNN's bfloat16 kernels on a CPU with AMX or AVX512-BF16,
-in float32 dygraph elsewhere), and transformers (torch, CPU) in float32 and in bfloat16. Prints the CPU's features
-and the kernel paths. All get the same 1024x1024 image and prompt, and the same thread count. Prints, per side: vision
-encoder time,
+widened by our kernels; on a CPU with AMX or AVX512-BF16 the encoder exported and run on oneDNN's bfloat16 kernels
+and the prompt's products on oneDNN's bfloat16 GEMM, elsewhere float32 dygraph and MKL), and transformers (torch,
+CPU) in float32 and in bfloat16. Prints the CPU's features and the kernel paths. All get the same 1024x1024 image
+and prompt, and the same thread count. Prints, per side: vision encoder time,
 prefill time, decode tokens/s at batch 1, 4 and 8 (the better of two runs of 32 steps after a warm-up run, EOS
 ignored), end-to-end time for --new_tokens new tokens, peak memory; then the ratios, and each stage against
 this machine's ceilings (float32 GEMM GFLOP/s and memory read bandwidth, measured at the start and at the end of the
@@ -128,7 +128,7 @@ def run_ours(directory: str, args, bfloat16: bool) -> dict:
     from paddle_got import GOTQwenForCausalLM
     from paddle_got.device import set_cpu_threads
     from paddle_got.engine import Engine, GenerationRequest
-    from paddle_got.export import cpu_runs_bfloat16, export_encoder, run_encoder_exported
+    from paddle_got.export import cpu_runs_bfloat16, export_encoder, run_in_bfloat16
     from paddle_got.modeling.kv_cache import KVCache
 
     set_cpu_threads(args.threads)
@@ -136,7 +136,7 @@ def run_ours(directory: str, args, bfloat16: bool) -> dict:
     if bfloat16 and cpu_runs_bfloat16():
         export_dir = os.path.join(directory, "inference")
         export_encoder(model, export_dir, source_checkpoint=directory)
-        run_encoder_exported(model, export_dir, "bfloat16", args.threads)
+        run_in_bfloat16(model, export_dir, args.threads)
     config = model.config
     ids, pixel_array = read_inputs(directory)
     pixels = paddle.to_tensor(pixel_array)
@@ -270,7 +270,8 @@ def cpu_and_kernels() -> str:
 
     path = "AVX2 + FMA (paddle_got/kernels/decode_cpu.cpp)" if decode_cpu.load_library() else "Paddle's kernels"
     encoder = "Paddle Inference, oneDNN bfloat16" if cpu_runs_bfloat16() else "dygraph float32 (no AMX/AVX512-BF16)"
-    return f"CPU: {cpu_description()}; decode kernels: {path}; ours_bf16 encoder: {encoder}"
+    prompt = "oneDNN bfloat16 GEMM" if decode_cpu.load_onednn() else "MKL float32 GEMM on widened weights"
+    return f"CPU: {cpu_description()}; decode kernels: {path}; ours_bf16 encoder: {encoder}, prompt products: {prompt}"
 
 
 def main():

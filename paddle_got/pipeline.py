@@ -17,7 +17,7 @@ from .constants import IMG_PAD, MAX_CROPS, MAX_NEW_TOKENS, NO_REPEAT_NGRAM_SIZE
 from .device import gpu_compute_capability, resolve_dtype, set_cpu_threads
 from .engine import ERROR, Engine, GenerationRequest, RequestHandle
 from .errors import BadInputError, GOTError
-from .export import check_bfloat16_cpu, checkpoint_export_dir, run_encoder_exported
+from .export import check_bfloat16_cpu, checkpoint_export_dir, run_in_bfloat16
 from .hub import DEFAULT_MODEL, resolve_model_path
 from .inputs import ImageInput, InputImage, document_error, expand_inputs, load_input
 from .kernels import decode_cpu
@@ -128,7 +128,8 @@ class GOT:
         float32, True forces it (rounding a float32 checkpoint).
         `dtype` bfloat16 on a CPU (one with AMX or AVX512-BF16; ExportError elsewhere) also runs the encoder on
         oneDNN's bfloat16 kernels through Paddle Inference, from `<checkpoint>/inference` or an export made into the
-        cache on first use (`export.checkpoint_export_dir`); everything else then computes in float32 as above.
+        cache on first use (`export.checkpoint_export_dir`), and a prompt's products on oneDNN's bfloat16 GEMM (their
+        inputs rounded to bfloat16); a decode step's products and everything else compute in float32 as above.
         """
         bfloat16_encoder = dtype == "bfloat16" and gpu_compute_capability() is None
         if bfloat16_encoder:
@@ -152,7 +153,7 @@ class GOT:
         if model.qwen2.embed_tokens.weight.dtype == paddle.bfloat16 and dtype == "float32":
             logger.info("Decoding with the decoder's weights in bfloat16 (widened exactly by the CPU kernels).")
         if bfloat16_encoder:
-            run_encoder_exported(model, checkpoint_export_dir(model, path), "bfloat16", num_threads)
+            run_in_bfloat16(model, checkpoint_export_dir(model, path), num_threads)
         return cls(model, processor)
 
     def iter_recognize(

@@ -15,6 +15,9 @@
 //
 // rms_norm, silu_mul: the decoder's RMSNorm and SwiGLU product, for a step's few rows or a prompt's prefill.
 //
+// widen_bf16, narrow_bf16: bfloat16 -> float32 (exact) and float32 -> bfloat16 (to nearest, ties to even), the latter
+// for the inputs of oneDNN's bfloat16 GEMM (decode_cpu.bfloat16_matmul).
+//
 // decode_layers: a whole one-token step through every decoder layer (RMSNorm, q/k/v, cached_attention, o, the
 // residual, RMSNorm, SwiGLU, the residual) in one call, the pieces above run back to back: what a step costs
 // beyond its reads is then one call from Python instead of ~10 calls and Paddle ops per layer.
@@ -458,11 +461,22 @@ float exponentiate_in_place(float* scores, int64_t count, float largest) {
     return sum;
 }
 
+// The largest of values[0:count] (count >= 1), eight lanes at a time.
+float largest_of(const float* values, int64_t count) {
+    __m256 lanes = _mm256_set1_ps(values[0]);
+    int64_t c = 0;
+    for (; c + kFloatsPerVector <= count; c += kFloatsPerVector)
+        lanes = _mm256_max_ps(lanes, _mm256_loadu_ps(values + c));
+    alignas(32) float stored[kFloatsPerVector];
+    _mm256_store_ps(stored, lanes);
+    float largest = *std::max_element(stored, stored + kFloatsPerVector);
+    for (; c < count; ++c) largest = std::max(largest, values[c]);
+    return largest;
+}
+
 // probabilities[0:count] = softmax(scores[0:count]) in place.
 void softmax_in_place(float* scores, int64_t count) {
-    float largest = -3.402823466e38f;
-    for (int64_t c = 0; c < count; ++c) largest = std::max(largest, scores[c]);
-    const float inverse = 1.0f / exponentiate_in_place(scores, count, largest);
+    const float inverse = 1.0f / exponentiate_in_place(scores, count, largest_of(scores, count));
     for (int64_t k = 0; k < count; ++k) scores[k] *= inverse;
 }
 
@@ -614,105 +628,16 @@ void add_in_place(float* total, const float* addend, int64_t count) {
     for (int64_t i = 0; i < count; ++i) total[i] += addend[i];
 }
 
-// One attention step: every new key (rotated) and value written into the cache at its sequence's next rows, then
-// each rotated query attends over the tokens it may see: causally, or with a bias over every filled row (the bias
-// masks what it hides, as in the Paddle path, so even a fully masked padding row gives the same result). Query head
-// h reads KV head h / (heads / kv_heads).
-void run_cached_attention(const CachedAttentionArgs& a, int num_threads) {
-    const int64_t group = a.heads / a.kv_heads, tokens = a.new_tokens, head_dim = a.head_dim;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-    auto position_of = [&a](int64_t sequence) { return a.positions ? a.positions[sequence] : a.position; };
-#pragma omp parallel num_threads(num_threads)
-    {
-#pragma omp for schedule(static)
-        for (int64_t row_token = 0; row_token < a.batch * a.kv_heads * tokens; ++row_token) {
-            const int64_t row = row_token / tokens, t = row_token % tokens;
-            const int64_t table = row * a.table_row_stride + t, source = row * head_dim * tokens + t;
-            const int64_t target = (row * a.capacity + position_of(row / a.kv_heads) + t) * head_dim;
-            rotate(a.new_keys + source, a.key_cos + table, a.key_sin + table, tokens, head_dim, 1.0f, a.keys + target,
-                   1);
-            for (int64_t d = 0; d < head_dim; ++d) a.values[target + d] = a.new_values[source + d * tokens];
-        }
-        thread_local std::vector<float> scores, query, attended;
-        scores.resize(a.capacity);
-        query.resize(head_dim);
-        attended.resize(head_dim);
-#pragma omp for schedule(static)
-        for (int64_t row_token = 0; row_token < a.batch * a.heads * tokens; ++row_token) {
-            const int64_t row = row_token / tokens, t = row_token % tokens, position = position_of(row / a.heads);
-            const int64_t table = row * a.table_row_stride + t, count = a.bias ? position + tokens : position + t + 1;
-            const int64_t kv = row / a.heads * a.kv_heads + row % a.heads / group;
-            rotate(a.query + row * head_dim * tokens + t, a.query_cos + table, a.query_sin + table, tokens, head_dim,
-                   scale, query.data(), 1);
-            attend_one_head(query.data(), head_dim, a.keys + kv * a.capacity * head_dim,
-                            a.values + kv * a.capacity * head_dim, count,
-                            a.bias ? a.bias + row * a.bias_row_stride + t * a.bias_columns : nullptr, scores.data(),
-                            attended.data());
-            for (int64_t d = 0; d < head_dim; ++d) a.out[(row * head_dim + d) * tokens + t] = attended[d];
-        }
-    }
-}
+// ---- Attention on register tiles ----
+// Scores and the value product for several queries of one head at once, on 6 x 16 register tiles (12 accumulators,
+// one tile's loads shared by six queries): the vision encoder's attention and a prompt's. A task takes kTaskQueries
+// queries, their score rows kept in cache.
 
-// out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight, for `rows` rows of `features` floats.
-void rms_norm_rows(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out) {
-    for (int64_t r = 0; r < rows; ++r) {
-        const float* row = x + r * features;
-        double squares = 0.0;
-        for (int64_t i = 0; i < features; ++i) squares += static_cast<double>(row[i]) * row[i];
-        const float inverse = 1.0f / std::sqrt(static_cast<float>(squares / features) + eps);
-        for (int64_t i = 0; i < features; ++i) out[r * features + i] = weight[i] * (row[i] * inverse);
-    }
-}
+constexpr int64_t kTaskQueries = 24;     // queries per task: the head's keys and values are read once for all of them
+constexpr int64_t kTileRows = 6;         // queries per register tile
+constexpr int64_t kValuePassKeys = 256;  // keys per pass of the value product (their values stay in cache)
 
-// out[0:count] = the bfloat16 values in[0:count] as float32 (exact: the 16 bits become the float's top half), every
-// thread widening its own share of the array.
-void widen_bfloat16(const bfloat16* in, int64_t count, float* out, int num_threads) {
-    constexpr int64_t kChunk = 1 << 16;
-    const int64_t chunks = (count + kChunk - 1) / kChunk;
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-        const int64_t begin = chunk * kChunk, end = std::min(count, begin + kChunk);
-        int64_t i = begin;
-        for (; i + kFloatsPerVector <= end; i += kFloatsPerVector) _mm256_storeu_ps(out + i, load8(in + i));
-        for (; i < end; ++i) out[i] = to_float(in[i]);
-    }
-}
-
-// ---- The vision encoder's attention ----
-// Softmax attention with MViTv2's decomposed relative positions over a [height, width] map, one head at a time:
-// scores[q, k] = scale * q . k + rel_h[q, ky] + rel_w[q, kx]. Keys are packed into 16-column tiles and values
-// transposed token-major once per call, so that both products run on 6 x 16 register tiles (12 accumulators, one
-// tile's loads shared by six queries); a task takes kVisionQueries queries of one head, their score rows in cache.
-
-constexpr int64_t kVisionQueries = 24;   // queries per task: the head's keys and values are read once for all of them
-constexpr int64_t kVisionTileRows = 6;   // queries per register tile
-constexpr int64_t kVisionKeyTile = 256;  // keys per pass of the value product (their values stay in cache)
-
-struct VisionAttentionArgs {
-    const float* qkv;       // [batch, 3, heads, head_dim, tokens]: the qkv projection, feature-major
-    const float* relative;  // [batch, heads, height + width, tokens]: rel_h then rel_w terms of each query
-    int64_t batch, heads, head_dim, height, width;
-    float* out;             // [batch, heads, head_dim, tokens]
-};
-
-// keys [head_dim, tokens] -> packed [tokens / 16][head_dim][16] (whole tiles only).
-void pack_key_tiles(const float* keys, int64_t head_dim, int64_t tokens, float* packed) {
-    for (int64_t d = 0; d < head_dim; ++d)
-        for (int64_t tile = 0; tile < tokens / kPanelWidth; ++tile)
-            std::memcpy(packed + (tile * head_dim + d) * kPanelWidth, keys + d * tokens + tile * kPanelWidth,
-                        kPanelWidth * sizeof(float));
-}
-
-// values [head_dim, tokens] -> token-major [tokens, head_dim].
-void transpose_values(const float* values, int64_t head_dim, int64_t tokens, float* transposed) {
-    constexpr int64_t kBlock = 64;
-    for (int64_t begin = 0; begin < tokens; begin += kBlock)
-        for (int64_t d = 0; d < head_dim; ++d)
-            for (int64_t k = begin; k < std::min(tokens, begin + kBlock); ++k)
-                transposed[k * head_dim + d] = values[d * tokens + k];
-}
-
-// scores[r * stride + j] = queries[:, r] . key_tile[:, j] for ROWS queries ([head_dim][kVisionQueries] columns) and
+// scores[r * stride + j] = queries[:, r] . key_tile[:, j] for ROWS queries ([head_dim][kTaskQueries] columns) and
 // one packed tile of 16 keys ([head_dim][16]).
 template <int ROWS>
 void score_tile(const float* queries, int64_t head_dim, const float* key_tile, float* scores, int64_t stride) {
@@ -722,7 +647,7 @@ void score_tile(const float* queries, int64_t head_dim, const float* key_tile, f
         const __m256 low = _mm256_loadu_ps(key_tile + d * kPanelWidth);
         const __m256 high = _mm256_loadu_ps(key_tile + d * kPanelWidth + kFloatsPerVector);
         for (int r = 0; r < ROWS; ++r) {
-            const __m256 q = _mm256_broadcast_ss(queries + d * kVisionQueries + r);
+            const __m256 q = _mm256_broadcast_ss(queries + d * kTaskQueries + r);
             sum[r][0] = _mm256_fmadd_ps(q, low, sum[r][0]);
             sum[r][1] = _mm256_fmadd_ps(q, high, sum[r][1]);
         }
@@ -756,6 +681,251 @@ void value_tile(const float* probabilities, int64_t stride, const float* values,
     }
 }
 
+// scores[r * stride + k] = queries[:, r] . key k for the first `count` queries of a task ([head_dim][kTaskQueries])
+// and keys k < `keys`: whole tiles of 16 from `packed` ([keys / 16][head_dim][16]), the rest from `unpacked`, where
+// feature d of key k is at k * token_step + d * feature_step.
+void score_task_keys(const float* queries, int64_t head_dim, int64_t count, const float* packed, const float* unpacked,
+                     int64_t token_step, int64_t feature_step, int64_t keys, float* scores, int64_t stride) {
+    const int64_t tiled = keys / kPanelWidth * kPanelWidth;
+    for (int64_t k = 0; k < tiled; k += kPanelWidth)
+        for (int64_t r = 0; r < kTaskQueries; r += kTileRows)
+            score_tile<kTileRows>(queries + r, head_dim, packed + k * head_dim, scores + r * stride + k, stride);
+    for (int64_t k = tiled; k < keys; ++k)
+        for (int64_t r = 0; r < count; ++r) {
+            float total = 0.0f;
+            for (int64_t d = 0; d < head_dim; ++d)
+                total += queries[d * kTaskQueries + r] * unpacked[k * token_step + d * feature_step];
+            scores[r * stride + k] = total;
+        }
+}
+
+// partial[r * head_dim + d] = sum over k < keys of probabilities[r * stride + k] * values[k, d] for `count` queries
+// of a task (values token-major [keys, head_dim]).
+void weigh_task_values(const float* probabilities, int64_t stride, const float* values, int64_t head_dim,
+                       int64_t count, int64_t keys, float* partial) {
+    std::fill(partial, partial + kTaskQueries * head_dim, 0.0f);
+    const int64_t tiled_dim = head_dim / kPanelWidth * kPanelWidth;
+    for (int64_t begin = 0; begin < keys; begin += kValuePassKeys) {
+        const int64_t end = std::min(keys, begin + kValuePassKeys);
+        for (int64_t d0 = 0; d0 < tiled_dim; d0 += kPanelWidth)
+            for (int64_t r = 0; r < count; r += kTileRows)
+                value_tile<kTileRows>(probabilities + r * stride, stride, values, head_dim, d0, begin, end,
+                                      partial + r * head_dim);
+    }
+    for (int64_t r = 0; r < count; ++r)
+        for (int64_t d = tiled_dim; d < head_dim; ++d) {
+            float total = 0.0f;
+            for (int64_t k = 0; k < keys; ++k) total += probabilities[r * stride + k] * values[k * head_dim + d];
+            partial[r * head_dim + d] = total;
+        }
+}
+
+// ---- A prompt's attention ----
+// Several new tokens of sequences that share one `position` (a prefill or a continued prompt): each head's filled keys
+// packed into 16-key tiles once, then tasks of kTaskQueries queries of one head on the register tiles. A task scores
+// the keys its last query may see; each query's softmax then runs over its own keys (causally, or all with the bias),
+// the rest of its row set to zero, and the value product reads the token-major cache.
+
+// keys token-major [count, head_dim] -> packed [count / 16][head_dim][16] (whole tiles only).
+void pack_cached_key_tiles(const float* keys, int64_t head_dim, int64_t count, float* packed) {
+    for (int64_t tile = 0; tile < count / kPanelWidth; ++tile)
+        for (int64_t j = 0; j < kPanelWidth; ++j)
+            for (int64_t d = 0; d < head_dim; ++d)
+                packed[(tile * head_dim + d) * kPanelWidth + j] = keys[(tile * kPanelWidth + j) * head_dim + d];
+}
+
+// Per-thread room for one task: the rotated queries [head_dim][kTaskQueries] (scaled), score rows
+// [kTaskQueries][score_stride] and output sums [kTaskQueries][head_dim].
+struct PromptTaskBuffers {
+    std::vector<float> queries, scores, partial;
+    int64_t score_stride;
+};
+
+// Queries [first, first + kTaskQueries) of query row `row` (sequence * heads + head; fewer at the end), each
+// attending over the keys it may see: out[row, :, t] for each. `packed_keys` holds `packed_stride` floats per KV row.
+void attend_prompt_queries(const CachedAttentionArgs& a, const float* packed_keys, int64_t packed_stride, int64_t row,
+                           int64_t first, PromptTaskBuffers& buffers) {
+    const int64_t dim = a.head_dim, tokens = a.new_tokens, stride = buffers.score_stride;
+    const int64_t count = std::min(kTaskQueries, tokens - first);
+    const int64_t kv = row / a.heads * a.kv_heads + row % a.heads / (a.heads / a.kv_heads);
+    const int64_t seen = a.bias ? a.position + tokens : a.position + first + count;  // by the task's last query
+    const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    const float* keys = a.keys + kv * a.capacity * dim;
+    const float* values = a.values + kv * a.capacity * dim;
+    float* queries = buffers.queries.data();
+    float* scores = buffers.scores.data();
+    float* partial = buffers.partial.data();
+    for (int64_t r = 0; r < kTaskQueries; ++r) {
+        const int64_t table = row * a.table_row_stride + first + r;
+        if (r < count)
+            rotate(a.query + row * dim * tokens + first + r, a.query_cos + table, a.query_sin + table, tokens, dim,
+                   scale, queries + r, kTaskQueries);
+        else
+            for (int64_t d = 0; d < dim; ++d) queries[d * kTaskQueries + r] = 0.0f;
+    }
+    score_task_keys(queries, dim, count, packed_keys + kv * packed_stride, keys, dim, 1, seen, scores, stride);
+    float inverse[kTaskQueries] = {};
+    for (int64_t r = 0; r < count; ++r) {
+        float* line = scores + r * stride;
+        const int64_t own = a.bias ? seen : a.position + first + r + 1;
+        if (a.bias) {
+            const float* bias = a.bias + row * a.bias_row_stride + (first + r) * a.bias_columns;
+            for (int64_t k = 0; k < own; ++k) line[k] += bias[k];
+        }
+        inverse[r] = 1.0f / exponentiate_in_place(line, own, largest_of(line, own));
+        std::fill(line + own, line + seen, 0.0f);
+    }
+    weigh_task_values(scores, stride, values, dim, count, seen, partial);
+    for (int64_t d = 0; d < dim; ++d)
+        for (int64_t r = 0; r < count; ++r)
+            a.out[(row * dim + d) * tokens + first + r] = partial[r * dim + d] * inverse[r];
+}
+
+// Each query of `a` attending over the keys it may see, one query per task (in a parallel region: the tasks are
+// shared among its threads).
+void attend_query_by_query(const CachedAttentionArgs& a) {
+    const int64_t group = a.heads / a.kv_heads, tokens = a.new_tokens, head_dim = a.head_dim;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    thread_local std::vector<float> scores, query, attended;
+    scores.resize(a.capacity);
+    query.resize(head_dim);
+    attended.resize(head_dim);
+#pragma omp for schedule(static)
+    for (int64_t row_token = 0; row_token < a.batch * a.heads * tokens; ++row_token) {
+        const int64_t row = row_token / tokens, t = row_token % tokens;
+        const int64_t position = a.positions ? a.positions[row / a.heads] : a.position;
+        const int64_t table = row * a.table_row_stride + t, count = a.bias ? position + tokens : position + t + 1;
+        const int64_t kv = row / a.heads * a.kv_heads + row % a.heads / group;
+        rotate(a.query + row * head_dim * tokens + t, a.query_cos + table, a.query_sin + table, tokens, head_dim,
+               scale, query.data(), 1);
+        attend_one_head(query.data(), head_dim, a.keys + kv * a.capacity * head_dim,
+                        a.values + kv * a.capacity * head_dim, count,
+                        a.bias ? a.bias + row * a.bias_row_stride + t * a.bias_columns : nullptr, scores.data(),
+                        attended.data());
+        for (int64_t d = 0; d < head_dim; ++d) a.out[(row * head_dim + d) * tokens + t] = attended[d];
+    }
+}
+
+// The queries of a prompt (several new tokens, one shared position) on register tiles: every head's filled keys
+// packed into `packed_keys` (`packed_stride` floats per KV head), then tasks of kTaskQueries queries (in a parallel
+// region, like attend_query_by_query).
+void attend_prompt(const CachedAttentionArgs& a, float* packed_keys, int64_t packed_stride) {
+    const int64_t head_dim = a.head_dim, tokens = a.new_tokens, seen = a.position + tokens;
+    const int64_t tasks_per_row = (tokens + kTaskQueries - 1) / kTaskQueries;
+#pragma omp for schedule(static)
+    for (int64_t kv = 0; kv < a.batch * a.kv_heads; ++kv)
+        pack_cached_key_tiles(a.keys + kv * a.capacity * head_dim, head_dim, seen, packed_keys + kv * packed_stride);
+    PromptTaskBuffers buffers;
+    buffers.score_stride = seen + kPanelWidth;  // a padded stride: score rows 2^k floats apart share cache sets
+    buffers.queries.resize(head_dim * kTaskQueries);
+    buffers.scores.resize(kTaskQueries * buffers.score_stride);
+    buffers.partial.resize(kTaskQueries * head_dim);
+#pragma omp for schedule(static, 1)  // interleaved: later queries see more keys
+    for (int64_t task = 0; task < a.batch * a.heads * tasks_per_row; ++task)
+        attend_prompt_queries(a, packed_keys, packed_stride, task / tasks_per_row, task % tasks_per_row * kTaskQueries,
+                              buffers);
+}
+
+// One attention step: every new key (rotated) and value written into the cache at its sequence's next rows, then
+// each rotated query attends over the tokens it may see: causally, or with a bias over every filled row (the bias
+// masks what it hides, as in the Paddle path, so even a fully masked padding row gives the same result). Query head
+// h reads KV head h / (heads / kv_heads). A prompt's queries run on register tiles, a decode step's one by one.
+void run_cached_attention(const CachedAttentionArgs& a, int num_threads) {
+    const int64_t tokens = a.new_tokens, head_dim = a.head_dim;
+    const bool prompt = tokens > 1 && !a.positions;
+    const int64_t packed_stride = prompt ? (a.position + tokens) / kPanelWidth * kPanelWidth * head_dim : 0;
+    std::vector<float> packed_keys(a.batch * a.kv_heads * packed_stride);
+#pragma omp parallel num_threads(num_threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t row_token = 0; row_token < a.batch * a.kv_heads * tokens; ++row_token) {
+            const int64_t row = row_token / tokens, t = row_token % tokens;
+            const int64_t position = a.positions ? a.positions[row / a.kv_heads] : a.position;
+            const int64_t table = row * a.table_row_stride + t, source = row * head_dim * tokens + t;
+            const int64_t target = (row * a.capacity + position + t) * head_dim;
+            rotate(a.new_keys + source, a.key_cos + table, a.key_sin + table, tokens, head_dim, 1.0f, a.keys + target,
+                   1);
+            for (int64_t d = 0; d < head_dim; ++d) a.values[target + d] = a.new_values[source + d * tokens];
+        }
+        if (prompt)
+            attend_prompt(a, packed_keys.data(), packed_stride);
+        else
+            attend_query_by_query(a);
+    }
+}
+
+// out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight, for `rows` rows of `features` floats.
+void rms_norm_rows(const float* x, int64_t rows, int64_t features, const float* weight, float eps, float* out) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* row = x + r * features;
+        double squares = 0.0;
+        for (int64_t i = 0; i < features; ++i) squares += static_cast<double>(row[i]) * row[i];
+        const float inverse = 1.0f / std::sqrt(static_cast<float>(squares / features) + eps);
+        for (int64_t i = 0; i < features; ++i) out[r * features + i] = weight[i] * (row[i] * inverse);
+    }
+}
+
+// body(begin, end) over [0, count) in chunks of 64 Ki items, shared among `num_threads` threads.
+template <typename Body>
+void in_chunks(int64_t count, int num_threads, const Body& body) {
+    constexpr int64_t kChunk = 1 << 16;
+    const int64_t chunks = (count + kChunk - 1) / kChunk;
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) body(chunk * kChunk, std::min(count, (chunk + 1) * kChunk));
+}
+
+// out[0:count] = the bfloat16 values in[0:count] as float32 (exact: the 16 bits become the float's top half).
+void widen_bfloat16(const bfloat16* in, int64_t count, float* out, int num_threads) {
+    in_chunks(count, num_threads, [&](int64_t begin, int64_t end) {
+        int64_t i = begin;
+        for (; i + kFloatsPerVector <= end; i += kFloatsPerVector) _mm256_storeu_ps(out + i, load8(in + i));
+        for (; i < end; ++i) out[i] = to_float(in[i]);
+    });
+}
+
+// The float32 value nearest to each in[i] that bfloat16 holds (ties to even), its upper 16 bits in out[i]; a NaN
+// stays a quiet NaN (rounding its bits could carry it into infinity).
+void narrow_bfloat16(const float* in, int64_t count, bfloat16* out, int num_threads) {
+    in_chunks(count, num_threads, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            uint32_t bits;
+            std::memcpy(&bits, in + i, sizeof bits);
+            const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+            const bool is_nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+            out[i] = static_cast<bfloat16>(is_nan ? (bits >> 16) | 0x40u : rounded);
+        }
+    });
+}
+
+// ---- The vision encoder's attention ----
+// Softmax attention with MViTv2's decomposed relative positions over a [height, width] map, one head at a time:
+// scores[q, k] = scale * q . k + rel_h[q, ky] + rel_w[q, kx]. Keys are packed into 16-column tiles and values
+// transposed token-major once per call, so that both products run on the register tiles above.
+
+struct VisionAttentionArgs {
+    const float* qkv;       // [batch, 3, heads, head_dim, tokens]: the qkv projection, feature-major
+    const float* relative;  // [batch, heads, height + width, tokens]: rel_h then rel_w terms of each query
+    int64_t batch, heads, head_dim, height, width;
+    float* out;             // [batch, heads, head_dim, tokens]
+};
+
+// keys [head_dim, tokens] -> packed [tokens / 16][head_dim][16] (whole tiles only).
+void pack_key_tiles(const float* keys, int64_t head_dim, int64_t tokens, float* packed) {
+    for (int64_t d = 0; d < head_dim; ++d)
+        for (int64_t tile = 0; tile < tokens / kPanelWidth; ++tile)
+            std::memcpy(packed + (tile * head_dim + d) * kPanelWidth, keys + d * tokens + tile * kPanelWidth,
+                        kPanelWidth * sizeof(float));
+}
+
+// values [head_dim, tokens] -> token-major [tokens, head_dim].
+void transpose_values(const float* values, int64_t head_dim, int64_t tokens, float* transposed) {
+    constexpr int64_t kBlock = 64;
+    for (int64_t begin = 0; begin < tokens; begin += kBlock)
+        for (int64_t d = 0; d < head_dim; ++d)
+            for (int64_t k = begin; k < std::min(tokens, begin + kBlock); ++k)
+                transposed[k * head_dim + d] = values[d * tokens + k];
+}
+
 // row[k] += rel_h[k / width] + rel_w[k % width] for a [height, width] map of keys; returns the largest result.
 float add_relative_positions(float* row, const float* rel_h, const float* rel_w, int64_t height, int64_t width) {
     __m256 largest = _mm256_set1_ps(-3.402823466e38f);
@@ -779,19 +949,19 @@ float add_relative_positions(float* row, const float* rel_h, const float* rel_w,
     return std::max(largest_tail, *std::max_element(lanes, lanes + kFloatsPerVector));
 }
 
-// Per-thread room for one task: the queries [head_dim][kVisionQueries] (scaled), their relative-position terms
-// [kVisionQueries][height + width], score rows [kVisionQueries][score_stride] and output sums
-// [kVisionQueries][head_dim].
+// Per-thread room for one task: the queries [head_dim][kTaskQueries] (scaled), their relative-position terms
+// [kTaskQueries][height + width], score rows [kTaskQueries][score_stride] and output sums
+// [kTaskQueries][head_dim].
 struct VisionTaskBuffers {
     std::vector<float> queries, relative, scores, partial;
     int64_t score_stride;
 };
 
-// Queries [first, first + kVisionQueries) of head `bh` (fewer at the end): out[bh, :, q] for each.
+// Queries [first, first + kTaskQueries) of head `bh` (fewer at the end): out[bh, :, q] for each.
 void attend_vision_queries(const VisionAttentionArgs& a, const float* packed_keys, const float* values_by_token,
                            int64_t bh, int64_t first, VisionTaskBuffers& buffers) {
     const int64_t dim = a.head_dim, tokens = a.height * a.width, terms = a.height + a.width;
-    const int64_t count = std::min(kVisionQueries, tokens - first), stride = buffers.score_stride;
+    const int64_t count = std::min(kTaskQueries, tokens - first), stride = buffers.score_stride;
     const int64_t batch = bh / a.heads, head = bh % a.heads;
     const float* query = a.qkv + (batch * 3 * a.heads + head) * dim * tokens;
     const float* keys = query + a.heads * dim * tokens;
@@ -801,44 +971,20 @@ void attend_vision_queries(const VisionAttentionArgs& a, const float* packed_key
     float* scores = buffers.scores.data();
     float* partial = buffers.partial.data();
     for (int64_t d = 0; d < dim; ++d)
-        for (int64_t r = 0; r < kVisionQueries; ++r)
-            queries[d * kVisionQueries + r] = r < count ? query[d * tokens + first + r] * scale : 0.0f;
+        for (int64_t r = 0; r < kTaskQueries; ++r)
+            queries[d * kTaskQueries + r] = r < count ? query[d * tokens + first + r] * scale : 0.0f;
     for (int64_t j = 0; j < terms; ++j)
         for (int64_t r = 0; r < count; ++r) buffers.relative[r * terms + j] = relative[j * tokens + first + r];
     const int64_t tiled = tokens / kPanelWidth * kPanelWidth;
-    for (int64_t k = 0; k < tiled; k += kPanelWidth)
-        for (int64_t r = 0; r < kVisionQueries; r += kVisionTileRows)
-            score_tile<kVisionTileRows>(queries + r, dim, packed_keys + bh * tiled * dim + k * dim,
-                                        scores + r * stride + k, stride);
-    for (int64_t k = tiled; k < tokens; ++k)
-        for (int64_t r = 0; r < count; ++r) {
-            float total = 0.0f;
-            for (int64_t d = 0; d < dim; ++d) total += queries[d * kVisionQueries + r] * keys[d * tokens + k];
-            scores[r * stride + k] = total;
-        }
-    float inverse[kVisionQueries] = {};
+    score_task_keys(queries, dim, count, packed_keys + bh * tiled * dim, keys, 1, tokens, tokens, scores, stride);
+    float inverse[kTaskQueries] = {};
     for (int64_t r = 0; r < count; ++r) {
         const float* terms_of_query = buffers.relative.data() + r * terms;
         float* row = scores + r * stride;
         const float largest = add_relative_positions(row, terms_of_query, terms_of_query + a.height, a.height, a.width);
         inverse[r] = 1.0f / exponentiate_in_place(row, tokens, largest);
     }
-    std::fill(partial, partial + kVisionQueries * dim, 0.0f);
-    const float* values = values_by_token + bh * tokens * dim;
-    const int64_t tiled_dim = dim / kPanelWidth * kPanelWidth;
-    for (int64_t begin = 0; begin < tokens; begin += kVisionKeyTile) {
-        const int64_t end = std::min(tokens, begin + kVisionKeyTile);
-        for (int64_t d0 = 0; d0 < tiled_dim; d0 += kPanelWidth)
-            for (int64_t r = 0; r < count; r += kVisionTileRows)
-                value_tile<kVisionTileRows>(scores + r * stride, stride, values, dim, d0, begin, end,
-                                            partial + r * dim);
-    }
-    for (int64_t r = 0; r < count; ++r)
-        for (int64_t d = tiled_dim; d < dim; ++d) {
-            float total = 0.0f;
-            for (int64_t k = 0; k < tokens; ++k) total += scores[r * stride + k] * values[k * dim + d];
-            partial[r * dim + d] = total;
-        }
+    weigh_task_values(scores, stride, values_by_token + bh * tokens * dim, dim, count, tokens, partial);
     float* out = a.out + bh * dim * tokens;
     for (int64_t r = 0; r < count; ++r)
         for (int64_t d = 0; d < dim; ++d) out[d * tokens + first + r] = partial[r * dim + d] * inverse[r];
@@ -848,7 +994,7 @@ void attend_vision_queries(const VisionAttentionArgs& a, const float* packed_key
 void run_vision_attention(const VisionAttentionArgs& a, int num_threads) {
     const int64_t dim = a.head_dim, tokens = a.height * a.width, heads = a.batch * a.heads;
     const int64_t tiled = tokens / kPanelWidth * kPanelWidth;
-    const int64_t tasks_per_head = (tokens + kVisionQueries - 1) / kVisionQueries;
+    const int64_t tasks_per_head = (tokens + kTaskQueries - 1) / kTaskQueries;
     std::vector<float> packed_keys(heads * tiled * dim), values_by_token(heads * tokens * dim);
 #pragma omp parallel num_threads(num_threads)
     {
@@ -861,14 +1007,14 @@ void run_vision_attention(const VisionAttentionArgs& a, int num_threads) {
         }
         VisionTaskBuffers buffers;
         buffers.score_stride = tokens + kPanelWidth;  // a padded stride: score rows 2^k floats apart share cache sets
-        buffers.queries.resize(dim * kVisionQueries);
-        buffers.relative.resize(kVisionQueries * (a.height + a.width));
-        buffers.scores.resize(kVisionQueries * buffers.score_stride);
-        buffers.partial.resize(kVisionQueries * dim);
+        buffers.queries.resize(dim * kTaskQueries);
+        buffers.relative.resize(kTaskQueries * (a.height + a.width));
+        buffers.scores.resize(kTaskQueries * buffers.score_stride);
+        buffers.partial.resize(kTaskQueries * dim);
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < heads * tasks_per_head; ++task)
             attend_vision_queries(a, packed_keys.data(), values_by_token.data(), task / tasks_per_head,
-                                  task % tasks_per_head * kVisionQueries, buffers);
+                                  task % tasks_per_head * kTaskQueries, buffers);
     }
 }
 
@@ -961,6 +1107,11 @@ void silu_mul(float* gate, const float* up, int64_t count, int num_threads) { si
 // out[0:count] = the bfloat16 in[0:count] as float32 (see widen_bfloat16).
 void widen_bf16(const uint16_t* in, int64_t count, float* out, int num_threads) {
     widen_bfloat16(in, count, out, num_threads);
+}
+
+// out[0:count] = in[0:count] rounded to bfloat16 (see narrow_bfloat16).
+void narrow_bf16(const float* in, int64_t count, uint16_t* out, int num_threads) {
+    narrow_bfloat16(in, count, out, num_threads);
 }
 
 // The vision encoder's attention for one block (see run_vision_attention).

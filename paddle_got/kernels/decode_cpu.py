@@ -15,6 +15,10 @@ layer is not plain (LoRA), the layers run one by one, each product and attention
 prefill's attention runs through the same attention kernel (`cached_attention`), causally, without the
 `[heads, tokens, tokens]` score matrix Paddle's ops would build. The vision encoder's attention has its own kernel
 (`vision_attention`), bound by arithmetic rather than reads, in the same library.
+
+With `--dtype bfloat16` on a CPU with AMX or AVX512-BF16, a prompt's products (more than `MAX_ROWS` rows) run on
+oneDNN's bfloat16 GEMM from Paddle's wheel (`bfloat16_matmul`, inputs rounded to bfloat16) instead of MKL's float32 GEMM
+on widened weights.
 """
 
 import ctypes
@@ -111,10 +115,12 @@ def load_library() -> Optional[ctypes.CDLL]:
     library.silu_mul.argtypes = [pointer, pointer, count, ctypes.c_int]
     library.decode_layers.argtypes = [ctypes.POINTER(DecodeLayersArgs), ctypes.c_int]
     library.vision_attention.argtypes = [ctypes.POINTER(VisionAttentionArgs), ctypes.c_int]
-    library.widen_bf16.argtypes = [pointer, count, pointer, ctypes.c_int]
+    conversions = (library.widen_bf16, library.narrow_bf16)
+    for conversion in conversions:
+        conversion.argtypes = [pointer, count, pointer, ctypes.c_int]
     products = (library.skinny_matmul, library.skinny_matmul_bf16)
     others = (library.cached_attention, library.rms_norm, library.silu_mul, library.decode_layers)
-    for function in (*products, *others, library.vision_attention, library.widen_bf16):
+    for function in (*products, *others, library.vision_attention, *conversions):
         function.restype = None
     return library
 
@@ -160,6 +166,101 @@ def weight_in(weight: paddle.Tensor, activations: paddle.Tensor) -> paddle.Tenso
     return widened
 
 
+ONEDNN_LIBRARY = "libdnnl.so.3"  # in Paddle's CPU wheel, next to its MKL
+# dnnl_cpu_isa_avx512_core_bf16 in oneDNN 3's dnnl_types.h: each ISA's value holds the bits of those it extends, so
+# AMX's values hold these too.
+ONEDNN_BFLOAT16_ISA = 0xE7
+BFLOAT16_GEMM = "bfloat16_gemm"  # an nn.Linear with this attribute True multiplies > MAX_ROWS rows in bfloat16
+
+
+@functools.lru_cache(maxsize=None)
+def load_onednn() -> Optional[ctypes.CDLL]:
+    """Paddle's oneDNN with `dnnl_gemm_bf16bf16f32` bound, where oneDNN runs it on native bfloat16 instructions (AMX
+    or AVX512-BF16, as oneDNN itself detects them) and our kernels load; None elsewhere."""
+    path = Path(paddle.__file__).parent / "libs" / ONEDNN_LIBRARY
+    if load_library() is None or not path.exists():
+        return None
+    try:
+        onednn = ctypes.CDLL(str(path))
+        isa = onednn.dnnl_get_effective_cpu_isa
+        gemm = onednn.dnnl_gemm_bf16bf16f32
+    except (OSError, AttributeError):
+        return None
+    isa.restype = ctypes.c_int
+    if isa() & ONEDNN_BFLOAT16_ISA != ONEDNN_BFLOAT16_ISA:
+        return None
+    size, pointer = ctypes.c_int64, ctypes.c_void_p
+    gemm.argtypes = [ctypes.c_char, ctypes.c_char, size, size, size, ctypes.c_float, pointer, size, pointer, size]
+    gemm.argtypes += [ctypes.c_float, pointer, size]
+    gemm.restype = ctypes.c_int
+    return onednn
+
+
+def bfloat16_gemm_applies(layer: nn.Linear, activations: paddle.Tensor, rows: int) -> bool:
+    """True when `layer` asks for bfloat16 GEMMs (`BFLOAT16_GEMM`), holds a bfloat16 weight, the product has more than
+    `MAX_ROWS` `rows` (fewer stay on our exact kernels), and oneDNN can multiply the float32 `activations` by it (CPU
+    inference, native bfloat16 instructions)."""
+    return (
+        getattr(layer, BFLOAT16_GEMM, False)
+        and rows > MAX_ROWS
+        and kernels_apply(activations, layer.weight, (paddle.bfloat16,))
+        and load_onednn() is not None
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def gomp_library() -> Optional[ctypes.CDLL]:
+    """The GNU OpenMP runtime Paddle's oneDNN runs on; None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        return None
+
+
+def gomp_threads(count: int) -> None:
+    """Give the calling thread's next GNU OpenMP regions (oneDNN's) `count` threads."""
+    library = gomp_library()
+    if library is not None:
+        library.omp_set_num_threads(count)
+
+
+def bfloat16_matmul(
+    x: paddle.Tensor, y: paddle.Tensor, transpose_x: bool = False, transpose_y: bool = False
+) -> paddle.Tensor:
+    """`paddle.matmul(x, y, transpose_x, transpose_y)` on oneDNN's bfloat16 GEMM (AMX where the CPU has it), where one
+    operand is a bfloat16 weight `[r, c]` and the other float32 activations `[..., r, c]`, rounded to bfloat16 (ties
+    to even); float32 accumulation, float32 `[..., M, N]`.
+
+    The rounding costs ~3 significant digits of the activations (relative error ~1e-3 against float32), as in
+    torch's bfloat16 linear layers; oneDNN runs on libgomp's threads, `device.cpu_threads()` of them.
+    """
+    threads = device.cpu_threads()
+    operands = []
+    for operand in (x, y):
+        operand = operand.contiguous()
+        if operand.dtype == paddle.float32:
+            narrowed = _C_ops.empty(operand.shape, paddle.bfloat16, CPU)
+            load_library().narrow_bf16(operand.data_ptr(), operand.numel().item(), narrowed.data_ptr(), threads)
+            operand, batch = narrowed, operand.shape[:-2]
+        operands.append(operand)
+    (x, y), matrices = operands, math.prod(batch)
+    rows, depth = x.shape[-2:][::-1] if transpose_x else x.shape[-2:]
+    columns = y.shape[-2] if transpose_y else y.shape[-1]
+    output = _C_ops.empty([*batch, rows, columns], paddle.float32, CPU)
+    gomp_threads(threads)
+    gemm, bytes_per_value = load_onednn().dnnl_gemm_bf16bf16f32, 2
+    for index in range(matrices):
+        x_offset, y_offset = (bytes_per_value * index * math.prod(t.shape[-2:]) if t.ndim > 2 else 0 for t in (x, y))
+        status = gemm(
+            b"T" if transpose_x else b"N", b"T" if transpose_y else b"N", rows, columns, depth, 1.0,
+            x.data_ptr() + x_offset, x.shape[-1], y.data_ptr() + y_offset, y.shape[-1], 0.0,
+            output.data_ptr() + 4 * index * rows * columns, columns,
+        )  # fmt: skip
+        if status != 0:
+            raise RuntimeError(f"oneDNN's bfloat16 GEMM failed (dnnl_status_t {status}).")
+    return output
+
+
 def skinny_matmul(
     rows: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor], weight_is_out_by_in: bool
 ) -> paddle.Tensor:
@@ -198,12 +299,17 @@ def matmul(
 
 
 def linear(layer: nn.Layer, rows: paddle.Tensor) -> paddle.Tensor:
-    """`layer(rows)`, through our kernel when `layer` is a plain `nn.Linear` and the kernel applies (a wrapped one,
-    e.g. LoRA, and everything else run the layer's own forward; a bfloat16 weight is widened for Paddle's)."""
+    """`layer(rows)`, through our kernel when `layer` is a plain `nn.Linear` and the kernel applies, on oneDNN's
+    bfloat16 GEMM for more rows when the layer asks for it (`BFLOAT16_GEMM`, see `bfloat16_matmul`); a wrapped one
+    (e.g. LoRA) and everything else run the layer's own forward (a bfloat16 weight widened for Paddle's)."""
     if type(layer) is not nn.Linear:
         return layer(rows)
-    if few_rows(rows) and kernels_apply(rows, layer.weight, PRODUCT_WEIGHT_DTYPES):
-        return skinny_matmul(rows, layer.weight, layer.bias, weight_is_out_by_in=False)
+    if few_rows(rows):
+        if kernels_apply(rows, layer.weight, PRODUCT_WEIGHT_DTYPES):
+            return skinny_matmul(rows, layer.weight, layer.bias, weight_is_out_by_in=False)
+    elif bfloat16_gemm_applies(layer, rows, math.prod(rows.shape[:-1])):
+        product = bfloat16_matmul(rows, layer.weight)
+        return product if layer.bias is None else product.add_(layer.bias)
     return nn.functional.linear(rows, weight_in(layer.weight, rows), layer.bias)
 
 

@@ -15,8 +15,11 @@ def linear_to_feature_major(linear: nn.Layer, hidden_states: paddle.Tensor) -> p
     """`linear(hidden_states)` for `[N, L, in]`, returned feature-major: `[N, out, L]`."""
     if type(linear) is not nn.Linear:
         return linear(hidden_states).transpose([0, 2, 1])
-    weight = decode_cpu.weight_in(linear.weight, hidden_states)
-    projected = paddle.matmul(weight, hidden_states, transpose_x=True, transpose_y=True)
+    if decode_cpu.bfloat16_gemm_applies(linear, hidden_states, hidden_states.shape[0] * hidden_states.shape[1]):
+        projected = decode_cpu.bfloat16_matmul(linear.weight, hidden_states, transpose_x=True, transpose_y=True)
+    else:
+        weight = decode_cpu.weight_in(linear.weight, hidden_states)
+        projected = paddle.matmul(weight, hidden_states, transpose_x=True, transpose_y=True)
     return projected if linear.bias is None else projected + linear.bias.unsqueeze(-1)
 
 
@@ -24,5 +27,8 @@ def linear_from_feature_major(linear: nn.Layer, features: paddle.Tensor) -> padd
     """`linear` applied to feature-major `[N, in, L]`; returns `[N, L, out]`."""
     if type(linear) is not nn.Linear:
         return linear(features.transpose([0, 2, 1]))
-    output = paddle.matmul(features, decode_cpu.weight_in(linear.weight, features), transpose_x=True)
+    if decode_cpu.bfloat16_gemm_applies(linear, features, features.shape[0] * features.shape[2]):
+        output = decode_cpu.bfloat16_matmul(features, linear.weight, transpose_x=True)
+    else:
+        output = paddle.matmul(features, decode_cpu.weight_in(linear.weight, features), transpose_x=True)
     return output if linear.bias is None else output + linear.bias

@@ -144,6 +144,15 @@ class GOTQwenForCausalLM(nn.Layer):
                 held.set_value(weight.astype("bfloat16"))
             layer.weight = held
 
+    def multiply_prompts_in_bfloat16(self) -> None:
+        """Let the decoder's layers multiply more than `decode_cpu.MAX_ROWS` rows (a prompt's prefill) on oneDNN's
+        bfloat16 GEMM where the CPU runs it natively (`decode_cpu.bfloat16_matmul`): their inputs are then rounded to
+        bfloat16, as in torch's bfloat16 inference. Applies to weights kept in bfloat16
+        (`keep_decoder_weights_in_bfloat16`); a decode step's few rows stay on our exact kernels."""
+        for layer in self.qwen2.layers.sublayers():
+            if type(layer) is nn.Linear:
+                setattr(layer, decode_cpu.BFLOAT16_GEMM, True)
+
     def compute_logits(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         """`[B, L, hidden]` -> float32 logits `[B, L, vocab]` (tied to the embedding unless an lm_head exists)."""
         if self.lm_head is not None:

@@ -1,6 +1,7 @@
 """Our CPU decode kernels: products and attention against float64 numpy, a whole cached decode against the reference,
 and the fallbacks (gradients, many rows, no compiler)."""
 
+import functools
 import logging
 import math
 import platform
@@ -257,8 +258,15 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
 
 @pytest.mark.parametrize(
     "batch,heads,kv_heads,new_tokens,position,padded,head_dim",
-    [(1, 4, 4, 9, 0, False, 16), (3, 4, 2, 11, 0, True, 20), (2, 4, 2, 5, 0, False, 64), (2, 4, 4, 3, 20, True, 72)],
-    ids=["prompt", "padded_prompt_gqa", "batch_gqa", "continuation"],
+    [
+        (1, 4, 4, 9, 0, False, 16),
+        (3, 4, 2, 11, 0, True, 20),
+        (2, 4, 2, 5, 0, False, 64),
+        (2, 4, 4, 3, 20, True, 72),
+        (2, 4, 2, 53, 0, True, 64),  # several tasks of 24 queries, several tiles of 16 keys
+        (1, 2, 1, 30, 20, False, 24),
+    ],
+    ids=["prompt", "padded_prompt_gqa", "batch_gqa", "continuation", "long_padded_prompt", "long_continuation"],
 )
 def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
     batch, heads, kv_heads, new_tokens, position, padded, head_dim, threads
@@ -267,8 +275,8 @@ def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
     every new key and value written at its column, each real query attending over the columns up to its own (the
     free columns hold NaN and huge values), and a fully masked padding query averaging every filled column's values,
     as the Paddle path gives it."""
-    capacity, theta = 40, 1e4
-    filled = position + new_tokens
+    theta, filled = 1e4, position + new_tokens
+    capacity = filled + 7
     query, new_keys, new_values = (
         random((batch, count, head_dim, new_tokens), seed)
         for count, seed in ((heads, 20), (kv_heads, 21), (kv_heads, 22))
@@ -294,7 +302,8 @@ def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
     rotated_keys = np.stack(
         [rotated(new_keys[..., t].astype("float64"), token_positions[:, t], theta) for t in range(new_tokens)], -1
     )
-    np.testing.assert_allclose(feature_major_view(key_buffer)[..., columns], rotated_keys, rtol=1e-5, atol=1e-6)
+    # float32 rotary tables: angles up to ~50 radians carry ~5e-6 of rounding
+    np.testing.assert_allclose(feature_major_view(key_buffer)[..., columns], rotated_keys, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(feature_major_view(value_buffer)[..., columns], new_values)
     np.testing.assert_array_equal(feature_major_view(key_buffer)[..., filled:], keys[..., filled:])
     keys[..., columns], values[..., columns] = rotated_keys, new_values
@@ -550,10 +559,9 @@ def test_bfloat16_weights_are_widened_bit_for_bit_as_paddle_casts_them(shape, th
     assert counting_library.calls["widen_bf16"] == 1
 
 
-@pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
-def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, counting_library, one_call):
-    """The reference with bfloat16-valued weights, run in float32, against ours holding the decoder's product
-    weights in bfloat16: prefill (Paddle's kernels on widened weights) and cached steps (ours on bfloat16)."""
+def bfloat16_valued_models(shape, tmp_path):
+    """`(reference, ours)`: a reference model whose weights hold bfloat16 values (run in float32), and ours loaded
+    from it holding the decoder's product weights in bfloat16."""
     import torch
 
     torch_model = reference.build_reference(shape, seed=3)
@@ -562,6 +570,14 @@ def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, cou
             parameter.copy_(parameter.to(torch.bfloat16).to(torch.float32))
     model = GOTQwenForCausalLM.from_pretrained(reference.save_got(torch_model, shape, str(tmp_path / "got")))
     model.keep_decoder_weights_in_bfloat16()
+    return torch_model, model
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], TinyShape("untied", tie_word_embeddings=False)], ids=["gqa", "untied"])
+def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, counting_library, one_call):
+    """The reference with bfloat16-valued weights, run in float32, against ours holding the decoder's product
+    weights in bfloat16: prefill (Paddle's kernels on widened weights) and cached steps (ours on bfloat16)."""
+    torch_model, model = bfloat16_valued_models(shape, tmp_path)
     assert {layer.weight.dtype for layer in model.decoder_product_layers()} == {paddle.bfloat16}
     assert model.qwen2.layers[0].self_attn.q_proj.bias.dtype == paddle.float32
     assert model.qwen2.layers[0].input_layernorm.weight.dtype == paddle.float32
@@ -572,3 +588,93 @@ def test_decoding_on_bfloat16_weights_matches_the_reference(shape, tmp_path, cou
     steps = full_ids.shape[1] - prompt_length
     assert_step_kernel_calls(counting_library.calls, "skinny_matmul_bf16", shape.text_layers, 1, steps, one_call)
     assert counting_library.calls["skinny_matmul"] == 0
+
+
+@pytest.mark.parametrize("shape", [(9,), (1024, 65)], ids=["one_chunk", "several_chunks"])
+def test_float32_is_narrowed_to_bfloat16_as_torch_rounds_it(shape, threads):
+    """To nearest, ties to even, as torch's cast: ordinary, tied, subnormal, overflowing, infinite and signed-zero
+    values bit for bit; a NaN stays a NaN."""
+    import torch
+
+    values = random(shape, 6).ravel() * np.float32(1e3)
+    values[:7] = [np.inf, -np.inf, -0.0, 1e-39, 3.4e38, 1 + 2**-8, -(1 + 3 * 2**-8)]  # the last two are ties
+    nan_index = values.size - 1
+    values[nan_index] = np.nan
+    narrowed = np.empty(values.size, dtype="uint16")
+    decode_cpu.load_library().narrow_bf16(values.ctypes.data, values.size, narrowed.ctypes.data, threads)
+    expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view("uint16")
+    widened = (narrowed.astype("uint32") << 16).view("float32")
+    assert np.isnan(widened[nan_index])
+    np.testing.assert_array_equal(narrowed[:nan_index], expected[:nan_index])
+    assert list(widened[:7]) == [np.inf, -np.inf, 0.0, expected_float(expected[3]), np.inf, 1.0, -(1 + 2**-6)]
+
+
+def expected_float(bits):
+    """The float32 whose upper half is the 16-bit `bits`."""
+    return float((np.array([bits], dtype="uint32") << 16).view("float32")[0])
+
+
+needs_native_bfloat16 = pytest.mark.skipif(
+    decode_cpu.load_onednn() is None, reason="oneDNN multiplies bfloat16 natively only with AMX or AVX512-BF16"
+)
+
+
+@needs_native_bfloat16
+@pytest.mark.parametrize("rows,in_features,out_features", [(9, 64, 300), (306, 130, 1003), (40, 37, 45)])
+@pytest.mark.parametrize("layout", ["row_major", "to_feature_major", "from_feature_major"])
+def test_bfloat16_matmul_is_the_product_of_the_activations_rounded_to_bfloat16(
+    rows, in_features, out_features, layout, threads
+):
+    """oneDNN's bfloat16 GEMM, as a linear layer runs it on rows `[N, L, in]`, into feature-major `[N, out, L]` (W^T
+    x^T) and from feature-major `[N, in, L]`: the float64 product of the activations rounded to bfloat16 (by torch)
+    and the weight, to float32 accuracy; against the unrounded activations it is off by bfloat16's rounding."""
+    import torch
+
+    x = random((2, rows, in_features), 0)
+    weight = bfloat16_values(random((in_features, out_features), 1))
+    stored = paddle.to_tensor(weight).astype("bfloat16")
+    with paddle.no_grad():
+        if layout == "row_major":
+            ours = decode_cpu.bfloat16_matmul(paddle.to_tensor(x), stored)
+        elif layout == "to_feature_major":
+            ours = decode_cpu.bfloat16_matmul(stored, paddle.to_tensor(x), transpose_x=True, transpose_y=True)
+        else:
+            features = paddle.to_tensor(np.ascontiguousarray(x.transpose(0, 2, 1)))
+            ours = decode_cpu.bfloat16_matmul(features, stored, transpose_x=True)
+    ours = ours.numpy()
+    if layout == "to_feature_major":
+        ours = ours.transpose(0, 2, 1)
+    rounded = torch.from_numpy(x).to(torch.bfloat16).double().numpy()
+    assert ours.shape == (2, rows, out_features)
+    np.testing.assert_allclose(ours, rounded @ weight.astype("float64"), rtol=1e-5, atol=1e-5 * np.sqrt(in_features))
+    unrounded = x.astype("float64") @ weight.astype("float64")
+    assert 1e-4 < reference.relative_error(ours, unrounded) < 1e-2
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "without_bfloat16_instructions"])
+def test_a_prefill_on_bfloat16_gemms_stays_near_the_reference(native, tmp_path, counting_library, monkeypatch):
+    """A model whose layers ask for bfloat16 GEMMs (`multiply_prompts_in_bfloat16`, as dtype bfloat16 runs on CPU)
+    against the float32 reference with bfloat16-valued weights: the prompt's products round their inputs to bfloat16
+    (within 2e-2 of the reference, and not within 1e-4), the cached steps stay on our exact kernels. Where oneDNN lacks
+    native bfloat16 instructions (faked by asking for an instruction set no CPU reports) nothing is rounded."""
+
+    if native and decode_cpu.load_onednn() is None:
+        pytest.skip("oneDNN multiplies bfloat16 natively only with AMX or AVX512-BF16")
+    if not native:
+        monkeypatch.setattr(decode_cpu, "ONEDNN_BFLOAT16_ISA", 1 << 30)
+        decode_cpu.load_onednn.cache_clear()
+        monkeypatch.setattr(decode_cpu, "load_onednn", functools.lru_cache(decode_cpu.load_onednn.__wrapped__))
+    shape = SHAPES[1]
+    torch_model, model = bfloat16_valued_models(shape, tmp_path)
+    model.multiply_prompts_in_bfloat16()
+    full_ids, full_mask, prompt_length, expected = continued_batch(torch_model, shape, [(12, 4), (9, 0)], 3, seed=2)
+    assert full_ids.shape[0] * prompt_length > decode_cpu.MAX_ROWS
+
+    stepped = cached_logits(model, full_ids, full_mask, prompt_length)
+    error = reference.relative_error(stepped, expected[:, prompt_length - 1 :])
+    narrowed = counting_library.calls["narrow_bf16"]
+    if native:
+        assert 1e-4 < error <= 2e-2 and narrowed == 7 * shape.text_layers
+    else:
+        assert error <= 1e-4 and narrowed == 0
+    assert counting_library.calls["decode_layers"] == full_ids.shape[1] - prompt_length
