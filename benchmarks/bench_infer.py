@@ -265,10 +265,12 @@ def cpu_and_kernels() -> str:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_serve import cpu_description
 
+    from paddle_got import device
     from paddle_got.export import cpu_runs_bfloat16
     from paddle_got.kernels import decode_cpu
 
-    path = "AVX2 + FMA (paddle_got/kernels/decode_cpu.cpp)" if decode_cpu.load_library() else "Paddle's kernels"
+    tiles = "AVX-512" if "avx512f" in device.cpu_flags() else "AVX2"
+    path = f"AVX2 + FMA, attention tiles {tiles} (decode_cpu.cpp)" if decode_cpu.load_library() else "Paddle's kernels"
     encoder = "Paddle Inference, oneDNN bfloat16" if cpu_runs_bfloat16() else "dygraph float32 (no AMX/AVX512-BF16)"
     prompt = "oneDNN bfloat16 GEMM" if decode_cpu.load_onednn() else "MKL float32 GEMM on widened weights"
     return f"CPU: {cpu_description()}; decode kernels: {path}; ours_bf16 encoder: {encoder}, prompt products: {prompt}"

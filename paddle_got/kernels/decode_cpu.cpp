@@ -25,6 +25,8 @@
 // vision_attention: the vision encoder's attention (decomposed relative positions) on register tiles, the score rows
 // of a few queries at a time kept in cache (Paddle's path adds the relative terms as height + width extra features
 // to the score matmul, three times its products on GOT's 64 x 64 map, and runs softmax over score blocks in memory).
+// Its tiles and a prompt's run on AVX-512 where the CPU has it (compiled for that target alone, chosen at run time by
+// use_wide_attention_tiles): attention is bound by arithmetic, where the products are bound by reads.
 
 #include <immintrin.h>
 #include <omp.h>
@@ -630,8 +632,9 @@ void add_in_place(float* total, const float* addend, int64_t count) {
 
 // ---- Attention on register tiles ----
 // Scores and the value product for several queries of one head at once, on 6 x 16 register tiles (12 accumulators,
-// one tile's loads shared by six queries): the vision encoder's attention and a prompt's. A task takes kTaskQueries
-// queries, their score rows kept in cache.
+// one tile's loads shared by six queries), 6 x 32 with AVX-512 where the CPU has it (`wide_tiles`; the arithmetic,
+// not the reads, bounds attention): the vision encoder's attention and a prompt's. A task takes kTaskQueries
+// queries, their score rows kept in cache; keys are packed in tiles of `key_tile_width()`.
 
 constexpr int64_t kTaskQueries = 24;     // queries per task: the head's keys and values are read once for all of them
 constexpr int64_t kTileRows = 6;         // queries per register tile
@@ -681,15 +684,75 @@ void value_tile(const float* probabilities, int64_t stride, const float* values,
     }
 }
 
+constexpr int64_t kWideTileWidth = 32;  // keys or features of an AVX-512 tile: two 16-float registers
+constexpr int64_t kWideTileRows = 12;   // queries per AVX-512 tile (24 of its 32 registers accumulate)
+
+// score_tile on AVX-512 registers, 32 keys a tile ([head_dim][32]).
+template <int ROWS>
+__attribute__((target("avx512f"))) void score_tile_wide(const float* queries, int64_t head_dim,
+                                                         const float* key_tile, float* scores, int64_t stride) {
+    __m512 sum[ROWS][2];
+    for (int r = 0; r < ROWS; ++r) sum[r][0] = sum[r][1] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < head_dim; ++d) {
+        const __m512 low = _mm512_loadu_ps(key_tile + d * kWideTileWidth);
+        const __m512 high = _mm512_loadu_ps(key_tile + d * kWideTileWidth + 16);
+        for (int r = 0; r < ROWS; ++r) {
+            const __m512 q = _mm512_set1_ps(queries[d * kTaskQueries + r]);
+            sum[r][0] = _mm512_fmadd_ps(q, low, sum[r][0]);
+            sum[r][1] = _mm512_fmadd_ps(q, high, sum[r][1]);
+        }
+    }
+    for (int r = 0; r < ROWS; ++r) {
+        _mm512_storeu_ps(scores + r * stride, sum[r][0]);
+        _mm512_storeu_ps(scores + r * stride + 16, sum[r][1]);
+    }
+}
+
+// value_tile on AVX-512 registers, 32 features from d0.
+template <int ROWS>
+__attribute__((target("avx512f"))) void value_tile_wide(const float* probabilities, int64_t stride,
+                                                         const float* values, int64_t head_dim, int64_t d0,
+                                                         int64_t begin, int64_t end, float* partial) {
+    __m512 sum[ROWS][2];
+    for (int r = 0; r < ROWS; ++r) sum[r][0] = sum[r][1] = _mm512_setzero_ps();
+    for (int64_t k = begin; k < end; ++k) {
+        const __m512 low = _mm512_loadu_ps(values + k * head_dim + d0);
+        const __m512 high = _mm512_loadu_ps(values + k * head_dim + d0 + 16);
+        for (int r = 0; r < ROWS; ++r) {
+            const __m512 p = _mm512_set1_ps(probabilities[r * stride + k]);
+            sum[r][0] = _mm512_fmadd_ps(p, low, sum[r][0]);
+            sum[r][1] = _mm512_fmadd_ps(p, high, sum[r][1]);
+        }
+    }
+    for (int r = 0; r < ROWS; ++r) {
+        float* out = partial + r * head_dim + d0;
+        _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), sum[r][0]));
+        _mm512_storeu_ps(out + 16, _mm512_add_ps(_mm512_loadu_ps(out + 16), sum[r][1]));
+    }
+}
+
+bool attention_tiles_are_wide = false;  // set by use_wide_attention_tiles
+
+// Whether the attention tiles run on AVX-512 (see use_wide_attention_tiles).
+bool wide_tiles() { return attention_tiles_are_wide; }
+
+// Keys per packed tile: 32 on AVX-512, else 16.
+int64_t key_tile_width() { return wide_tiles() ? kWideTileWidth : kPanelWidth; }
+
 // scores[r * stride + k] = queries[:, r] . key k for the first `count` queries of a task ([head_dim][kTaskQueries])
-// and keys k < `keys`: whole tiles of 16 from `packed` ([keys / 16][head_dim][16]), the rest from `unpacked`, where
-// feature d of key k is at k * token_step + d * feature_step.
+// and keys k < `keys`: whole tiles from `packed` ([keys / width][head_dim][width], width = key_tile_width()), the
+// rest from `unpacked`, where feature d of key k is at k * token_step + d * feature_step.
 void score_task_keys(const float* queries, int64_t head_dim, int64_t count, const float* packed, const float* unpacked,
                      int64_t token_step, int64_t feature_step, int64_t keys, float* scores, int64_t stride) {
-    const int64_t tiled = keys / kPanelWidth * kPanelWidth;
-    for (int64_t k = 0; k < tiled; k += kPanelWidth)
-        for (int64_t r = 0; r < kTaskQueries; r += kTileRows)
-            score_tile<kTileRows>(queries + r, head_dim, packed + k * head_dim, scores + r * stride + k, stride);
+    const int64_t width = key_tile_width(), tiled = keys / width * width;
+    for (int64_t k = 0; k < tiled; k += width)
+        if (wide_tiles())
+            for (int64_t r = 0; r < kTaskQueries; r += kWideTileRows)
+                score_tile_wide<kWideTileRows>(queries + r, head_dim, packed + k * head_dim, scores + r * stride + k,
+                                               stride);
+        else
+            for (int64_t r = 0; r < kTaskQueries; r += kTileRows)
+                score_tile<kTileRows>(queries + r, head_dim, packed + k * head_dim, scores + r * stride + k, stride);
     for (int64_t k = tiled; k < keys; ++k)
         for (int64_t r = 0; r < count; ++r) {
             float total = 0.0f;
@@ -704,11 +767,16 @@ void score_task_keys(const float* queries, int64_t head_dim, int64_t count, cons
 void weigh_task_values(const float* probabilities, int64_t stride, const float* values, int64_t head_dim,
                        int64_t count, int64_t keys, float* partial) {
     std::fill(partial, partial + kTaskQueries * head_dim, 0.0f);
+    const int64_t wide_dim = wide_tiles() ? head_dim / kWideTileWidth * kWideTileWidth : 0;
     const int64_t tiled_dim = head_dim / kPanelWidth * kPanelWidth;
     for (int64_t begin = 0; begin < keys; begin += kValuePassKeys) {
         const int64_t end = std::min(keys, begin + kValuePassKeys);
-        for (int64_t d0 = 0; d0 < tiled_dim; d0 += kPanelWidth)
-            for (int64_t r = 0; r < count; r += kTileRows)
+        for (int64_t r = 0; r < count && wide_dim > 0; r += kWideTileRows)
+            for (int64_t d0 = 0; d0 < wide_dim; d0 += kWideTileWidth)
+                value_tile_wide<kWideTileRows>(probabilities + r * stride, stride, values, head_dim, d0, begin, end,
+                                               partial + r * head_dim);
+        for (int64_t r = 0; r < count; r += kTileRows)
+            for (int64_t d0 = wide_dim; d0 < tiled_dim; d0 += kPanelWidth)
                 value_tile<kTileRows>(probabilities + r * stride, stride, values, head_dim, d0, begin, end,
                                       partial + r * head_dim);
     }
@@ -726,12 +794,13 @@ void weigh_task_values(const float* probabilities, int64_t stride, const float* 
 // the keys its last query may see; each query's softmax then runs over its own keys (causally, or all with the bias),
 // the rest of its row set to zero, and the value product reads the token-major cache.
 
-// keys token-major [count, head_dim] -> packed [count / 16][head_dim][16] (whole tiles only).
+// keys token-major [count, head_dim] -> packed [count / width][head_dim][width] (whole tiles of key_tile_width()).
 void pack_cached_key_tiles(const float* keys, int64_t head_dim, int64_t count, float* packed) {
-    for (int64_t tile = 0; tile < count / kPanelWidth; ++tile)
-        for (int64_t j = 0; j < kPanelWidth; ++j)
+    const int64_t width = key_tile_width();
+    for (int64_t tile = 0; tile < count / width; ++tile)
+        for (int64_t j = 0; j < width; ++j)
             for (int64_t d = 0; d < head_dim; ++d)
-                packed[(tile * head_dim + d) * kPanelWidth + j] = keys[(tile * kPanelWidth + j) * head_dim + d];
+                packed[(tile * head_dim + d) * width + j] = keys[(tile * width + j) * head_dim + d];
 }
 
 // Per-thread room for one task: the rotated queries [head_dim][kTaskQueries] (scaled), score rows
@@ -833,7 +902,8 @@ void attend_prompt(const CachedAttentionArgs& a, float* packed_keys, int64_t pac
 void run_cached_attention(const CachedAttentionArgs& a, int num_threads) {
     const int64_t tokens = a.new_tokens, head_dim = a.head_dim;
     const bool prompt = tokens > 1 && !a.positions;
-    const int64_t packed_stride = prompt ? (a.position + tokens) / kPanelWidth * kPanelWidth * head_dim : 0;
+    const int64_t width = key_tile_width();
+    const int64_t packed_stride = prompt ? (a.position + tokens) / width * width * head_dim : 0;
     std::vector<float> packed_keys(a.batch * a.kv_heads * packed_stride);
 #pragma omp parallel num_threads(num_threads)
     {
@@ -909,12 +979,13 @@ struct VisionAttentionArgs {
     float* out;             // [batch, heads, head_dim, tokens]
 };
 
-// keys [head_dim, tokens] -> packed [tokens / 16][head_dim][16] (whole tiles only).
+// keys [head_dim, tokens] -> packed [tokens / width][head_dim][width] (whole tiles of key_tile_width()).
 void pack_key_tiles(const float* keys, int64_t head_dim, int64_t tokens, float* packed) {
+    const int64_t width = key_tile_width();
     for (int64_t d = 0; d < head_dim; ++d)
-        for (int64_t tile = 0; tile < tokens / kPanelWidth; ++tile)
-            std::memcpy(packed + (tile * head_dim + d) * kPanelWidth, keys + d * tokens + tile * kPanelWidth,
-                        kPanelWidth * sizeof(float));
+        for (int64_t tile = 0; tile < tokens / width; ++tile)
+            std::memcpy(packed + (tile * head_dim + d) * width, keys + d * tokens + tile * width,
+                        width * sizeof(float));
 }
 
 // values [head_dim, tokens] -> token-major [tokens, head_dim].
@@ -975,7 +1046,7 @@ void attend_vision_queries(const VisionAttentionArgs& a, const float* packed_key
             queries[d * kTaskQueries + r] = r < count ? query[d * tokens + first + r] * scale : 0.0f;
     for (int64_t j = 0; j < terms; ++j)
         for (int64_t r = 0; r < count; ++r) buffers.relative[r * terms + j] = relative[j * tokens + first + r];
-    const int64_t tiled = tokens / kPanelWidth * kPanelWidth;
+    const int64_t tiled = tokens / key_tile_width() * key_tile_width();
     score_task_keys(queries, dim, count, packed_keys + bh * tiled * dim, keys, 1, tokens, tokens, scores, stride);
     float inverse[kTaskQueries] = {};
     for (int64_t r = 0; r < count; ++r) {
@@ -993,7 +1064,7 @@ void attend_vision_queries(const VisionAttentionArgs& a, const float* packed_key
 // Every head's attention: keys packed and values transposed (all heads, split over the threads), then the tasks.
 void run_vision_attention(const VisionAttentionArgs& a, int num_threads) {
     const int64_t dim = a.head_dim, tokens = a.height * a.width, heads = a.batch * a.heads;
-    const int64_t tiled = tokens / kPanelWidth * kPanelWidth;
+    const int64_t tiled = tokens / key_tile_width() * key_tile_width();
     const int64_t tasks_per_head = (tokens + kTaskQueries - 1) / kTaskQueries;
     std::vector<float> packed_keys(heads * tiled * dim), values_by_token(heads * tokens * dim);
 #pragma omp parallel num_threads(num_threads)
@@ -1089,6 +1160,13 @@ void decode_layers_with(const DecodeLayersArgs& a, int num_threads) {
 extern "C" {
 
 int decode_cpu_supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+// Run the attention tiles on AVX-512 when `wanted` and this CPU has it (decode_cpu.py asks for them on loading);
+// returns whether they now do. Not while an attention kernel runs.
+int use_wide_attention_tiles(int wanted) {
+    attention_tiles_are_wide = wanted && __builtin_cpu_supports("avx512f");
+    return attention_tiles_are_wide;
+}
 
 // One cached attention step: a decode step or a prompt's prefill (see run_cached_attention).
 void cached_attention(const CachedAttentionArgs* args, int num_threads) { run_cached_attention(*args, num_threads); }

@@ -107,6 +107,8 @@ def load_library() -> Optional[ctypes.CDLL]:
     if not library.decode_cpu_supported():
         logger.info("This CPU lacks AVX2/FMA: decoding on CPU uses Paddle's kernels.")
         return None
+    library.use_wide_attention_tiles.argtypes = [ctypes.c_int]
+    library.use_wide_attention_tiles(1)
     pointer, count = ctypes.c_void_p, ctypes.c_int64
     for product in (library.skinny_matmul, library.skinny_matmul_bf16):
         product.argtypes = [pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int]

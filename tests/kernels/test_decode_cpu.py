@@ -75,6 +75,16 @@ def threads(request):
     device.set_cpu_threads()
 
 
+@pytest.fixture(params=[False, True], ids=["avx2_tiles", "avx512_tiles"])
+def attention_tiles(request):
+    """Run the attention kernels on 16-wide AVX2 tiles and on 32-wide AVX-512 tiles (where the CPU has AVX-512)."""
+    library = decode_cpu.load_library()
+    if library.use_wide_attention_tiles(int(request.param)) != request.param:
+        pytest.skip("this CPU has no AVX-512")
+    yield request.param
+    library.use_wide_attention_tiles(1)
+
+
 def random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
@@ -269,7 +279,7 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
     ids=["prompt", "padded_prompt_gqa", "batch_gqa", "continuation", "long_padded_prompt", "long_continuation"],
 )
 def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
-    batch, heads, kv_heads, new_tokens, position, padded, head_dim, threads
+    batch, heads, kv_heads, new_tokens, position, padded, head_dim, threads, attention_tiles
 ):
     """A prefill (an empty cache, causal or with a padding bias) and a several-token continuation of a filled cache:
     every new key and value written at its column, each real query attending over the columns up to its own (the
@@ -329,7 +339,7 @@ def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
     [(2, 3, 20, 5, 7), (1, 2, 32, 8, 8), (3, 1, 16, 3, 3), (1, 2, 64, 13, 11)],
     ids=["odd_sizes", "whole_tiles", "one_partial_tile", "several_tasks"],
 )
-def test_vision_attention_equals_float64_numpy(batch, heads, head_dim, height, width, threads):
+def test_vision_attention_equals_float64_numpy(batch, heads, head_dim, height, width, threads, attention_tiles):
     """softmax(q . k / sqrt(d) + rel_h[q, ky] + rel_w[q, kx]) . v per head, for maps whose token count and head size
     leave every kind of remainder (the 16-key tiles, the 6-query register tiles, the 24-query tasks)."""
     tokens = height * width
