@@ -15,6 +15,7 @@ import reference
 from paddle_got import GOT, device, export
 from paddle_got.engine import ModelRunner
 from paddle_got.errors import ExportError
+from paddle_got.kernels import decode_cpu
 from paddle_got.processing import OCRRequest
 
 
@@ -112,6 +113,7 @@ def test_dtype_bfloat16_on_cpu_runs_the_encoder_exported_once_into_the_cache(tmp
     qwen2 = ocr.model.qwen2
     assert isinstance(qwen2.exported_encoder, export.InferenceEncoder)
     assert qwen2.layers[0].mlp.down_proj.weight.dtype == paddle.bfloat16 and qwen2.compute_dtype == paddle.float32
+    assert getattr(qwen2.layers[0].mlp.down_proj, decode_cpu.BFLOAT16_GEMM) is True  # a prompt's products
     dygraph_encoder = ("vision_tower_high.", "mm_projector_vary.")
     assert not [name for name, _ in qwen2.named_parameters() if name.startswith(dygraph_encoder)]
     (cached,) = (tmp_path / "cache" / "encoders").iterdir()

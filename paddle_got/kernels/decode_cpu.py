@@ -14,7 +14,8 @@ residuals, back to back in C++), which saves the ~10 Python-side kernel calls an
 layer is not plain (LoRA), the layers run one by one, each product and attention still through our kernels. A
 prefill's attention runs through the same attention kernel (`cached_attention`), causally, without the
 `[heads, tokens, tokens]` score matrix Paddle's ops would build. The vision encoder's attention has its own kernel
-(`vision_attention`), bound by arithmetic rather than reads, in the same library.
+(`vision_attention`), bound by arithmetic rather than reads, in the same library; its register tiles and a prompt's
+run on AVX-512 where the CPU has it (the library's `use_wide_attention_tiles`, asked for on loading).
 
 With `--dtype bfloat16` on a CPU with AMX or AVX512-BF16, a prompt's products (more than `MAX_ROWS` rows) run on
 oneDNN's bfloat16 GEMM from Paddle's wheel (`bfloat16_matmul`, inputs rounded to bfloat16) instead of MKL's float32 GEMM
@@ -242,7 +243,7 @@ def bfloat16_matmul(
         operand = operand.contiguous()
         if operand.dtype == paddle.float32:
             narrowed = _C_ops.empty(operand.shape, paddle.bfloat16, CPU)
-            load_library().narrow_bf16(operand.data_ptr(), operand.numel().item(), narrowed.data_ptr(), threads)
+            load_library().narrow_bf16(operand.data_ptr(), math.prod(operand.shape), narrowed.data_ptr(), threads)
             operand, batch = narrowed, operand.shape[:-2]
         operands.append(operand)
     (x, y), matrices = operands, math.prod(batch)
