@@ -169,6 +169,36 @@ def weight_in(weight: paddle.Tensor, activations: paddle.Tensor) -> paddle.Tenso
     return widened
 
 
+HUGE_PAGE_BYTES = 2 * 1024 * 1024
+MADV_HUGEPAGE = 14  # Linux's madvise advice: back this range with transparent huge pages
+# Smaller buffers come from malloc's heap, whose pages may have been touched already (advice then comes too late).
+HUGE_PAGE_MIN_BYTES = 32 * 1024 * 1024
+
+
+def move_to_huge_pages(tensor: paddle.Tensor) -> bool:
+    """Copy CPU `tensor`'s data into a fresh buffer advised onto 2 MB pages before it is first written
+    (madvise MADV_HUGEPAGE; with Linux's transparent huge pages in "madvise" mode nothing else gets them) and make
+    `tensor` use it in place; True when it did (Linux, a CPU tensor of at least `HUGE_PAGE_MIN_BYTES`).
+
+    A weight streamed every step then misses the TLB once per 2 MB instead of once per 4 KB: the tied output head
+    (272 MB in bfloat16) read at 29.6 instead of 19.3 GB/s on a 2-core Xeon.
+    """
+    size = math.prod(tensor.shape) * tensor.element_size()
+    if platform.system() != "Linux" or not tensor.place.is_cpu_place() or size < HUGE_PAGE_MIN_BYTES:
+        return False
+    fresh = _C_ops.empty(tensor.shape, tensor.dtype, CPU)
+    start = -(-fresh.data_ptr() // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
+    end = (fresh.data_ptr() + size) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.madvise(start, end - start, MADV_HUGEPAGE) != 0:
+        return False
+    with paddle.no_grad():
+        paddle.assign(tensor, output=fresh)
+    fresh._share_buffer_to(tensor)
+    return True
+
+
 ONEDNN_LIBRARY = "libdnnl.so.3"  # in Paddle's CPU wheel, next to its MKL
 # dnnl_cpu_isa_avx512_core_bf16 in oneDNN 3's dnnl_types.h: each ISA's value holds the bits of those it extends, so
 # AMX's values hold these too.

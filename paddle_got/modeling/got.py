@@ -114,6 +114,8 @@ class GOTQwenForCausalLM(nn.Layer):
             if bfloat16_decode_weights:
                 model.keep_decoder_weights_in_bfloat16()
         weights.load_into(model, dtype)
+        for layer in model.decoder_product_layers():
+            decode_cpu.move_to_huge_pages(layer.weight)  # the output head: read whole every step
         return model
 
     def save_pretrained(self, directory: str) -> None:

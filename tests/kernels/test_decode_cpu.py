@@ -688,3 +688,42 @@ def test_a_prefill_on_bfloat16_gemms_stays_near_the_reference(native, tmp_path, 
     else:
         assert error <= 1e-4 and narrowed == 0
     assert counting_library.calls["decode_layers"] == full_ids.shape[1] - prompt_length
+
+
+def transparent_huge_pages() -> str:
+    """Linux's transparent huge page mode ("always", "madvise" or "never"; "never" where the file is missing)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="utf-8") as modes:
+            return modes.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "never"
+
+
+def huge_page_bytes_at(address: int) -> int:
+    """AnonHugePages of the mapping of this process that holds `address`, in bytes (/proc/self/smaps)."""
+    with open("/proc/self/smaps", encoding="utf-8") as smaps:
+        inside = False
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                low, high = (int(bound, 16) for bound in fields[0].split("-"))
+                inside = low <= address < high
+            elif inside and fields[0] == "AnonHugePages:":
+                return int(fields[1]) * 1024
+    return 0
+
+
+def test_a_large_weight_moves_onto_huge_pages_keeping_its_values_and_parameter():
+    """The output head's weight is re-homed in place (same parameter, same values, new buffer), on 2 MB pages where
+    Linux's transparent huge pages are not off; a small weight stays where it is."""
+    model_head = paddle.nn.Embedding(70000, 128)  # 35.8 MB of float32, above HUGE_PAGE_MIN_BYTES
+    weight = model_head.weight
+    values, address = weight.numpy().copy(), weight.data_ptr()
+    assert decode_cpu.move_to_huge_pages(weight)
+    assert model_head.weight is weight and weight.data_ptr() != address
+    np.testing.assert_array_equal(weight.numpy(), values)
+    if transparent_huge_pages() != "never":
+        assert huge_page_bytes_at(weight.data_ptr() + decode_cpu.HUGE_PAGE_BYTES) >= decode_cpu.HUGE_PAGE_BYTES
+    small = paddle.nn.Linear(64, 64).weight
+    small_address = small.data_ptr()
+    assert not decode_cpu.move_to_huge_pages(small) and small.data_ptr() == small_address
