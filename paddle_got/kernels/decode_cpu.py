@@ -40,6 +40,7 @@ from paddle import _C_ops
 
 from .. import device
 from ..logger import logger
+from ..process import MMAP_THRESHOLD_BYTES
 
 SOURCE = Path(__file__).with_name("decode_cpu.cpp")
 COMPILE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-std=c++17"]
@@ -171,8 +172,9 @@ def weight_in(weight: paddle.Tensor, activations: paddle.Tensor) -> paddle.Tenso
 
 HUGE_PAGE_BYTES = 2 * 1024 * 1024
 MADV_HUGEPAGE = 14  # Linux's madvise advice: back this range with transparent huge pages
-# Smaller buffers come from malloc's heap, whose pages may have been touched already (advice then comes too late).
-HUGE_PAGE_MIN_BYTES = 32 * 1024 * 1024
+# Smaller buffers come from malloc's heap (above glibc's mmap threshold, 32 MB at most, they are fresh mappings),
+# whose pages may have been touched already: advice then comes too late.
+HUGE_PAGE_MIN_BYTES = MMAP_THRESHOLD_BYTES
 
 
 def move_to_huge_pages(tensor: paddle.Tensor) -> bool:
@@ -189,7 +191,7 @@ def move_to_huge_pages(tensor: paddle.Tensor) -> bool:
     fresh = _C_ops.empty(tensor.shape, tensor.dtype, CPU)
     start = -(-fresh.data_ptr() // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
     end = (fresh.data_ptr() + size) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc = ctypes.CDLL("libc.so.6")
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     if libc.madvise(start, end - start, MADV_HUGEPAGE) != 0:
         return False
