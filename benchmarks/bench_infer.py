@@ -6,9 +6,9 @@ Builds the full released GOT configuration with random bfloat16-valued weights, 
 in bfloat16 (as released), and runs four sides, each in its own process so that peak memory is its own: ours on
 float32 weights, ours on the bfloat16 checkpoint as `--dtype bfloat16` runs it (decoder weights kept in bfloat16,
 widened by our kernels; on a CPU with AMX or AVX512-BF16 the encoder exported and run on oneDNN's bfloat16 kernels
-and the prompt's products on oneDNN's bfloat16 GEMM, elsewhere float32 dygraph and MKL), and transformers (torch,
-CPU) in float32 and in bfloat16. Prints the CPU's features and the kernel paths. All get the same 1024x1024 image
-and prompt, and the same thread count. Prints, per side: vision encoder time,
+and the prompt's products in bfloat16, on our AMX kernel or oneDNN's GEMM, elsewhere float32 dygraph and MKL), and
+transformers (torch, CPU) in float32 and in bfloat16. Prints the CPU's features and the kernel paths. All get the
+same 1024x1024 image and prompt, and the same thread count. Prints, per side: vision encoder time,
 prefill time, decode tokens/s at batch 1, 4 and 8 (the better of two runs of 32 steps after a warm-up run, EOS
 ignored), end-to-end time for --new_tokens new tokens, peak memory; then the ratios, and each stage against
 this machine's ceilings (float32 GEMM GFLOP/s and memory read bandwidth, measured at the start and at the end of the
@@ -272,7 +272,10 @@ def cpu_and_kernels() -> str:
     tiles = "AVX-512" if "avx512f" in device.cpu_flags() else "AVX2"
     path = f"AVX2 + FMA, attention tiles {tiles} (decode_cpu.cpp)" if decode_cpu.load_library() else "Paddle's kernels"
     encoder = "Paddle Inference, oneDNN bfloat16" if cpu_runs_bfloat16() else "dygraph float32 (no AMX/AVX512-BF16)"
-    prompt = "oneDNN bfloat16 GEMM" if decode_cpu.load_onednn() else "MKL float32 GEMM on widened weights"
+    if not decode_cpu.load_onednn():
+        prompt = "MKL float32 GEMM on widened weights"
+    else:
+        prompt = "bfloat16 on AMX tiles (amx_linear)" if decode_cpu.amx_usable() else "oneDNN bfloat16 GEMM"
     return f"CPU: {cpu_description()}; decode kernels: {path}; ours_bf16 encoder: {encoder}, prompt products: {prompt}"
 
 

@@ -276,6 +276,6 @@ def run_encoder_exported(model, directory: str, precision: str = "bfloat16", num
 def run_in_bfloat16(model, directory: str, num_threads: Optional[int] = None) -> None:
     """Make `model` (a GOTQwenForCausalLM with its decoder weights in bfloat16, for inference) run as `dtype`
     bfloat16 does on CPU: the encoder exported in `directory` on oneDNN's bfloat16 kernels (`run_encoder_exported`),
-    a prompt's products on oneDNN's bfloat16 GEMM (`multiply_prompts_in_bfloat16`)."""
+    a prompt's products in bfloat16 (`multiply_prompts_in_bfloat16`)."""
     run_encoder_exported(model, directory, "bfloat16", num_threads)
     model.multiply_prompts_in_bfloat16()

@@ -128,8 +128,9 @@ class GOT:
         float32, True forces it (rounding a float32 checkpoint).
         `dtype` bfloat16 on a CPU (one with AMX or AVX512-BF16; ExportError elsewhere) also runs the encoder on
         oneDNN's bfloat16 kernels through Paddle Inference, from `<checkpoint>/inference` or an export made into the
-        cache on first use (`export.checkpoint_export_dir`), and a prompt's products on oneDNN's bfloat16 GEMM (their
-        inputs rounded to bfloat16); a decode step's products and everything else compute in float32 as above.
+        cache on first use (`export.checkpoint_export_dir`), and a prompt's products in bfloat16 (their inputs rounded
+        to it: on our AMX kernel, or oneDNN's GEMM); a decode step's products and everything else compute in float32 as
+        above.
         """
         bfloat16_encoder = dtype == "bfloat16" and gpu_compute_capability() is None
         if bfloat16_encoder:

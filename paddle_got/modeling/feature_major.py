@@ -16,10 +16,9 @@ def linear_to_feature_major(linear: nn.Layer, hidden_states: paddle.Tensor) -> p
     if type(linear) is not nn.Linear:
         return linear(hidden_states).transpose([0, 2, 1])
     if decode_cpu.bfloat16_gemm_applies(linear, hidden_states, hidden_states.shape[0] * hidden_states.shape[1]):
-        projected = decode_cpu.bfloat16_matmul(linear.weight, hidden_states, transpose_x=True, transpose_y=True)
-    else:
-        weight = decode_cpu.weight_in(linear.weight, hidden_states)
-        projected = paddle.matmul(weight, hidden_states, transpose_x=True, transpose_y=True)
+        return decode_cpu.bfloat16_linear(linear, hidden_states, out_feature_major=True)
+    weight = decode_cpu.weight_in(linear.weight, hidden_states)
+    projected = paddle.matmul(weight, hidden_states, transpose_x=True, transpose_y=True)
     return projected if linear.bias is None else projected + linear.bias.unsqueeze(-1)
 
 
@@ -28,7 +27,6 @@ def linear_from_feature_major(linear: nn.Layer, features: paddle.Tensor) -> padd
     if type(linear) is not nn.Linear:
         return linear(features.transpose([0, 2, 1]))
     if decode_cpu.bfloat16_gemm_applies(linear, features, features.shape[0] * features.shape[2]):
-        output = decode_cpu.bfloat16_matmul(features, linear.weight, transpose_x=True)
-    else:
-        output = paddle.matmul(features, decode_cpu.weight_in(linear.weight, features), transpose_x=True)
+        return decode_cpu.bfloat16_linear(linear, features, activations_feature_major=True)
+    output = paddle.matmul(features, decode_cpu.weight_in(linear.weight, features), transpose_x=True)
     return output if linear.bias is None else output + linear.bias

@@ -147,9 +147,9 @@ class GOTQwenForCausalLM(nn.Layer):
             layer.weight = held
 
     def multiply_prompts_in_bfloat16(self) -> None:
-        """Let the decoder's layers multiply more than `decode_cpu.MAX_ROWS` rows (a prompt's prefill) on oneDNN's
-        bfloat16 GEMM where the CPU runs it natively (`decode_cpu.bfloat16_matmul`): their inputs are then rounded to
-        bfloat16, as in torch's bfloat16 inference. Applies to weights kept in bfloat16
+        """Let the decoder's layers multiply more than `decode_cpu.MAX_ROWS` rows (a prompt's prefill) in bfloat16
+        where the CPU does so natively (`decode_cpu.bfloat16_linear`: AMX, or oneDNN's AVX512-BF16 GEMM): their inputs
+        are then rounded to bfloat16, as in torch's bfloat16 inference. Applies to weights kept in bfloat16
         (`keep_decoder_weights_in_bfloat16`); a decode step's few rows stay on our exact kernels."""
         for layer in self.qwen2.layers.sublayers():
             if type(layer) is nn.Linear:

@@ -629,48 +629,105 @@ needs_native_bfloat16 = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(params=["amx", "onednn"])
+def bfloat16_products(request, monkeypatch):
+    """Run `bfloat16_linear` on our AMX kernel (where the CPU has AMX) and on oneDNN's GEMM (AMX taken away)."""
+    if request.param == "amx" and not decode_cpu.amx_usable():
+        pytest.skip("this CPU has no AMX (or Linux does not let this process use it)")
+    if request.param == "onednn":
+        monkeypatch.setattr(decode_cpu, "amx_usable", lambda: False)
+    return request.param
+
+
+def bfloat16_layer(weight: np.ndarray, bias: np.ndarray) -> paddle.nn.Linear:
+    """An nn.Linear holding `weight` `[in, out]` in bfloat16 and `bias` in float32, as the decoder keeps them."""
+    layer = paddle.nn.Linear(*weight.shape)
+    held = layer.create_parameter(list(weight.shape), dtype="bfloat16")
+    held.set_value(paddle.to_tensor(weight).astype("bfloat16"))
+    layer.weight = held
+    layer.bias.set_value(paddle.to_tensor(bias))
+    return layer
+
+
 @needs_native_bfloat16
-@pytest.mark.parametrize("rows,in_features,out_features", [(9, 64, 300), (306, 130, 1003), (40, 37, 45)])
+# Rows, depth and columns off and on whole tiles; the last: two depth chunks (kProductChunkDepth) and two row chunks.
+@pytest.mark.parametrize(
+    "rows,in_features,out_features", [(9, 64, 300), (306, 130, 1003), (40, 37, 45), (600, 1100, 96)]
+)
 @pytest.mark.parametrize("layout", ["row_major", "to_feature_major", "from_feature_major"])
-def test_bfloat16_matmul_is_the_product_of_the_activations_rounded_to_bfloat16(
-    rows, in_features, out_features, layout, threads
+def test_bfloat16_linear_is_the_product_of_the_activations_rounded_to_bfloat16(
+    rows, in_features, out_features, layout, threads, bfloat16_products, counting_library
 ):
-    """oneDNN's bfloat16 GEMM, as a linear layer runs it on rows `[N, L, in]`, into feature-major `[N, out, L]` (W^T
-    x^T) and from feature-major `[N, in, L]`: the float64 product of the activations rounded to bfloat16 (by torch)
-    and the weight, to float32 accuracy; against the unrounded activations it is off by bfloat16's rounding."""
+    """A bfloat16 linear layer on rows `[N, L, in]`, into feature-major `[N, out, L]` and from feature-major
+    `[N, in, L]`: the float64 product of the activations rounded to bfloat16 (by torch) and the weight, plus the bias,
+    to float32 accuracy; against the unrounded activations it is off by bfloat16's rounding."""
     import torch
 
     x = random((2, rows, in_features), 0)
     weight = bfloat16_values(random((in_features, out_features), 1))
-    stored = paddle.to_tensor(weight).astype("bfloat16")
+    bias = random((out_features,), 2)
+    layer = bfloat16_layer(weight, bias)
     with paddle.no_grad():
         if layout == "row_major":
-            ours = decode_cpu.bfloat16_matmul(paddle.to_tensor(x), stored)
+            ours = decode_cpu.bfloat16_linear(layer, paddle.to_tensor(x))
         elif layout == "to_feature_major":
-            ours = decode_cpu.bfloat16_matmul(stored, paddle.to_tensor(x), transpose_x=True, transpose_y=True)
+            ours = decode_cpu.bfloat16_linear(layer, paddle.to_tensor(x), out_feature_major=True)
         else:
             features = paddle.to_tensor(np.ascontiguousarray(x.transpose(0, 2, 1)))
-            ours = decode_cpu.bfloat16_matmul(features, stored, transpose_x=True)
+            ours = decode_cpu.bfloat16_linear(layer, features, activations_feature_major=True)
     ours = ours.numpy()
     if layout == "to_feature_major":
         ours = ours.transpose(0, 2, 1)
     rounded = torch.from_numpy(x).to(torch.bfloat16).double().numpy()
     assert ours.shape == (2, rows, out_features)
-    np.testing.assert_allclose(ours, rounded @ weight.astype("float64"), rtol=1e-5, atol=1e-5 * np.sqrt(in_features))
-    unrounded = x.astype("float64") @ weight.astype("float64")
+    expected = rounded @ weight.astype("float64") + bias
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5 * np.sqrt(in_features))
+    unrounded = x.astype("float64") @ weight.astype("float64") + bias
     assert 1e-4 < reference.relative_error(ours, unrounded) < 1e-2
+    assert counting_library.calls["amx_linear"] == (bfloat16_products == "amx")
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "without_bfloat16_instructions"])
-def test_a_prefill_on_bfloat16_gemms_stays_near_the_reference(native, tmp_path, counting_library, monkeypatch):
+@pytest.mark.skipif(not decode_cpu.amx_usable(), reason="this CPU has no AMX (or Linux does not let this use it)")
+@pytest.mark.parametrize("features", [64, 70], ids=["whole_vectors", "with_a_tail"])
+@pytest.mark.parametrize("feature_major", [False, True], ids=["rows", "feature_major"])
+def test_amx_rounds_the_activations_as_torch_does(features, feature_major):
+    """Through an identity weight, the AMX product returns each activation as torch rounds it to bfloat16, bit for
+    bit: ordinary values, ties (to even), values near bfloat16's largest and its smallest normal (a -0.0 comes back
+    +0.0: the sums start at +0.0)."""
+    import torch
+
+    x = random((1, 40, features), 7) * np.float32(1e3)
+    specials = [1 + 2**-8, -(1 + 3 * 2**-8), 3.3e38, 1 - 2**-9, 2**-126 * (1 + 2**-8)]
+    x[0, :, : len(specials)] = specials  # at the start of each row (the vectors) and at its end (a tail of 70)
+    x[0, :, -len(specials) :] = specials
+    layer = bfloat16_layer(np.eye(features, dtype="float32"), np.zeros(features, dtype="float32"))
+    with paddle.no_grad():
+        if feature_major:
+            features_first = paddle.to_tensor(np.ascontiguousarray(x.transpose(0, 2, 1)))
+            ours = decode_cpu.amx_linear(layer, features_first, activations_feature_major=True, out_feature_major=False)
+        else:
+            ours = decode_cpu.amx_linear(layer, paddle.to_tensor(x), False, False)
+    expected = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(ours.numpy().view("uint32"), expected.view("uint32"))
+
+
+@pytest.mark.parametrize(
+    "products", ["amx", "onednn", "float32"], ids=["amx", "onednn", "without_bfloat16_instructions"]
+)
+def test_a_prefill_on_bfloat16_gemms_stays_near_the_reference(products, tmp_path, counting_library, monkeypatch):
     """A model whose layers ask for bfloat16 GEMMs (`multiply_prompts_in_bfloat16`, as dtype bfloat16 runs on CPU)
     against the float32 reference with bfloat16-valued weights: the prompt's products round their inputs to bfloat16
-    (within 2e-2 of the reference, and not within 1e-4), the cached steps stay on our exact kernels. Where oneDNN lacks
-    native bfloat16 instructions (faked by asking for an instruction set no CPU reports) nothing is rounded."""
+    (within 2e-2 of the reference, and not within 1e-4), on our AMX kernel or on oneDNN's GEMM, and the cached steps
+    stay on our exact kernels. Where oneDNN lacks native bfloat16 instructions (faked by asking for an instruction set
+    no CPU reports) nothing is rounded."""
 
-    if native and decode_cpu.load_onednn() is None:
+    if products != "float32" and decode_cpu.load_onednn() is None:
         pytest.skip("oneDNN multiplies bfloat16 natively only with AMX or AVX512-BF16")
-    if not native:
+    if products == "amx" and not decode_cpu.amx_usable():
+        pytest.skip("this CPU has no AMX (or Linux does not let this process use it)")
+    if products == "onednn":
+        monkeypatch.setattr(decode_cpu, "amx_usable", lambda: False)
+    if products == "float32":
         monkeypatch.setattr(decode_cpu, "ONEDNN_BFLOAT16_ISA", 1 << 30)
         decode_cpu.load_onednn.cache_clear()
         monkeypatch.setattr(decode_cpu, "load_onednn", functools.lru_cache(decode_cpu.load_onednn.__wrapped__))
@@ -682,11 +739,13 @@ def test_a_prefill_on_bfloat16_gemms_stays_near_the_reference(native, tmp_path, 
 
     stepped = cached_logits(model, full_ids, full_mask, prompt_length)
     error = reference.relative_error(stepped, expected[:, prompt_length - 1 :])
-    narrowed = counting_library.calls["narrow_bf16"]
-    if native:
-        assert 1e-4 < error <= 2e-2 and narrowed == 7 * shape.text_layers
+    products_per_prefill = 7 * shape.text_layers
+    on_amx, narrowed = counting_library.calls["amx_linear"], counting_library.calls["narrow_bf16"]
+    if products == "float32":
+        assert error <= 1e-4 and narrowed == on_amx == 0
     else:
-        assert error <= 1e-4 and narrowed == 0
+        assert 1e-4 < error <= 2e-2
+        assert (on_amx, narrowed) == ((products_per_prefill, 0) if products == "amx" else (0, products_per_prefill))
     assert counting_library.calls["decode_layers"] == full_ids.shape[1] - prompt_length
 
 
