@@ -270,7 +270,9 @@ def cpu_and_kernels() -> str:
     from paddle_got.kernels import decode_cpu
 
     tiles = "AVX-512" if "avx512f" in device.cpu_flags() else "AVX2"
-    path = f"AVX2 + FMA, attention tiles {tiles} (decode_cpu.cpp)" if decode_cpu.load_library() else "Paddle's kernels"
+    panels = "AVX-512" if tiles == "AVX-512" and "amx_tile" in device.cpu_flags() else "AVX2"
+    path = f"AVX2 + FMA, attention tiles {tiles}, bfloat16 panels of a few rows {panels} (decode_cpu.cpp)"
+    path = path if decode_cpu.load_library() else "Paddle's kernels"
     encoder = "Paddle Inference, oneDNN bfloat16" if cpu_runs_bfloat16() else "dygraph float32 (no AMX/AVX512-BF16)"
     if not decode_cpu.load_onednn():
         prompt = "MKL float32 GEMM on widened weights"

@@ -29,7 +29,8 @@
 // of a few queries at a time kept in cache (Paddle's path adds the relative terms as height + width extra features
 // to the score matmul, three times its products on GOT's 64 x 64 map, and runs softmax over score blocks in memory).
 // Its tiles and a prompt's run on AVX-512 where the CPU has it (compiled for that target alone, chosen at run time by
-// use_wide_attention_tiles): attention is bound by arithmetic, where the products are bound by reads.
+// use_wide_tiles): attention is bound by arithmetic, where the products are bound by reads, but for a few rows on
+// bfloat16 weights, whose panels take AVX-512 too (see rows_in_by_out).
 
 #include <immintrin.h>
 #include <omp.h>
@@ -42,7 +43,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
+
+// Compilers that know AMX's intrinsics and CPU feature names: the AMX products are built only with one.
+#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11
+#define PADDLE_GOT_AMX 1
+#endif
 
 namespace {
 
@@ -52,6 +59,8 @@ constexpr int64_t kPanelWidth = kPanelVectors * kFloatsPerVector;
 constexpr int64_t kRowsPerBlock = 4;                 // x rows held in registers at once
 constexpr int64_t kDepthPerBlock = 32;               // weight rows per pass over a panel (see rows_in_by_out)
 constexpr int64_t kPanelsPrefetchedAhead = 2;
+constexpr int64_t kWidePanelWidth = 32;   // an AVX-512 panel: two 16-float registers per x row
+constexpr int64_t kWideRowsPerBlock = 8;  // x rows held in registers at once on AVX-512 (16 accumulators)
 
 struct Range {
     int64_t begin, end;
@@ -67,6 +76,11 @@ Range share(int64_t count, int64_t granule) {
 }
 
 using bfloat16 = uint16_t;  // the upper half of a float32's bits
+
+bool tiles_are_wide = false;  // set by use_wide_tiles
+
+// Whether the attention tiles and a few rows' product panels run on AVX-512 (see use_wide_tiles).
+bool wide_tiles() { return tiles_are_wide; }
 
 // Eight weights from memory as float32.
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -289,36 +303,103 @@ void panel_pass(const float* x, int64_t in_features, const W* weight, int64_t ou
         }
 }
 
-template <typename W>
-void panel_pass_rows(int64_t rows, const float* x, int64_t in_features, const W* weight, int64_t out_features,
-                     Range depth, bool first_pass, int64_t prefetch_offset, float* out) {
-    for (int64_t r = 0; r < rows; r += kRowsPerBlock) {
-        const float* x_block = x + r * in_features;
-        float* out_block = out + r * out_features;
-        switch (std::min(kRowsPerBlock, rows - r)) {
-            case 4: panel_pass<4, W>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block); break;
-            case 3: panel_pass<3, W>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block); break;
-            case 2: panel_pass<2, W>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block); break;
-            default: panel_pass<1, W>(x_block, in_features, weight, out_features, depth, first_pass, prefetch_offset, out_block);
-        }
-    }
+// body(std::integral_constant<int, count>) for a count of 1 ... MAX known at compile time.
+template <int MAX, typename Body>
+inline void with_row_count(int64_t count, const Body& body) {
+    if constexpr (MAX > 1)
+        if (count < MAX) return with_row_count<MAX - 1>(count, body);
+    body(std::integral_constant<int, MAX>{});
 }
 
-// Several rows, W [in, out]: each thread owns a run of 16-column panels and sweeps them one depth block at a time,
-// so the x rows reuse each weight line from L1 and the weight stream moves along whole rows. A block of 32 weight
-// rows keeps that many streams in flight: 128 read at 7 GB/s at eight rows on a 2-core Xeon, 32 at 13-15.
+// Every row of x through `pass` (panel_pass or panel_pass_wide) over one panel, BLOCK rows at a time.
+template <int BLOCK, typename Pass>
+void panel_pass_rows(int64_t rows, const float* x, int64_t in_features, int64_t out_features, float* out,
+                     const Pass& pass) {
+    for (int64_t r = 0; r < rows; r += BLOCK)
+        with_row_count<BLOCK>(std::min<int64_t>(BLOCK, rows - r), [&](auto count) {
+            pass(count, x + r * in_features, out + r * out_features);
+        });
+}
+
+// Sixteen weights from memory as float32, on AVX-512.
+__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 load16(const bfloat16* p) {
+    const __m256i halves = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+}
+
+// panel_pass on AVX-512: ROWS x rows (up to eight), one 32-column panel, 2 x ROWS accumulators of 16 floats.
+template <int ROWS, typename W>
+__attribute__((target("avx512f"))) void panel_pass_wide(const float* x, int64_t in_features, const W* weight,
+                                                         int64_t out_features, Range depth, bool first_pass,
+                                                         int64_t prefetch_offset, float* out) {
+    __m512 sum[ROWS][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) sum[r][0] = sum[r][1] = _mm512_setzero_ps();
+    for (int64_t k = depth.begin; k < depth.end; ++k) {
+        const W* row = weight + k * out_features;
+        _mm_prefetch(reinterpret_cast<const char*>(row + prefetch_offset), _MM_HINT_T0);
+        const __m512 low = load16(row), high = load16(row + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; ++r) {
+            const __m512 xr = _mm512_set1_ps(x[r * in_features + k]);
+            sum[r][0] = _mm512_fmadd_ps(xr, low, sum[r][0]);
+            sum[r][1] = _mm512_fmadd_ps(xr, high, sum[r][1]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r)
+        for (int v = 0; v < 2; ++v) {
+            float* target = out + r * out_features + 16 * v;
+            _mm512_storeu_ps(target, first_pass ? sum[r][v] : _mm512_add_ps(sum[r][v], _mm512_loadu_ps(target)));
+        }
+}
+
+
+// Whether a few rows' products on bfloat16 weights take the AVX-512 panels: with the wide tiles, on a CPU with AMX,
+// where they were measured faster (a Xeon's two 512-bit FMA units; AVX-512 products were slower on a Zen 4 EPYC,
+// whose units are 256 bits wide).
+bool wide_product_panels() {
+#ifdef PADDLE_GOT_AMX
+    static const bool has_amx = __builtin_cpu_supports("amx-tile");
+    return wide_tiles() && has_amx;
+#else
+    return false;
+#endif
+}
+
+// Several rows, W [in, out]: each thread owns a run of panels (16 columns; 32 on AVX-512 for bfloat16) and sweeps
+// them one depth block at a time, so the x rows reuse each weight line from L1 and the weight stream moves along whole
+// rows. A block of 32 weight rows keeps that many streams in flight: 128 read at 7 GB/s at eight rows on a 2-core
+// Xeon, 32 at 13-15. Eight bfloat16 rows are bound by the widening and the multiplies, which AVX-512 halves (a GOT
+// step 102 -> 89 ms there); eight float32 rows are bound by reads, and ran slower on the wide panels (122 -> 129 ms).
 template <typename W>
 void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
                     const float* bias, float* out, int num_threads) {
-    const int64_t panel_columns = out_features / kPanelWidth * kPanelWidth;
+    const bool wide = std::is_same<W, bfloat16>::value && wide_product_panels();
+    const int64_t width = wide ? kWidePanelWidth : kPanelWidth;
+    const int64_t panel_columns = out_features / width * width;
 #pragma omp parallel num_threads(num_threads)
     {
-        const Range columns = share(panel_columns, kPanelWidth);
+        const Range columns = share(panel_columns, width);
         for (int64_t k = 0; k < in_features; k += kDepthPerBlock) {
             const Range depth{k, std::min(in_features, k + kDepthPerBlock)};
-            for (int64_t j = columns.begin; j + kPanelWidth <= columns.end; j += kPanelWidth) {
-                const int64_t ahead = std::min(kPanelsPrefetchedAhead * kPanelWidth, columns.end - kPanelWidth - j);
-                panel_pass_rows(rows, x, in_features, weight + j, out_features, depth, k == 0, ahead, out + j);
+            for (int64_t j = columns.begin; j + width <= columns.end; j += width) {
+                const int64_t ahead = std::min(kPanelsPrefetchedAhead * width, columns.end - width - j);
+                const W* panel = weight + j;
+                const bool first = k == 0;
+                const auto avx2 = [&](auto count, const float* xs, float* sums) {
+                    constexpr int kRows = decltype(count)::value;
+                    panel_pass<kRows>(xs, in_features, panel, out_features, depth, first, ahead, sums);
+                };
+                const auto avx512 = [&](auto count, const float* xs, float* sums) {
+                    constexpr int kRows = decltype(count)::value;
+                    panel_pass_wide<kRows>(xs, in_features, panel, out_features, depth, first, ahead, sums);
+                };
+                if (wide)
+                    panel_pass_rows<kWideRowsPerBlock>(rows, x, in_features, out_features, out + j, avx512);
+                else
+                    panel_pass_rows<kRowsPerBlock>(rows, x, in_features, out_features, out + j, avx2);
             }
         }
         // The last thread also takes the columns after the last whole panel, one at a time.
@@ -396,15 +477,11 @@ template <int OUTPUTS, typename W>
 void dot_block_rows(int64_t rows, const float* x, int64_t in_features, const W* weight, const float* bias,
                     int64_t out_features, float* out, const W* prefetch) {
     for (int64_t r = 0; r < rows; r += kRowsPerBlock) {
-        const float* x_block = x + r * in_features;
-        float* out_block = out + r * out_features;
         const W* ahead = r == 0 ? prefetch : nullptr;
-        switch (std::min(kRowsPerBlock, rows - r)) {
-            case 4: dot_block<4, OUTPUTS, W>(x_block, in_features, weight, in_features, bias, out_features, out_block, ahead); break;
-            case 3: dot_block<3, OUTPUTS, W>(x_block, in_features, weight, in_features, bias, out_features, out_block, ahead); break;
-            case 2: dot_block<2, OUTPUTS, W>(x_block, in_features, weight, in_features, bias, out_features, out_block, ahead); break;
-            default: dot_block<1, OUTPUTS, W>(x_block, in_features, weight, in_features, bias, out_features, out_block, ahead);
-        }
+        with_row_count<kRowsPerBlock>(std::min(kRowsPerBlock, rows - r), [&](auto count) {
+            dot_block<decltype(count)::value, OUTPUTS, W>(x + r * in_features, in_features, weight, in_features, bias,
+                                                          out_features, out + r * out_features, ahead);
+        });
     }
 }
 
@@ -737,11 +814,6 @@ __attribute__((target("avx512f"))) void value_tile_wide(const float* probabiliti
     }
 }
 
-bool attention_tiles_are_wide = false;  // set by use_wide_attention_tiles
-
-// Whether the attention tiles run on AVX-512 (see use_wide_attention_tiles).
-bool wide_tiles() { return attention_tiles_are_wide; }
-
 // Keys per packed tile: 32 on AVX-512, else 16.
 int64_t key_tile_width() { return wide_tiles() ? kWideTileWidth : kPanelWidth; }
 
@@ -985,10 +1057,6 @@ void narrow_bfloat16(const float* in, int64_t count, bfloat16* out, int num_thre
 // sums on four accumulator tiles. Rows are taken 512 at a time, so that their bfloat16 chunk stays in L2. Measured on
 // two Xeon cores with GOT's decoder (a 306-token prompt, weights from memory): the 24 layers' products in ~0.19 s,
 // against ~0.26 s on oneDNN's bfloat16 GEMM.
-
-#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11
-#define PADDLE_GOT_AMX 1
-#endif
 
 constexpr int64_t kAmxTileRows = 16;   // rows of an A tile, pairs of weight rows in a B tile, rows of a sum tile
 constexpr int64_t kAmxTileDepth = 32;  // bfloat16 values in one 64-byte tile row
@@ -1410,11 +1478,11 @@ extern "C" {
 
 int decode_cpu_supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
-// Run the attention tiles on AVX-512 when `wanted` and this CPU has it (decode_cpu.py asks for them on loading);
-// returns whether they now do. Not while an attention kernel runs.
-int use_wide_attention_tiles(int wanted) {
-    attention_tiles_are_wide = wanted && __builtin_cpu_supports("avx512f");
-    return attention_tiles_are_wide;
+// Run the attention tiles and the product panels of a few rows on AVX-512 when `wanted` and this CPU has it
+// (decode_cpu.py asks for them on loading); returns whether they now do. Not while a kernel runs.
+int use_wide_tiles(int wanted) {
+    tiles_are_wide = wanted && __builtin_cpu_supports("avx512f");
+    return tiles_are_wide;
 }
 
 // One cached attention step: a decode step or a prompt's prefill (see run_cached_attention).

@@ -76,13 +76,14 @@ def threads(request):
 
 
 @pytest.fixture(params=[False, True], ids=["avx2_tiles", "avx512_tiles"])
-def attention_tiles(request):
-    """Run the attention kernels on 16-wide AVX2 tiles and on 32-wide AVX-512 tiles (where the CPU has AVX-512)."""
+def wide_tiles(request):
+    """Run the attention kernels and the products of a few rows on 16-wide AVX2 tiles and on 32-wide AVX-512 tiles
+    (where the CPU has AVX-512)."""
     library = decode_cpu.load_library()
-    if library.use_wide_attention_tiles(int(request.param)) != request.param:
+    if library.use_wide_tiles(int(request.param)) != request.param:
         pytest.skip("this CPU has no AVX-512")
     yield request.param
-    library.use_wide_attention_tiles(1)
+    library.use_wide_tiles(1)
 
 
 def random(shape, seed):
@@ -93,8 +94,11 @@ def random(shape, seed):
 # Weight rows shorter and longer than 4 KB (kLongRowBytes: read one or eight at a time), and every kind of remainder.
 @pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003), (130, 2100), (5, 3)])
 @pytest.mark.parametrize("weight_is_out_by_in", [False, True], ids=["in_by_out", "out_by_in"])
-def test_matmul_equals_float64_numpy(rows, in_features, out_features, weight_is_out_by_in, threads, counting_library):
-    """`[B, 1, in] @ W + bias` for both weight layouts, column/row counts that leave every kind of remainder."""
+def test_matmul_equals_float64_numpy(
+    rows, in_features, out_features, weight_is_out_by_in, threads, counting_library, wide_tiles
+):
+    """`[B, 1, in] @ W + bias` for both weight layouts, column/row counts that leave every kind of remainder, on AVX2
+    and AVX-512 panels."""
     x = random((rows, 1, in_features), 0)
     weight = random((in_features, out_features), 1)
     bias = random((out_features,), 2)
@@ -279,7 +283,7 @@ def test_decode_attention_with_a_position_per_row_equals_float64_numpy(heads, kv
     ids=["prompt", "padded_prompt_gqa", "batch_gqa", "continuation", "long_padded_prompt", "long_continuation"],
 )
 def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
-    batch, heads, kv_heads, new_tokens, position, padded, head_dim, threads, attention_tiles
+    batch, heads, kv_heads, new_tokens, position, padded, head_dim, threads, wide_tiles
 ):
     """A prefill (an empty cache, causal or with a padding bias) and a several-token continuation of a filled cache:
     every new key and value written at its column, each real query attending over the columns up to its own (the
@@ -339,7 +343,7 @@ def test_cached_attention_over_several_new_tokens_equals_float64_numpy(
     [(2, 3, 20, 5, 7), (1, 2, 32, 8, 8), (3, 1, 16, 3, 3), (1, 2, 64, 13, 11)],
     ids=["odd_sizes", "whole_tiles", "one_partial_tile", "several_tasks"],
 )
-def test_vision_attention_equals_float64_numpy(batch, heads, head_dim, height, width, threads, attention_tiles):
+def test_vision_attention_equals_float64_numpy(batch, heads, head_dim, height, width, threads, wide_tiles):
     """softmax(q . k / sqrt(d) + rel_h[q, ky] + rel_w[q, kx]) . v per head, for maps whose token count and head size
     leave every kind of remainder (the 16-key tiles, the 6-query register tiles, the 24-query tasks)."""
     tokens = height * width
@@ -531,9 +535,9 @@ def bfloat16_values(array):
 @pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003), (130, 2100)])
 @pytest.mark.parametrize("weight_is_out_by_in", [False, True], ids=["in_by_out", "out_by_in"])
 def test_bfloat16_weight_matmul_equals_float64_numpy(
-    rows, in_features, out_features, weight_is_out_by_in, threads, counting_library
+    rows, in_features, out_features, weight_is_out_by_in, threads, counting_library, wide_tiles
 ):
-    """A bfloat16 weight widened in registers: the float64 product of its exact values."""
+    """A bfloat16 weight widened in registers: the float64 product of its exact values (AVX2 and AVX-512 panels)."""
     x = random((rows, 1, in_features), 0)
     weight = bfloat16_values(random((in_features, out_features), 1))
     bias = random((out_features,), 2)
