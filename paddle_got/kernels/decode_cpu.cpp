@@ -356,8 +356,8 @@ __attribute__((target("avx512f"))) void panel_pass_wide(const float* x, int64_t 
 }
 
 
-// Whether a few rows' products on bfloat16 weights take the AVX-512 panels: with the wide tiles, on a CPU with AMX,
-// where they were measured faster (a Xeon's two 512-bit FMA units; AVX-512 products were slower on a Zen 4 EPYC,
+// Whether a few rows' products on bfloat16 weights take AVX-512 (panel_pass_wide, dot_block_wide): with the wide
+// tiles, on a CPU with AMX, where they were measured faster (a Xeon's two 512-bit FMA units; AVX-512 products were slower on a Zen 4 EPYC,
 // whose units are 256 bits wide).
 bool wide_product_panels() {
 #ifdef PADDLE_GOT_AMX
@@ -471,11 +471,60 @@ void dot_row(const float* x, int64_t in_features, const W* w, const float* bias,
     *out = total + (bias ? *bias : 0.0f);
 }
 
-// Every row of x against OUTPUTS weight rows, four x rows at a time; the first four also fetch `prefetch`'s rows
-// (reading the next block from memory while computing: 1.4x for the eight-row bfloat16 head here).
+// dot_block on AVX-512 for bfloat16 weights: sixteen depth values a step, ROWS (up to eight) x OUTPUTS accumulators.
+template <int ROWS, int OUTPUTS>
+__attribute__((target("avx512f"))) void dot_block_wide(const float* x, int64_t in_features, const bfloat16* weight,
+                                                        const float* bias, int64_t out_features, float* out,
+                                                        const bfloat16* prefetch) {
+    constexpr int64_t kWeightsPerLine = 32;
+    __m512 sum[ROWS][OUTPUTS];
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+        for (int o = 0; o < OUTPUTS; ++o) sum[r][o] = _mm512_setzero_ps();
+    const int64_t vector_depth = in_features / 16 * 16;
+    for (int64_t k = 0; k < vector_depth; k += 16) {
+        if (prefetch && k % kWeightsPerLine == 0)
+            for (int o = 0; o < OUTPUTS; ++o)
+                _mm_prefetch(reinterpret_cast<const char*>(prefetch + o * in_features + k), _MM_HINT_T0);
+        __m512 w[OUTPUTS];
+#pragma GCC unroll 4
+        for (int o = 0; o < OUTPUTS; ++o) w[o] = load16(weight + o * in_features + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; ++r) {
+            const __m512 xr = _mm512_loadu_ps(x + r * in_features + k);
+#pragma GCC unroll 4
+            for (int o = 0; o < OUTPUTS; ++o) sum[r][o] = _mm512_fmadd_ps(xr, w[o], sum[r][o]);
+        }
+    }
+    for (int r = 0; r < ROWS; ++r)
+        for (int o = 0; o < OUTPUTS; ++o) {
+            float total = _mm512_reduce_add_ps(sum[r][o]) + (bias ? bias[o] : 0.0f);
+            for (int64_t k = vector_depth; k < in_features; ++k)
+                total += x[r * in_features + k] * to_float(weight[o * in_features + k]);
+            out[r * out_features + o] = total;
+        }
+}
+
+// Every row of x against OUTPUTS weight rows, four x rows at a time (eight on AVX-512 for bfloat16 weights, see
+// wide_product_panels); the first block also fetches `prefetch`'s rows (reading the next block from memory while
+// computing: 1.4x for the eight-row bfloat16 head here).
 template <int OUTPUTS, typename W>
 void dot_block_rows(int64_t rows, const float* x, int64_t in_features, const W* weight, const float* bias,
                     int64_t out_features, float* out, const W* prefetch) {
+    if constexpr (std::is_same<W, bfloat16>::value) {
+        if (wide_product_panels()) {
+            for (int64_t r = 0; r < rows; r += kWideRowsPerBlock) {
+                const W* ahead = r == 0 ? prefetch : nullptr;
+                with_row_count<kWideRowsPerBlock>(std::min(kWideRowsPerBlock, rows - r), [&](auto count) {
+                    constexpr int kRows = decltype(count)::value;
+                    dot_block_wide<kRows, OUTPUTS>(x + r * in_features, in_features, weight, bias, out_features,
+                                                   out + r * out_features, ahead);
+                });
+            }
+            return;
+        }
+    }
     for (int64_t r = 0; r < rows; r += kRowsPerBlock) {
         const W* ahead = r == 0 ? prefetch : nullptr;
         with_row_count<kRowsPerBlock>(std::min(kRowsPerBlock, rows - r), [&](auto count) {
