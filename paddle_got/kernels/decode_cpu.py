@@ -325,8 +325,8 @@ def bfloat16_linear(
 
     `activations` are `[..., in]` (`[N, L, in]` for a feature-major output), or feature-major `[N, in, L]`; returns
     float32 `[..., out]` (`[N, L, out]`), or feature-major `[N, out, L]` with `out_feature_major`. On AMX our kernel
-    (`amx_linear`: 1.3-1.5 TFLOP/s on two Xeon cores against oneDNN's ~0.9), elsewhere oneDNN's GEMM
-    (`bfloat16_matmul`).
+    (`amx_linear`: a 306-token prefill's products 0.21 s against oneDNN's 0.24 on two Xeon cores), elsewhere
+    oneDNN's GEMM (`bfloat16_matmul`).
     """
     if amx_usable():
         return amx_linear(layer, activations, activations_feature_major, out_feature_major)
