@@ -1091,10 +1091,30 @@ inline bfloat16 to_bfloat16(float value) {
     return static_cast<bfloat16>(is_nan ? (bits >> 16) | 0x40u : rounded);
 }
 
-// out[i] = to_bfloat16(in[i]) for i in [0, count).
+// x[0:count] narrowed by to_bfloat16, 16 values at a time (AVX-512).
+__attribute__((target("avx512f"))) void narrow_row(const float* x, int64_t count, bfloat16* out) {
+    const __m512i one = _mm512_set1_epi32(1), below_half = _mm512_set1_epi32(0x7FFF);
+    const __m512i quiet = _mm512_set1_epi32(0x40), magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+    const __m512i infinity = _mm512_set1_epi32(0x7F800000);
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        const __m512i bits = _mm512_loadu_si512(x + i), upper = _mm512_srli_epi32(bits, 16);
+        const __m512i increment = _mm512_add_epi32(below_half, _mm512_and_si512(upper, one));
+        const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, increment), 16);
+        const __mmask16 is_nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, magnitude), infinity);
+        const __m512i narrowed = _mm512_mask_blend_epi32(is_nan, rounded, _mm512_or_si512(upper, quiet));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm512_cvtepi32_epi16(narrowed));
+    }
+    for (; i < count; ++i) out[i] = to_bfloat16(x[i]);
+}
+
+// out[i] = to_bfloat16(in[i]) for i in [0, count), on AVX-512 with the wide tiles.
 void narrow_bfloat16(const float* in, int64_t count, bfloat16* out, int num_threads) {
     in_chunks(count, num_threads, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) out[i] = to_bfloat16(in[i]);
+        if (wide_tiles())
+            narrow_row(in + begin, end - begin, out + begin);
+        else
+            for (int64_t i = begin; i < end; ++i) out[i] = to_bfloat16(in[i]);
     });
 }
 
@@ -1162,23 +1182,6 @@ __attribute__((target("amx-tile"))) void configure_tiles() {
         config.bytes_per_row[tile] = kAmxTileDepth * sizeof(bfloat16);
     }
     _tile_loadconfig(&config);
-}
-
-// x[0:count] narrowed by to_bfloat16, 16 values at a time.
-__attribute__((target("avx512f"))) void narrow_row(const float* x, int64_t count, bfloat16* out) {
-    const __m512i one = _mm512_set1_epi32(1), below_half = _mm512_set1_epi32(0x7FFF);
-    const __m512i quiet = _mm512_set1_epi32(0x40), magnitude = _mm512_set1_epi32(0x7FFFFFFF);
-    const __m512i infinity = _mm512_set1_epi32(0x7F800000);
-    int64_t i = 0;
-    for (; i + 16 <= count; i += 16) {
-        const __m512i bits = _mm512_loadu_si512(x + i), upper = _mm512_srli_epi32(bits, 16);
-        const __m512i increment = _mm512_add_epi32(below_half, _mm512_and_si512(upper, one));
-        const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, increment), 16);
-        const __mmask16 is_nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, magnitude), infinity);
-        const __m512i narrowed = _mm512_mask_blend_epi32(is_nan, rounded, _mm512_or_si512(upper, quiet));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm512_cvtepi32_epi16(narrowed));
-    }
-    for (; i < count; ++i) out[i] = to_bfloat16(x[i]);
 }
 
 // Row r of the product's bfloat16 rows [padded_rows, padded_depth]: x's row narrowed, zeros past depth and rows.
