@@ -321,23 +321,23 @@ void panel_pass_rows(int64_t rows, const float* x, int64_t in_features, int64_t 
         });
 }
 
-// Sixteen weights from memory as float32, on AVX-512.
-__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+// Sixteen bfloat16 weights from memory as float32, on AVX-512.
 __attribute__((target("avx512f"))) inline __m512 load16(const bfloat16* p) {
     const __m256i halves = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
 }
 
-// panel_pass on AVX-512: ROWS x rows (up to eight), one 32-column panel, 2 x ROWS accumulators of 16 floats.
-template <int ROWS, typename W>
-__attribute__((target("avx512f"))) void panel_pass_wide(const float* x, int64_t in_features, const W* weight,
+// panel_pass on AVX-512 for bfloat16 weights: ROWS x rows (up to eight), one 32-column panel, 2 x ROWS accumulators
+// of 16 floats.
+template <int ROWS>
+__attribute__((target("avx512f"))) void panel_pass_wide(const float* x, int64_t in_features, const bfloat16* weight,
                                                          int64_t out_features, Range depth, bool first_pass,
                                                          int64_t prefetch_offset, float* out) {
     __m512 sum[ROWS][2];
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r) sum[r][0] = sum[r][1] = _mm512_setzero_ps();
     for (int64_t k = depth.begin; k < depth.end; ++k) {
-        const W* row = weight + k * out_features;
+        const bfloat16* row = weight + k * out_features;
         _mm_prefetch(reinterpret_cast<const char*>(row + prefetch_offset), _MM_HINT_T0);
         const __m512 low = load16(row), high = load16(row + 16);
 #pragma GCC unroll 8
@@ -357,8 +357,8 @@ __attribute__((target("avx512f"))) void panel_pass_wide(const float* x, int64_t 
 
 
 // Whether a few rows' products on bfloat16 weights take AVX-512 (panel_pass_wide, dot_block_wide): with the wide
-// tiles, on a CPU with AMX, where they were measured faster (a Xeon's two 512-bit FMA units; AVX-512 products were slower on a Zen 4 EPYC,
-// whose units are 256 bits wide).
+// tiles, on a CPU with AMX, where they were measured faster (a Xeon's two 512-bit FMA units; AVX-512 products were
+// slower on a Zen 4 EPYC, whose units are 256 bits wide).
 bool wide_product_panels() {
 #ifdef PADDLE_GOT_AMX
     static const bool has_amx = __builtin_cpu_supports("amx-tile");
@@ -392,14 +392,17 @@ void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const W* 
                     constexpr int kRows = decltype(count)::value;
                     panel_pass<kRows>(xs, in_features, panel, out_features, depth, first, ahead, sums);
                 };
-                const auto avx512 = [&](auto count, const float* xs, float* sums) {
-                    constexpr int kRows = decltype(count)::value;
-                    panel_pass_wide<kRows>(xs, in_features, panel, out_features, depth, first, ahead, sums);
-                };
-                if (wide)
-                    panel_pass_rows<kWideRowsPerBlock>(rows, x, in_features, out_features, out + j, avx512);
-                else
-                    panel_pass_rows<kRowsPerBlock>(rows, x, in_features, out_features, out + j, avx2);
+                if constexpr (std::is_same<W, bfloat16>::value) {
+                    const auto avx512 = [&](auto count, const float* xs, float* sums) {
+                        constexpr int kRows = decltype(count)::value;
+                        panel_pass_wide<kRows>(xs, in_features, panel, out_features, depth, first, ahead, sums);
+                    };
+                    if (wide) {
+                        panel_pass_rows<kWideRowsPerBlock>(rows, x, in_features, out_features, out + j, avx512);
+                        continue;
+                    }
+                }
+                panel_pass_rows<kRowsPerBlock>(rows, x, in_features, out_features, out + j, avx2);
             }
         }
         // The last thread also takes the columns after the last whole panel, one at a time.
