@@ -118,6 +118,7 @@ def load_library() -> Optional[ctypes.CDLL]:
     library.cached_attention.argtypes = [ctypes.POINTER(CachedAttentionArgs), ctypes.c_int]
     library.rms_norm.argtypes = [pointer, count, count, pointer, ctypes.c_float, pointer, ctypes.c_int]
     library.silu_mul.argtypes = [pointer, pointer, count, ctypes.c_int]
+    library.add_bias.argtypes = [pointer, count, count, count, pointer, ctypes.c_int]
     library.decode_layers.argtypes = [ctypes.POINTER(DecodeLayersArgs), ctypes.c_int]
     library.vision_attention.argtypes = [ctypes.POINTER(VisionAttentionArgs), ctypes.c_int]
     library.amx_linear_supported.restype = ctypes.c_int
@@ -126,7 +127,7 @@ def load_library() -> Optional[ctypes.CDLL]:
     for conversion in conversions:
         conversion.argtypes = [pointer, count, pointer, ctypes.c_int]
     products = (library.skinny_matmul, library.skinny_matmul_bf16)
-    others = (library.cached_attention, library.rms_norm, library.silu_mul, library.decode_layers)
+    others = (library.cached_attention, library.rms_norm, library.silu_mul, library.add_bias, library.decode_layers)
     for function in (*products, *others, library.vision_attention, *conversions, library.amx_linear):
         function.restype = None
     return library
@@ -424,7 +425,23 @@ def linear(layer: nn.Layer, rows: paddle.Tensor) -> paddle.Tensor:
             return skinny_matmul(rows, layer.weight, layer.bias, weight_is_out_by_in=False)
     elif bfloat16_gemm_applies(layer, rows, math.prod(rows.shape[:-1])):
         return bfloat16_linear(layer, rows)
-    return nn.functional.linear(rows, weight_in(layer.weight, rows), layer.bias)
+    weight = weight_in(layer.weight, rows)
+    if layer.bias is None or not kernels_apply(rows, layer.bias):
+        return nn.functional.linear(rows, weight, layer.bias)
+    return plus_bias(paddle.matmul(rows, weight), layer.bias)
+
+
+def plus_bias(output: paddle.Tensor, bias: paddle.Tensor, feature_major: bool = False) -> paddle.Tensor:
+    """`output + bias` for a product's fresh `output`, `[..., features]` (or `[N, features, L]` when `feature_major`),
+    and `bias` `[features]`: in CPU inference our kernel adds it into `output` in place (Paddle's broadcasting add
+    took 24 ms for a `[4096, 3072]` float32 output on a 2-core EPYC); elsewhere Paddle's add, a new tensor."""
+    if not (kernels_apply(output, bias) and output.is_contiguous()):
+        return output + (bias.unsqueeze(-1) if feature_major else bias)
+    features = bias.shape[0]
+    inner = output.shape[-1] if feature_major else 1
+    outer = math.prod(output.shape) // (features * inner)
+    load_library().add_bias(output.data_ptr(), outer, features, inner, bias.data_ptr(), device.cpu_threads())
+    return output
 
 
 class CachedAttentionArgs(ctypes.Structure):

@@ -19,7 +19,7 @@ def linear_to_feature_major(linear: nn.Layer, hidden_states: paddle.Tensor) -> p
         return decode_cpu.bfloat16_linear(linear, hidden_states, out_feature_major=True)
     weight = decode_cpu.weight_in(linear.weight, hidden_states)
     projected = paddle.matmul(weight, hidden_states, transpose_x=True, transpose_y=True)
-    return projected if linear.bias is None else projected + linear.bias.unsqueeze(-1)
+    return projected if linear.bias is None else decode_cpu.plus_bias(projected, linear.bias, feature_major=True)
 
 
 def linear_from_feature_major(linear: nn.Layer, features: paddle.Tensor) -> paddle.Tensor:
@@ -29,4 +29,4 @@ def linear_from_feature_major(linear: nn.Layer, features: paddle.Tensor) -> padd
     if decode_cpu.bfloat16_gemm_applies(linear, features, features.shape[0] * features.shape[2]):
         return decode_cpu.bfloat16_linear(linear, features, activations_feature_major=True)
     output = paddle.matmul(features, decode_cpu.weight_in(linear.weight, features), transpose_x=True)
-    return output if linear.bias is None else output + linear.bias
+    return output if linear.bias is None else decode_cpu.plus_bias(output, linear.bias)

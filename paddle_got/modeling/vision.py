@@ -176,7 +176,8 @@ class VisionMLP(nn.Layer):
         self.lin2 = nn.Linear(config.mlp_dim, config.hidden_size)
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
-        return self.lin2(F.gelu(self.lin1(hidden_states), approximate=False))
+        hidden_states = F.gelu(decode_cpu.linear(self.lin1, hidden_states), approximate=False)
+        return decode_cpu.linear(self.lin2, hidden_states)
 
 
 class VisionBlock(nn.Layer):

@@ -480,6 +480,27 @@ def test_silu_times_equals_float64_numpy_in_place(shape, threads):
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-6, atol=1e-30)
 
 
+@pytest.mark.parametrize(
+    "shape,feature_major",
+    [((2, 5, 45), False), ((300, 130), False), ((2, 45, 37), True)],
+    ids=["rows", "prefill", "feature_major"],
+)
+def test_plus_bias_adds_in_place_what_numpy_adds(shape, feature_major, threads):
+    """A product's bias, token-major or feature-major (odd sizes: no whole vectors), added into the output by our
+    kernel: exactly numpy's float32 sums. With gradients Paddle adds, into a new tensor."""
+    output = random(shape, 0)
+    bias = random((shape[-2] if feature_major else shape[-1],), 1)
+    expected = output + (bias[:, None] if feature_major else bias)
+    with paddle.no_grad():
+        tensor = paddle.to_tensor(output)
+        assert decode_cpu.plus_bias(tensor, paddle.to_tensor(bias), feature_major) is tensor
+    np.testing.assert_array_equal(tensor.numpy(), expected)
+    tensor = paddle.to_tensor(output)
+    added = decode_cpu.plus_bias(tensor, paddle.to_tensor(bias), feature_major)
+    np.testing.assert_array_equal(added.numpy(), expected)
+    np.testing.assert_array_equal(tensor.numpy(), output)
+
+
 @pytest.fixture
 def reloaded_library():
     """`load_library` forgets its cached answer before and after the test (which sets the environment it reads)."""

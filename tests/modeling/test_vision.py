@@ -1,5 +1,7 @@
 """Vision encoder helpers by hand, and the encoder + projector against the reference image features."""
 
+from collections import Counter
+
 import numpy as np
 import paddle
 import pytest
@@ -33,26 +35,33 @@ def test_rel_pos_table_indexing():
 
 
 @pytest.fixture(params=[True, False], ids=["inference", "with_gradients"])
-def kernel_attentions(request, monkeypatch):
-    """`(inference, calls)`: run without gradients (where our CPU kernel attends) or with them (Paddle's ops);
-    `calls` counts the vision attentions our kernel ran."""
-    calls = []
-    kernel = decode_cpu.vision_attention
+def kernel_calls(request, monkeypatch):
+    """`(inference, calls)`: run without gradients (where our CPU kernels attend and add the products' biases) or
+    with them (Paddle's ops); `calls` counts the vision attentions and the bias additions our kernels ran."""
+    calls = Counter()
+    attention, plus_bias = decode_cpu.vision_attention, decode_cpu.plus_bias
 
-    def counted(*args):
-        attended = kernel(*args)
-        calls.extend([] if attended is None else [attended.shape])
+    def counted_attention(*args):
+        attended = attention(*args)
+        calls["vision_attention"] += attended is not None
         return attended
 
-    monkeypatch.setattr(decode_cpu, "vision_attention", counted)
+    def counted_plus_bias(output, *args, **kwargs):
+        total = plus_bias(output, *args, **kwargs)
+        calls["plus_bias_in_place"] += total is output
+        return total
+
+    monkeypatch.setattr(decode_cpu, "vision_attention", counted_attention)
+    monkeypatch.setattr(decode_cpu, "plus_bias", counted_plus_bias)
     return request.param, calls
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
-def test_image_features_match_reference(shape, checkpoint_dirs, reference_models, kernel_attentions):
+def test_image_features_match_reference(shape, checkpoint_dirs, reference_models, kernel_calls):
     """Encoder + net_2/net_3 + projector give the reference's image features, tile by tile, with every attention
-    through our kernel in inference and through Paddle's ops with gradients."""
-    inference, calls = kernel_attentions
+    and every block's four biases (qkv, proj, lin1, lin2) through our kernels in inference and through Paddle's ops
+    with gradients."""
+    inference, calls = kernel_calls
     model = GOTQwenForCausalLM.from_pretrained(checkpoint_dirs(shape, "got"))
     pixels = reference.random_pixels(2, shape, seed=9)
     with torch.no_grad():
@@ -61,5 +70,6 @@ def test_image_features_match_reference(shape, checkpoint_dirs, reference_models
         features = model.qwen2.encode_images(paddle.to_tensor(pixels)).numpy()
     assert features.shape == (2, shape.tokens_per_tile, shape.text_hidden)
     kernel_runs = inference and decode_cpu.load_library() is not None
-    assert len(calls) == (shape.vision_layers if kernel_runs else 0)
+    assert calls["vision_attention"] == (shape.vision_layers if kernel_runs else 0)
+    assert calls["plus_bias_in_place"] == (4 * shape.vision_layers if kernel_runs else 0)
     assert reference.relative_error(features, expected) <= 1e-5
