@@ -765,22 +765,6 @@ void add_in_place(float* total, const float* addend, int64_t count) {
     for (int64_t i = 0; i < count; ++i) total[i] += addend[i];
 }
 
-// x[o, f, i] += bias[f] for x [outer, features, inner]: a product's bias, token-major (inner 1) or feature-major
-// (inner = tokens), the rows of x (or its feature lines) shared among the threads.
-void add_bias_in_place(float* x, int64_t outer, int64_t features, int64_t inner, const float* bias, int num_threads) {
-    if (inner == 1) {
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-        for (int64_t row = 0; row < outer; ++row) add_in_place(x + row * features, bias, features);
-        return;
-    }
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t line = 0; line < outer * features; ++line) {
-        float* values = x + line * inner;
-        const float value = bias[line % features];
-        for (int64_t i = 0; i < inner; ++i) values[i] += value;
-    }
-}
-
 // ---- Attention on register tiles ----
 // Scores and the value product for several queries of one head at once, on 6 x 16 register tiles (12 accumulators,
 // one tile's loads shared by six queries), 6 x 32 with AVX-512 where the CPU has it (`wide_tiles`; the arithmetic,
@@ -1580,9 +1564,20 @@ void rms_norm(const float* x, int64_t rows, int64_t features, const float* weigh
 // gate[0:count] = silu(gate) * up: SwiGLU's product in place (see silu_times).
 void silu_mul(float* gate, const float* up, int64_t count, int num_threads) { silu_times(gate, up, count, num_threads); }
 
-// x[o, f, i] += bias[f] for a product's x [outer, features, inner] (see add_bias_in_place).
+// x[o, f, i] += bias[f] for x [outer, features, inner]: a product's bias, token-major (inner 1) or feature-major
+// (inner = tokens), the rows of x (or its feature lines) shared among the threads.
 void add_bias(float* x, int64_t outer, int64_t features, int64_t inner, const float* bias, int num_threads) {
-    add_bias_in_place(x, outer, features, inner, bias, num_threads);
+    if (inner == 1) {
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+        for (int64_t row = 0; row < outer; ++row) add_in_place(x + row * features, bias, features);
+        return;
+    }
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t line = 0; line < outer * features; ++line) {
+        float* values = x + line * inner;
+        const float value = bias[line % features];
+        for (int64_t i = 0; i < inner; ++i) values[i] += value;
+    }
 }
 
 // out[0:count] = the bfloat16 in[0:count] as float32 (see widen_bfloat16).
