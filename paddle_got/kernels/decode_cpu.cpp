@@ -57,7 +57,6 @@ constexpr int64_t kFloatsPerVector = 8;
 constexpr int64_t kPanelVectors = 2;                 // a panel is 16 output columns: one 64-byte line per weight row
 constexpr int64_t kPanelWidth = kPanelVectors * kFloatsPerVector;
 constexpr int64_t kRowsPerBlock = 4;                 // x rows held in registers at once
-constexpr int64_t kDepthPerBlock = 32;               // weight rows per pass over a panel (see rows_in_by_out)
 constexpr int64_t kPanelsPrefetchedAhead = 2;
 constexpr int64_t kWidePanelWidth = 32;   // an AVX-512 panel: two 16-float registers per x row
 constexpr int64_t kWideRowsPerBlock = 8;  // x rows held in registers at once on AVX-512 (16 accumulators)
@@ -356,34 +355,44 @@ __attribute__((target("avx512f"))) void panel_pass_wide(const float* x, int64_t 
 }
 
 
-// Whether a few rows' products on bfloat16 weights take AVX-512 (panel_pass_wide, dot_block_wide): with the wide
-// tiles, on a CPU with AMX, where they were measured faster (a Xeon's two 512-bit FMA units; AVX-512 products were
-// slower on a Zen 4 EPYC, whose units are 256 bits wide).
-bool wide_product_panels() {
+// Whether the CPU has AMX tiles (a Xeon of Sapphire Rapids or later), whatever the OS allows (see amx_usable).
+bool cpu_has_amx() {
 #ifdef PADDLE_GOT_AMX
     static const bool has_amx = __builtin_cpu_supports("amx-tile");
-    return wide_tiles() && has_amx;
+    return has_amx;
 #else
     return false;
 #endif
 }
 
+// Whether a few rows' products on bfloat16 weights take AVX-512 (panel_pass_wide, dot_block_wide): with the wide
+// tiles, on a CPU with AMX, where they were measured faster (a Xeon's two 512-bit FMA units; AVX-512 products were
+// slower on a Zen 4 EPYC, whose units are 256 bits wide).
+bool wide_product_panels() { return wide_tiles() && cpu_has_amx(); }
+
+// Weight rows per pass over a panel in rows_in_by_out, each of them a stream of reads, each pass ending in a load and
+// store of the running sums. On a 2-core Xeon with AMX, 32 (eight rows: 128 read at 7 GB/s, 32 at 13-15). On a
+// 2-core Zen 2 EPYC (AVX2 only), 64: GOT's seven layer products, 24 layers, weights from memory, 32 -> 64 took eight
+// float32 rows from 68 to 57 ms, four from 82 to 58 ms, eight bfloat16 rows from 53 to 46 ms (48 and 96 slower).
+int64_t depth_per_block() { return cpu_has_amx() ? 32 : 64; }
+
 // Several rows, W [in, out]: each thread owns a run of panels (16 columns; 32 on AVX-512 for bfloat16) and sweeps
-// them one depth block at a time, so the x rows reuse each weight line from L1 and the weight stream moves along whole
-// rows. A block of 32 weight rows keeps that many streams in flight: 128 read at 7 GB/s at eight rows on a 2-core
-// Xeon, 32 at 13-15. Eight bfloat16 rows are bound by the widening and the multiplies, which AVX-512 halves (a GOT
-// step 102 -> 89 ms there); eight float32 rows are bound by reads, and ran slower on the wide panels (122 -> 129 ms).
+// them one depth block (depth_per_block) at a time, so the x rows reuse each weight line from L1 and the weight
+// stream moves along whole rows. Eight bfloat16 rows are bound by the widening and the multiplies, which AVX-512
+// halves (a GOT step 102 -> 89 ms on the Xeon); eight float32 rows are bound by reads, and ran slower on the wide
+// panels (122 -> 129 ms).
 template <typename W>
 void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
                     const float* bias, float* out, int num_threads) {
     const bool wide = std::is_same<W, bfloat16>::value && wide_product_panels();
     const int64_t width = wide ? kWidePanelWidth : kPanelWidth;
     const int64_t panel_columns = out_features / width * width;
+    const int64_t block_depth = depth_per_block();
 #pragma omp parallel num_threads(num_threads)
     {
         const Range columns = share(panel_columns, width);
-        for (int64_t k = 0; k < in_features; k += kDepthPerBlock) {
-            const Range depth{k, std::min(in_features, k + kDepthPerBlock)};
+        for (int64_t k = 0; k < in_features; k += block_depth) {
+            const Range depth{k, std::min(in_features, k + block_depth)};
             for (int64_t j = columns.begin; j + width <= columns.end; j += width) {
                 const int64_t ahead = std::min(kPanelsPrefetchedAhead * width, columns.end - width - j);
                 const W* panel = weight + j;
