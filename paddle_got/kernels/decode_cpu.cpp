@@ -1360,14 +1360,16 @@ void run_amx_linear(const AmxLinearArgs&, int) {}
 
 // ---- The vision encoder's attention ----
 // Softmax attention with MViTv2's decomposed relative positions over a [height, width] map, one head at a time:
-// scores[q, k] = scale * q . k + rel_h[q, ky] + rel_w[q, kx]. Keys are packed into 16-column tiles and values
-// transposed token-major once per call, so that both products run on the register tiles above.
+// scores[q, k] = scale * q . k + rel_h[q, ky] + rel_w[q, kx], with rel_h[q, ky] = q . R_h[qy, ky] (and rel_w alike)
+// taken here from the gathered tables, a few vectors of keys at a time. Keys are packed into 16-column tiles and
+// values transposed token-major once per call, so that both products run on the register tiles above.
 
 struct VisionAttentionArgs {
-    const float* qkv;       // [batch, 3, heads, head_dim, tokens]: the qkv projection, feature-major
-    const float* relative;  // [batch, heads, height + width, tokens]: rel_h then rel_w terms of each query
+    const float* qkv;    // [batch, 3, heads, head_dim, tokens]: the qkv projection, feature-major
+    const float* rel_h;  // [height, head_dim, round_up(height, 8 floats)]: R_h[qy, ky, c] at [qy][c][ky], zeros after
+    const float* rel_w;  // [width, head_dim, round_up(width, 8)]: the same for the columns
     int64_t batch, heads, head_dim, height, width;
-    float* out;             // [batch, heads, head_dim, tokens]
+    float* out;          // [batch, heads, head_dim, tokens]
 };
 
 // keys [head_dim, tokens] -> packed [tokens / width][head_dim][width] (whole tiles of key_tile_width()).
@@ -1411,11 +1413,55 @@ float add_relative_positions(float* row, const float* rel_h, const float* rel_w,
     return std::max(largest_tail, *std::max_element(lanes, lanes + kFloatsPerVector));
 }
 
-// Per-thread room for one task: the queries [head_dim][kTaskQueries] (scaled), their relative-position terms
-// [kTaskQueries][height + width], score rows [kTaskQueries][score_stride] and output sums
-// [kTaskQueries][head_dim].
+constexpr int kTermVectors = 8;  // vectors of relative terms (eight keys each) that axis_terms sums at once
+
+// lanes[0:8 VECTORS] = q . table[:, 0:8 VECTORS] (`table` [head_dim][stride]), each vector's sum split over SPLITS
+// accumulators (every SPLITS-th feature), so that a few vectors still keep several multiplies in flight.
+template <int VECTORS>
+void axis_term_vectors(const float* q, int64_t head_dim, const float* table, int64_t stride, float* lanes) {
+    constexpr int kSplits = VECTORS >= 4 ? 1 : 4 / VECTORS;
+    __m256 sum[VECTORS][kSplits];
+    for (int v = 0; v < VECTORS; ++v)
+        for (int s = 0; s < kSplits; ++s) sum[v][s] = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + kSplits <= head_dim; c += kSplits)
+#pragma GCC unroll 4
+        for (int s = 0; s < kSplits; ++s) {
+            const __m256 feature = _mm256_set1_ps(q[c + s]);
+#pragma GCC unroll 8
+            for (int v = 0; v < VECTORS; ++v)
+                sum[v][s] = _mm256_fmadd_ps(feature, _mm256_loadu_ps(table + (c + s) * stride + v * kFloatsPerVector),
+                                            sum[v][s]);
+        }
+    for (; c < head_dim; ++c) {
+        const __m256 feature = _mm256_set1_ps(q[c]);
+        for (int v = 0; v < VECTORS; ++v)
+            sum[v][0] = _mm256_fmadd_ps(feature, _mm256_loadu_ps(table + c * stride + v * kFloatsPerVector), sum[v][0]);
+    }
+    for (int v = 0; v < VECTORS; ++v) {
+        for (int s = 1; s < kSplits; ++s) sum[v][0] = _mm256_add_ps(sum[v][0], sum[v][s]);
+        _mm256_store_ps(lanes + v * kFloatsPerVector, sum[v][0]);
+    }
+}
+
+// terms[0:size] = q . table[:, 0:size] for one query and one axis (`table` its row or column's [head_dim][padded]
+// block, padded to whole vectors); `q` is unscaled, token-major [head_dim].
+void axis_terms(const float* q, int64_t head_dim, const float* table, int64_t size, float* terms) {
+    const int64_t padded = round_up(size, kFloatsPerVector);
+    for (int64_t k = 0; k < padded; k += kTermVectors * kFloatsPerVector) {
+        alignas(32) float lanes[kTermVectors * kFloatsPerVector];
+        with_row_count<kTermVectors>(std::min<int64_t>(kTermVectors, (padded - k) / kFloatsPerVector), [&](auto count) {
+            axis_term_vectors<decltype(count)::value>(q, head_dim, table + k, padded, lanes);
+        });
+        std::copy(lanes, lanes + std::min<int64_t>(kTermVectors * kFloatsPerVector, size - k), terms + k);
+    }
+}
+
+// Per-thread room for one task: the queries [head_dim][kTaskQueries] (scaled), one query token-major [head_dim]
+// (unscaled), their relative-position terms [kTaskQueries][height + width], score rows [kTaskQueries][score_stride]
+// and output sums [kTaskQueries][head_dim].
 struct VisionTaskBuffers {
-    std::vector<float> queries, relative, scores, partial;
+    std::vector<float> queries, query, relative, scores, partial;
     int64_t score_stride;
 };
 
@@ -1427,7 +1473,6 @@ void attend_vision_queries(const VisionAttentionArgs& a, const float* packed_key
     const int64_t batch = bh / a.heads, head = bh % a.heads;
     const float* query = a.qkv + (batch * 3 * a.heads + head) * dim * tokens;
     const float* keys = query + a.heads * dim * tokens;
-    const float* relative = a.relative + bh * terms * tokens;
     const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
     float* queries = buffers.queries.data();
     float* scores = buffers.scores.data();
@@ -1435,8 +1480,15 @@ void attend_vision_queries(const VisionAttentionArgs& a, const float* packed_key
     for (int64_t d = 0; d < dim; ++d)
         for (int64_t r = 0; r < kTaskQueries; ++r)
             queries[d * kTaskQueries + r] = r < count ? query[d * tokens + first + r] * scale : 0.0f;
-    for (int64_t j = 0; j < terms; ++j)
-        for (int64_t r = 0; r < count; ++r) buffers.relative[r * terms + j] = relative[j * tokens + first + r];
+    for (int64_t r = 0; r < count; ++r) {  // rel_h[q, ky] = q . R_h[qy, ky], rel_w[q, kx] = q . R_w[qx, kx]
+        const int64_t token = first + r, qy = token / a.width, qx = token % a.width;
+        for (int64_t d = 0; d < dim; ++d) buffers.query[d] = query[d * tokens + token];
+        float* terms_of_query = buffers.relative.data() + r * terms;
+        axis_terms(buffers.query.data(), dim, a.rel_h + qy * dim * round_up(a.height, kFloatsPerVector), a.height,
+                   terms_of_query);
+        axis_terms(buffers.query.data(), dim, a.rel_w + qx * dim * round_up(a.width, kFloatsPerVector), a.width,
+                   terms_of_query + a.height);
+    }
     const int64_t tiled = tokens / key_tile_width() * key_tile_width();
     score_task_keys(queries, dim, count, packed_keys + bh * tiled * dim, keys, 1, tokens, tokens, scores, stride);
     float inverse[kTaskQueries] = {};
@@ -1470,6 +1522,7 @@ void run_vision_attention(const VisionAttentionArgs& a, int num_threads) {
         VisionTaskBuffers buffers;
         buffers.score_stride = tokens + kPanelWidth;  // a padded stride: score rows 2^k floats apart share cache sets
         buffers.queries.resize(dim * kTaskQueries);
+        buffers.query.resize(dim);
         buffers.relative.resize(kTaskQueries * (a.height + a.width));
         buffers.scores.resize(kTaskQueries * buffers.score_stride);
         buffers.partial.resize(kTaskQueries * dim);

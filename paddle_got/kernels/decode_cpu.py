@@ -652,29 +652,45 @@ class VisionAttentionArgs(ctypes.Structure):
     """`vision_attention`'s arguments in decode_cpu.cpp (the same fields, in the same order)."""
 
     _fields_ = [
-        ("qkv", ctypes.c_void_p),
-        ("relative", ctypes.c_void_p),
+        *((name, ctypes.c_void_p) for name in ("qkv", "rel_h", "rel_w")),
         *((name, ctypes.c_int64) for name in ("batch", "heads", "head_dim", "height", "width")),
         ("out", ctypes.c_void_p),
     ]
 
 
-def vision_attention(qkv: paddle.Tensor, relative: paddle.Tensor, height: int, width: int) -> Optional[paddle.Tensor]:
-    """The vision encoder's softmax attention with decomposed relative positions, through our kernel: float32
-    `[N, heads, head_dim, height * width]`, or None where it does not apply.
+TABLE_KEY_MULTIPLE = 8  # the kernel reads a relative-position table's keys a vector (kFloatsPerVector) at a time
 
-    `qkv` is the feature-major qkv projection `[N, 3, heads, head_dim, height * width]` (queries unscaled);
-    `relative` `[N, heads, height + width, height * width]` holds each query's rel_h then rel_w terms. The scores are
-    `q . k / sqrt(head_dim) + rel_h[q, ky] + rel_w[q, kx]`.
+
+def relative_table(table: paddle.Tensor) -> paddle.Tensor:
+    """A gathered relative-position table `R[q, k, c]` `[size, size, d]` as our vision attention kernel reads it:
+    `[size, d, padded]` float32 with `R[q, k, c]` at `[q, c, k]`, zeros after the `size` keys (padded to a multiple
+    of `TABLE_KEY_MULTIPLE`)."""
+    by_feature = paddle.einsum("qkc->qck", table)
+    padding = -table.shape[1] % TABLE_KEY_MULTIPLE
+    if padding:
+        by_feature = paddle.concat([by_feature, paddle.zeros([*by_feature.shape[:2], padding], table.dtype)], axis=2)
+    return by_feature.contiguous()
+
+
+def vision_attention(qkv: paddle.Tensor, rel_h: paddle.Tensor, rel_w: paddle.Tensor) -> Optional[paddle.Tensor]:
+    """The vision encoder's softmax attention with decomposed relative positions, through our kernel: float32
+    `[N, heads, head_dim, H * W]`, or None where it does not apply.
+
+    `qkv` is the feature-major qkv projection `[N, 3, heads, head_dim, H * W]` (queries unscaled) of an `[H, W]` map;
+    `rel_h` `[H, H, head_dim]` and `rel_w` `[W, W, head_dim]` are the gathered relative-position tables. The scores
+    are `q . k / sqrt(head_dim) + q . rel_h[qy, ky] + q . rel_w[qx, kx]`, the relative terms taken in the kernel.
     """
-    if not kernels_apply(qkv, relative):
+    if not (kernels_apply(qkv, rel_h) and kernels_apply(qkv, rel_w)):
         return None
     batch, _, heads, head_dim, tokens = qkv.shape
-    qkv, relative = qkv.contiguous(), relative.contiguous()
+    height, width = rel_h.shape[0], rel_w.shape[0]
+    qkv = qkv.contiguous()
+    tables = relative_table(rel_h), relative_table(rel_w)
     output = _C_ops.empty([batch, heads, head_dim, tokens], qkv.dtype, CPU)
     args = VisionAttentionArgs(
         qkv=qkv.data_ptr(),
-        relative=relative.data_ptr(),
+        rel_h=tables[0].data_ptr(),
+        rel_w=tables[1].data_ptr(),
         batch=batch,
         heads=heads,
         head_dim=head_dim,
@@ -682,5 +698,5 @@ def vision_attention(qkv: paddle.Tensor, relative: paddle.Tensor, height: int, w
         width=width,
         out=output.data_ptr(),
     )
-    load_library().vision_attention(ctypes.byref(args), device.cpu_threads())
+    load_library().vision_attention(ctypes.byref(args), device.cpu_threads())  # `tables` are alive until here
     return output

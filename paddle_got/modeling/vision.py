@@ -76,18 +76,18 @@ def get_rel_pos(size: int, rel_pos: paddle.Tensor) -> paddle.Tensor:
     return paddle.index_select(rel_pos, relative.flatten()).reshape([size, size, -1])
 
 
-def decomposed_rel_pos(
-    query: paddle.Tensor, rel_pos_h: paddle.Tensor, rel_pos_w: paddle.Tensor, height: int, width: int
-) -> paddle.Tensor:
-    """MViTv2's relative-position terms from the UNSCALED feature-major query `[N, heads, head_dim, H*W]`.
+def decomposed_rel_pos(query: paddle.Tensor, table_h: paddle.Tensor, table_w: paddle.Tensor) -> paddle.Tensor:
+    """MViTv2's relative-position terms from the UNSCALED feature-major query `[N, heads, head_dim, H*W]` of an
+    `[H, W]` map and the gathered tables `R_h` `[H, H, head_dim]`, `R_w` `[W, W, head_dim]` (`get_rel_pos`).
 
     Returns `[N, heads, H + W, H*W]`: for each query (last axis), first its term for every key row
     (`rel_h[q, ky] = q . R_h[qy, ky]`), then for every key column (`rel_w[q, kx] = q . R_w[qx, kx]`).
     """
     batch, num_heads, head_dim, _ = query.shape
+    height, width = table_h.shape[0], table_w.shape[0]
     grid_query = query.reshape([batch, num_heads, head_dim, height, width])
-    rel_h = paddle.einsum("nhcyx,ykc->nhkyx", grid_query, get_rel_pos(height, rel_pos_h))  # [N, heads, Hk, H, W]
-    rel_w = paddle.einsum("nhcyx,xkc->nhkyx", grid_query, get_rel_pos(width, rel_pos_w))  # [N, heads, Wk, H, W]
+    rel_h = paddle.einsum("nhcyx,ykc->nhkyx", grid_query, table_h)  # [N, heads, Hk, H, W]
+    rel_w = paddle.einsum("nhcyx,xkc->nhkyx", grid_query, table_w)  # [N, heads, Wk, H, W]
     return paddle.concat([rel_h, rel_w], axis=2).reshape([batch, num_heads, height + width, height * width])
 
 
@@ -126,8 +126,9 @@ class VisionAttention(nn.Layer):
     """Multi-head self-attention over a `[N, H, W, C]` map with decomposed relative positions.
 
     Heads are feature-major, `[N, heads, head_dim, H*W]` (see `feature_major`). In CPU inference our kernel attends
-    (`decode_cpu.vision_attention`: the relative terms added to each score row in cache); elsewhere the relative-
-    position bias enters the score matmul as extra features (see `key_grid_indicators`), a block of queries at a time.
+    (`decode_cpu.vision_attention`: the relative terms taken and added to each score row in cache); elsewhere the
+    relative-position bias enters the score matmul as extra features (see `key_grid_indicators`), a block of queries
+    at a time.
     """
 
     SCORE_BLOCK_BYTES = 32 * 1024 * 1024
@@ -151,9 +152,13 @@ class VisionAttention(nn.Layer):
         # Slices, not unbind: in an export unbind becomes a split that oneDNN's bfloat16 placement does not take, and
         # the value products behind it stayed float32 (with ~7 GB of bfloat16 -> float32 copies a 1024 px tile).
         query, keys, values = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # each [N, heads, d, L]
-        relative = decomposed_rel_pos(query, self.rel_pos_h, self.rel_pos_w, height, width)
-        attended = decode_cpu.vision_attention(qkv, relative, height, width)
+        table_h, table_w = (
+            get_rel_pos(height, self.rel_pos_h),
+            get_rel_pos(width, self.rel_pos_w),
+        )  # [H, H, d], [W, W, d]
+        attended = decode_cpu.vision_attention(qkv, table_h, table_w)
         if attended is None:
+            relative = decomposed_rel_pos(query, table_h, table_w)
             attended = self.attend_with_indicators(query, keys, values, relative, height, width)
         output = linear_from_feature_major(self.proj, attended.reshape([batch, channels, -1]))  # [N, L, C]
         return output.reshape([batch, height, width, channels])
