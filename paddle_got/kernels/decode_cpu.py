@@ -672,20 +672,21 @@ def relative_table(table: paddle.Tensor) -> paddle.Tensor:
     return by_feature.contiguous()
 
 
-def vision_attention(qkv: paddle.Tensor, rel_h: paddle.Tensor, rel_w: paddle.Tensor) -> Optional[paddle.Tensor]:
+def vision_attention(qkv: paddle.Tensor, table_h: paddle.Tensor, table_w: paddle.Tensor) -> Optional[paddle.Tensor]:
     """The vision encoder's softmax attention with decomposed relative positions, through our kernel: float32
     `[N, heads, head_dim, H * W]`, or None where it does not apply.
 
     `qkv` is the feature-major qkv projection `[N, 3, heads, head_dim, H * W]` (queries unscaled) of an `[H, W]` map;
-    `rel_h` `[H, H, head_dim]` and `rel_w` `[W, W, head_dim]` are the gathered relative-position tables. The scores
-    are `q . k / sqrt(head_dim) + q . rel_h[qy, ky] + q . rel_w[qx, kx]`, the relative terms taken in the kernel.
+    `table_h` `[H, H, head_dim]` and `table_w` `[W, W, head_dim]` are the gathered relative-position tables (R_h,
+    R_w). The scores are `q . k / sqrt(head_dim) + q . R_h[qy, ky] + q . R_w[qx, kx]`, the relative terms taken in the
+    kernel.
     """
-    if not (kernels_apply(qkv, rel_h) and kernels_apply(qkv, rel_w)):
+    if not (kernels_apply(qkv, table_h) and kernels_apply(qkv, table_w)):
         return None
     batch, _, heads, head_dim, tokens = qkv.shape
-    height, width = rel_h.shape[0], rel_w.shape[0]
+    height, width = table_h.shape[0], table_w.shape[0]
     qkv = qkv.contiguous()
-    tables = relative_table(rel_h), relative_table(rel_w)
+    tables = relative_table(table_h), relative_table(table_w)
     output = _C_ops.empty([batch, heads, head_dim, tokens], qkv.dtype, CPU)
     args = VisionAttentionArgs(
         qkv=qkv.data_ptr(),

@@ -152,10 +152,8 @@ class VisionAttention(nn.Layer):
         # Slices, not unbind: in an export unbind becomes a split that oneDNN's bfloat16 placement does not take, and
         # the value products behind it stayed float32 (with ~7 GB of bfloat16 -> float32 copies a 1024 px tile).
         query, keys, values = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # each [N, heads, d, L]
-        table_h, table_w = (
-            get_rel_pos(height, self.rel_pos_h),
-            get_rel_pos(width, self.rel_pos_w),
-        )  # [H, H, d], [W, W, d]
+        table_h = get_rel_pos(height, self.rel_pos_h)  # [H, H, d]
+        table_w = get_rel_pos(width, self.rel_pos_w)  # [W, W, d]
         attended = decode_cpu.vision_attention(qkv, table_h, table_w)
         if attended is None:
             relative = decomposed_rel_pos(query, table_h, table_w)
