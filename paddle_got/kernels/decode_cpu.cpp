@@ -1366,8 +1366,8 @@ void run_amx_linear(const AmxLinearArgs&, int) {}
 
 struct VisionAttentionArgs {
     const float* qkv;    // [batch, 3, heads, head_dim, tokens]: the qkv projection, feature-major
-    const float* rel_h;  // [height, head_dim, round_up(height, 8 floats)]: R_h[qy, ky, c] at [qy][c][ky], zeros after
-    const float* rel_w;  // [width, head_dim, round_up(width, 8)]: the same for the columns
+    const float* rel_h;  // [height, head_dim, round_up(height, kFloatsPerVector)]: R_h[qy, ky, c] at [qy][c][ky]
+    const float* rel_w;  // [width, head_dim, round_up(width, kFloatsPerVector)]: the same for the columns
     int64_t batch, heads, head_dim, height, width;
     float* out;          // [batch, heads, head_dim, tokens]
 };
@@ -1445,7 +1445,7 @@ void axis_term_vectors(const float* q, int64_t head_dim, const float* table, int
 }
 
 // terms[0:size] = q . table[:, 0:size] for one query and one axis (`table` its row or column's [head_dim][padded]
-// block, padded to whole vectors); `q` is unscaled, token-major [head_dim].
+// block, zeros after `size` up to whole vectors); `q` is unscaled, token-major [head_dim].
 void axis_terms(const float* q, int64_t head_dim, const float* table, int64_t size, float* terms) {
     const int64_t padded = round_up(size, kFloatsPerVector);
     for (int64_t k = 0; k < padded; k += kTermVectors * kFloatsPerVector) {
