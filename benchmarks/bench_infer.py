@@ -269,10 +269,16 @@ def cpu_and_kernels() -> str:
     from paddle_got.export import cpu_runs_bfloat16
     from paddle_got.kernels import decode_cpu
 
-    tiles = "AVX-512" if "avx512f" in device.cpu_flags() else "AVX2"
-    panels = "AVX-512" if tiles == "AVX-512" and "amx_tile" in device.cpu_flags() else "AVX2"
-    path = f"AVX2 + FMA, attention tiles {tiles}, bfloat16 panels of a few rows {panels} (decode_cpu.cpp)"
-    path = path if decode_cpu.load_library() else "Paddle's kernels"
+    library = decode_cpu.load_library()
+    if library:
+        tiles = "AVX-512" if "avx512f" in device.cpu_flags() else "AVX2"
+        float32, bfloat16 = ("AVX-512" if library.products_are_wide(weights) else "AVX2" for weights in (0, 1))
+        path = (
+            f"AVX2 + FMA, attention tiles {tiles}, a few rows' products on float32 weights {float32}, "
+            f"on bfloat16 weights {bfloat16} (decode_cpu.cpp)"
+        )
+    else:
+        path = "Paddle's kernels"
     encoder = "Paddle Inference, oneDNN bfloat16" if cpu_runs_bfloat16() else "dygraph float32 (no AMX/AVX512-BF16)"
     if not decode_cpu.load_onednn():
         prompt = "MKL float32 GEMM on widened weights"

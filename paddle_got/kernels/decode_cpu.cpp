@@ -320,24 +320,27 @@ void panel_pass_rows(int64_t rows, const float* x, int64_t in_features, int64_t 
         });
 }
 
-// Sixteen bfloat16 weights from memory as float32, on AVX-512.
+// Sixteen weights from memory as float32, on AVX-512.
+__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+
 __attribute__((target("avx512f"))) inline __m512 load16(const bfloat16* p) {
     const __m256i halves = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
 }
 
-// panel_pass on AVX-512 for bfloat16 weights: ROWS x rows (up to eight), one 32-column panel, 2 x ROWS accumulators
-// of 16 floats.
-template <int ROWS>
-__attribute__((target("avx512f"))) void panel_pass_wide(const float* x, int64_t in_features, const bfloat16* weight,
+// panel_pass on AVX-512: ROWS x rows (up to eight), one 32-column panel (one 64-byte line per weight row in
+// bfloat16, two in float32), 2 x ROWS accumulators of 16 floats.
+template <int ROWS, typename W>
+__attribute__((target("avx512f"))) void panel_pass_wide(const float* x, int64_t in_features, const W* weight,
                                                          int64_t out_features, Range depth, bool first_pass,
                                                          int64_t prefetch_offset, float* out) {
     __m512 sum[ROWS][2];
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r) sum[r][0] = sum[r][1] = _mm512_setzero_ps();
     for (int64_t k = depth.begin; k < depth.end; ++k) {
-        const bfloat16* row = weight + k * out_features;
-        _mm_prefetch(reinterpret_cast<const char*>(row + prefetch_offset), _MM_HINT_T0);
+        const W* row = weight + k * out_features;
+        for (int64_t line = 0; line < kWidePanelWidth * int64_t(sizeof(W)); line += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(row + prefetch_offset) + line, _MM_HINT_T0);
         const __m512 low = load16(row), high = load16(row + 16);
 #pragma GCC unroll 8
         for (int r = 0; r < ROWS; ++r) {
@@ -365,10 +368,19 @@ bool cpu_has_amx() {
 #endif
 }
 
-// Whether a few rows' products on bfloat16 weights take AVX-512 (panel_pass_wide, dot_block_wide): with the wide
-// tiles, on a CPU with AMX, where they were measured faster (a Xeon's two 512-bit FMA units; AVX-512 products were
-// slower on a Zen 4 EPYC, whose units are 256 bits wide).
-bool wide_product_panels() { return wide_tiles() && cpu_has_amx(); }
+// Whether a few rows' products take AVX-512, by weight type: chosen from the CPU with the wide tiles
+// (use_wide_tiles), each where it was measured faster, or by a test (use_wide_products).
+// - bfloat16 weights, on a CPU with AMX (a Xeon's two 512-bit FMA units): 32-column panels with eight rows in
+//   registers (panel_pass_wide) and dot_block_wide. They were slower on a Zen 4 EPYC, whose units are 256 bits wide.
+// - float32 weights, on a CPU with AVX-512 but no AMX (the Zen 4 EPYC): depth slabs (rows_in_by_out_slabs) and
+//   dot_block_wide. AVX-512 column panels were slower on the Xeon (122 -> 129 ms for eight float32 rows); slabs
+//   were not measured there.
+bool wide_bfloat16_products = false, wide_float32_products = false;
+
+template <typename W>
+bool wide_products() {
+    return std::is_same<W, bfloat16>::value ? wide_bfloat16_products : wide_float32_products;
+}
 
 // Weight rows per pass over a panel in rows_in_by_out, each of them a stream of reads, each pass ending in a load and
 // store of the running sums. On a 2-core Xeon with AMX, 32 (eight rows: 128 read at 7 GB/s, 32 at 13-15). On a
@@ -376,15 +388,15 @@ bool wide_product_panels() { return wide_tiles() && cpu_has_amx(); }
 // float32 rows from 68 to 57 ms, four from 82 to 58 ms, eight bfloat16 rows from 53 to 46 ms (48 and 96 slower).
 int64_t depth_per_block() { return cpu_has_amx() ? 32 : 64; }
 
-// Several rows, W [in, out]: each thread owns a run of panels (16 columns; 32 on AVX-512 for bfloat16) and sweeps
+// Several rows, W [in, out], by columns: each thread owns a run of panels (16 columns; 32 on AVX-512) and sweeps
 // them one depth block (depth_per_block) at a time, so the x rows reuse each weight line from L1 and the weight
 // stream moves along whole rows. Eight bfloat16 rows are bound by the widening and the multiplies, which AVX-512
 // halves (a GOT step 102 -> 89 ms on the Xeon); eight float32 rows are bound by reads, and ran slower on the wide
 // panels (122 -> 129 ms).
 template <typename W>
-void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
-                    const float* bias, float* out, int num_threads) {
-    const bool wide = std::is_same<W, bfloat16>::value && wide_product_panels();
+void rows_in_by_out_columns(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
+                            const float* bias, float* out, int num_threads) {
+    const bool wide = wide_products<W>();
     const int64_t width = wide ? kWidePanelWidth : kPanelWidth;
     const int64_t panel_columns = out_features / width * width;
     const int64_t block_depth = depth_per_block();
@@ -397,21 +409,20 @@ void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const W* 
                 const int64_t ahead = std::min(kPanelsPrefetchedAhead * width, columns.end - width - j);
                 const W* panel = weight + j;
                 const bool first = k == 0;
-                const auto avx2 = [&](auto count, const float* xs, float* sums) {
-                    constexpr int kRows = decltype(count)::value;
-                    panel_pass<kRows>(xs, in_features, panel, out_features, depth, first, ahead, sums);
-                };
-                if constexpr (std::is_same<W, bfloat16>::value) {
-                    const auto avx512 = [&](auto count, const float* xs, float* sums) {
-                        constexpr int kRows = decltype(count)::value;
-                        panel_pass_wide<kRows>(xs, in_features, panel, out_features, depth, first, ahead, sums);
-                    };
-                    if (wide) {
-                        panel_pass_rows<kWideRowsPerBlock>(rows, x, in_features, out_features, out + j, avx512);
-                        continue;
-                    }
-                }
-                panel_pass_rows<kRowsPerBlock>(rows, x, in_features, out_features, out + j, avx2);
+                if (wide)
+                    panel_pass_rows<kWideRowsPerBlock>(rows, x, in_features, out_features, out + j,
+                                                       [&](auto count, const float* xs, float* sums) {
+                                                           panel_pass_wide<decltype(count)::value>(
+                                                               xs, in_features, panel, out_features, depth, first,
+                                                               ahead, sums);
+                                                       });
+                else
+                    panel_pass_rows<kRowsPerBlock>(rows, x, in_features, out_features, out + j,
+                                                   [&](auto count, const float* xs, float* sums) {
+                                                       panel_pass<decltype(count)::value>(xs, in_features, panel,
+                                                                                          out_features, depth, first,
+                                                                                          ahead, sums);
+                                                   });
             }
         }
         // The last thread also takes the columns after the last whole panel, one at a time.
@@ -427,6 +438,70 @@ void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const W* 
             for (int64_t r = 0; r < rows; ++r)
                 for (int64_t j = columns.begin; j < owned_end; ++j) out[r * out_features + j] += bias[j];
     }
+}
+
+constexpr int64_t kSlabSweepDepth = 16;  // weight rows per sweep in rows_in_by_out_slabs (8 and 32 were slower)
+
+// Several rows on AVX-512, W [in, out], by depth: each thread owns a contiguous slab of W's rows and sweeps it
+// kSlabSweepDepth rows at a time across every column (32-column panels, eight x rows in registers), reading its slab
+// in memory order as one row does; the threads' partial sums are added at the end. On the Zen 4 EPYC, GOT's seven
+// layer products over 24 layers with the float32 weights in memory: four rows 68-71 -> 48-56 ms, eight 70-73 ->
+// 52-59 ms against rows_in_by_out_columns (whose panels on AVX-512 took 90 and 94 ms).
+template <typename W>
+void rows_in_by_out_slabs(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
+                          const float* bias, float* out, int num_threads) {
+    const int64_t panel_columns = out_features / kWidePanelWidth * kWidePanelWidth;
+    std::vector<float> partials(std::max(num_threads - 1, 0) * rows * out_features);  // [thread - 1, rows, out]
+#pragma omp parallel num_threads(num_threads)
+    {
+        const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+        const Range slab = share(in_features, kSlabSweepDepth);
+        float* sums = thread == 0 ? out : partials.data() + (thread - 1) * rows * out_features;
+        if (slab.begin == slab.end) std::fill(sums, sums + rows * out_features, 0.0f);
+        for (int64_t k = slab.begin; k < slab.end; k += kSlabSweepDepth) {
+            const Range depth{k, std::min(slab.end, k + kSlabSweepDepth)};
+            const bool first = k == slab.begin;
+            for (int64_t j = 0; j < panel_columns; j += kWidePanelWidth) {
+                const int64_t ahead =
+                    std::min(kPanelsPrefetchedAhead * kWidePanelWidth, out_features - kWidePanelWidth - j);
+                panel_pass_rows<kWideRowsPerBlock>(rows, x, in_features, out_features, sums + j,
+                                                   [&](auto count, const float* xs, float* panel_sums) {
+                                                       panel_pass_wide<decltype(count)::value>(
+                                                           xs, in_features, weight + j, out_features, depth, first,
+                                                           ahead, panel_sums);
+                                                   });
+            }
+            for (int64_t r = 0; r < rows; ++r)  // the columns after the last whole panel
+                for (int64_t j = panel_columns; j < out_features; ++j) {
+                    float total = first ? 0.0f : sums[r * out_features + j];
+                    for (int64_t d = depth.begin; d < depth.end; ++d)
+                        total += x[r * in_features + d] * to_float(weight[d * out_features + j]);
+                    sums[r * out_features + j] = total;
+                }
+        }
+#pragma omp barrier
+        const Range columns = share(out_features, kFloatsPerVector);
+        for (int64_t r = 0; r < rows; ++r) {
+            float* row = out + r * out_features;
+            for (int t = 1; t < threads; ++t) {
+                const float* partial = partials.data() + ((t - 1) * rows + r) * out_features;
+                for (int64_t j = columns.begin; j < columns.end; ++j) row[j] += partial[j];
+            }
+            if (bias)
+                for (int64_t j = columns.begin; j < columns.end; ++j) row[j] += bias[j];
+        }
+    }
+}
+
+// Several rows, W [in, out]: by depth slabs where the weights' products are wide (float32 on AVX-512), else by
+// column panels.
+template <typename W>
+void rows_in_by_out(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
+                    const float* bias, float* out, int num_threads) {
+    if (std::is_same<W, float>::value && wide_products<W>())
+        rows_in_by_out_slabs(x, rows, in_features, weight, out_features, bias, out, num_threads);
+    else
+        rows_in_by_out_columns(x, rows, in_features, weight, out_features, bias, out, num_threads);
 }
 
 // ROWS x rows against OUTPUTS weight rows of W [out, in] (rows `weight_stride` floats apart): dot products,
@@ -483,12 +558,12 @@ void dot_row(const float* x, int64_t in_features, const W* w, const float* bias,
     *out = total + (bias ? *bias : 0.0f);
 }
 
-// dot_block on AVX-512 for bfloat16 weights: sixteen depth values a step, ROWS (up to eight) x OUTPUTS accumulators.
-template <int ROWS, int OUTPUTS>
-__attribute__((target("avx512f"))) void dot_block_wide(const float* x, int64_t in_features, const bfloat16* weight,
+// dot_block on AVX-512: sixteen depth values a step, ROWS (up to eight) x OUTPUTS accumulators.
+template <int ROWS, int OUTPUTS, typename W>
+__attribute__((target("avx512f"))) void dot_block_wide(const float* x, int64_t in_features, const W* weight,
                                                         const float* bias, int64_t out_features, float* out,
-                                                        const bfloat16* prefetch) {
-    constexpr int64_t kWeightsPerLine = 32;
+                                                        const W* prefetch) {
+    constexpr int64_t kWeightsPerLine = 64 / sizeof(W);
     __m512 sum[ROWS][OUTPUTS];
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r)
@@ -518,24 +593,21 @@ __attribute__((target("avx512f"))) void dot_block_wide(const float* x, int64_t i
         }
 }
 
-// Every row of x against OUTPUTS weight rows, four x rows at a time (eight on AVX-512 for bfloat16 weights, see
-// wide_product_panels); the first block also fetches `prefetch`'s rows (reading the next block from memory while
+// Every row of x against OUTPUTS weight rows, four x rows at a time (eight on AVX-512, see wide_products); the first
+// block also fetches `prefetch`'s rows (reading the next block from memory while
 // computing: 1.4x for the eight-row bfloat16 head here).
 template <int OUTPUTS, typename W>
 void dot_block_rows(int64_t rows, const float* x, int64_t in_features, const W* weight, const float* bias,
                     int64_t out_features, float* out, const W* prefetch) {
-    if constexpr (std::is_same<W, bfloat16>::value) {
-        if (wide_product_panels()) {
-            for (int64_t r = 0; r < rows; r += kWideRowsPerBlock) {
-                const W* ahead = r == 0 ? prefetch : nullptr;
-                with_row_count<kWideRowsPerBlock>(std::min(kWideRowsPerBlock, rows - r), [&](auto count) {
-                    constexpr int kRows = decltype(count)::value;
-                    dot_block_wide<kRows, OUTPUTS>(x + r * in_features, in_features, weight, bias, out_features,
-                                                   out + r * out_features, ahead);
-                });
-            }
-            return;
+    if (wide_products<W>()) {
+        for (int64_t r = 0; r < rows; r += kWideRowsPerBlock) {
+            const W* ahead = r == 0 ? prefetch : nullptr;
+            with_row_count<kWideRowsPerBlock>(std::min(kWideRowsPerBlock, rows - r), [&](auto count) {
+                dot_block_wide<decltype(count)::value, OUTPUTS>(x + r * in_features, in_features, weight, bias,
+                                                                out_features, out + r * out_features, ahead);
+            });
         }
+        return;
     }
     for (int64_t r = 0; r < rows; r += kRowsPerBlock) {
         const W* ahead = r == 0 ? prefetch : nullptr;
@@ -1605,11 +1677,28 @@ extern "C" {
 
 int decode_cpu_supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
-// Run the attention tiles and the product panels of a few rows on AVX-512 when `wanted` and this CPU has it
-// (decode_cpu.py asks for them on loading); returns whether they now do. Not while a kernel runs.
+// Run the attention tiles on AVX-512 when `wanted` and this CPU has it, and with them the few rows' products this CPU
+// runs faster there (see wide_products); decode_cpu.py asks for them on loading. Returns whether the tiles are now
+// wide. Not while a kernel runs.
 int use_wide_tiles(int wanted) {
     tiles_are_wide = wanted && __builtin_cpu_supports("avx512f");
+    wide_bfloat16_products = tiles_are_wide && cpu_has_amx();
+    wide_float32_products = tiles_are_wide && !cpu_has_amx();
     return tiles_are_wide;
+}
+
+// Run a few rows' products on bfloat16 and on float32 weights on AVX-512 or not, whatever this CPU's choice (for
+// tests, which reach every path on any CPU with AVX-512); returns 0, changing nothing, on a CPU without it.
+int use_wide_products(int bfloat16_weights, int float32_weights) {
+    if (!__builtin_cpu_supports("avx512f")) return 0;
+    wide_bfloat16_products = bfloat16_weights;
+    wide_float32_products = float32_weights;
+    return 1;
+}
+
+// Whether a few rows' products on bfloat16 (else float32) weights now run on AVX-512.
+int products_are_wide(int weights_are_bfloat16) {
+    return weights_are_bfloat16 ? wide_bfloat16_products : wide_float32_products;
 }
 
 // One cached attention step: a decode step or a prompt's prefill (see run_cached_attention).

@@ -14,9 +14,10 @@ residuals, back to back in C++), which saves the ~10 Python-side kernel calls an
 layer is not plain (LoRA), the layers run one by one, each product and attention still through our kernels. A
 prefill's attention runs through the same attention kernel (`cached_attention`), causally, without the
 `[heads, tokens, tokens]` score matrix Paddle's ops would build. The vision encoder's attention has its own kernel
-(`vision_attention`), bound by arithmetic rather than reads, in the same library; its register tiles and a prompt's,
-and the panels of a few rows' products on bfloat16 weights, run on AVX-512 where the CPU has it (the library's
-`use_wide_tiles`, asked for on loading).
+(`vision_attention`), bound by arithmetic rather than reads, in the same library; its register tiles and a prompt's
+run on AVX-512 where the CPU has it, and so do a few rows' products where that was measured faster: on bfloat16
+weights where the CPU has AMX, on float32 weights where it has AVX-512 without AMX (the library's `use_wide_tiles`,
+asked for on loading; `products_are_wide` tells).
 
 With `--dtype bfloat16` on a CPU with AMX or AVX512-BF16, a prompt's products (more than `MAX_ROWS` rows) run in
 bfloat16, their inputs rounded to it (`bfloat16_linear`): on our AMX kernel (`amx_linear`) where the CPU has AMX, else
@@ -112,6 +113,8 @@ def load_library() -> Optional[ctypes.CDLL]:
         return None
     library.use_wide_tiles.argtypes = [ctypes.c_int]
     library.use_wide_tiles(1)
+    library.use_wide_products.argtypes = [ctypes.c_int, ctypes.c_int]
+    library.products_are_wide.argtypes = [ctypes.c_int]
     pointer, count = ctypes.c_void_p, ctypes.c_int64
     for product in (library.skinny_matmul, library.skinny_matmul_bf16):
         product.argtypes = [pointer, count, count, pointer, count, ctypes.c_int, pointer, pointer, ctypes.c_int]

@@ -86,6 +86,17 @@ def wide_tiles(request):
     library.use_wide_tiles(1)
 
 
+@pytest.fixture(params=[False, True], ids=["avx2_products", "avx512_products"])
+def wide_products(request):
+    """Run a few rows' products, on float32 and on bfloat16 weights, on AVX2 and on AVX-512 (where the CPU has it),
+    whichever this CPU would choose; afterwards its own choice again."""
+    library = decode_cpu.load_library()
+    if not library.use_wide_products(int(request.param), int(request.param)) and request.param:
+        pytest.skip("this CPU has no AVX-512")
+    yield request.param
+    library.use_wide_tiles(1)
+
+
 def random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
@@ -95,7 +106,7 @@ def random(shape, seed):
 @pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003), (130, 2100), (5, 3)])
 @pytest.mark.parametrize("weight_is_out_by_in", [False, True], ids=["in_by_out", "out_by_in"])
 def test_matmul_equals_float64_numpy(
-    rows, in_features, out_features, weight_is_out_by_in, threads, counting_library, wide_tiles
+    rows, in_features, out_features, weight_is_out_by_in, threads, counting_library, wide_products
 ):
     """`[B, 1, in] @ W + bias` for both weight layouts, column/row counts that leave every kind of remainder, on AVX2
     and AVX-512 panels."""
@@ -152,6 +163,17 @@ def test_the_argument_structs_match_the_cpp_ones(struct_name, field_count):
 def test_the_kernels_build_and_load_here():
     """Where they can build, they do (a broken build must not hide behind the fallback)."""
     assert decode_cpu.load_library() is not None
+
+
+def test_few_row_products_take_avx512_where_it_was_measured_faster():
+    """On loading: float32 weights' products on AVX-512 where the CPU has it but not AMX (the Zen 4 EPYC), bfloat16
+    weights' where it has AMX (the Xeon), neither without AVX-512."""
+    library = decode_cpu.load_library()
+    library.use_wide_tiles(1)
+    flags = device.cpu_flags()
+    avx512, amx = "avx512f" in flags, "amx_tile" in flags
+    assert library.products_are_wide(0) == int(avx512 and not amx)
+    assert library.products_are_wide(1) == int(avx512 and amx)
 
 
 def test_matmul_leaves_training_and_many_rows_to_paddle(counting_library):
@@ -563,7 +585,7 @@ def bfloat16_values(array):
 @pytest.mark.parametrize("in_features,out_features", [(64, 300), (37, 45), (130, 1003), (130, 2100)])
 @pytest.mark.parametrize("weight_is_out_by_in", [False, True], ids=["in_by_out", "out_by_in"])
 def test_bfloat16_weight_matmul_equals_float64_numpy(
-    rows, in_features, out_features, weight_is_out_by_in, threads, counting_library, wide_tiles
+    rows, in_features, out_features, weight_is_out_by_in, threads, counting_library, wide_products
 ):
     """A bfloat16 weight widened in registers: the float64 product of its exact values (AVX2 and AVX-512 panels)."""
     x = random((rows, 1, in_features), 0)
