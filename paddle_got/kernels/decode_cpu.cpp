@@ -445,8 +445,9 @@ constexpr int64_t kSlabSweepDepth = 16;  // weight rows per sweep in rows_in_by_
 // Several rows on AVX-512, W [in, out], by depth: each thread owns a contiguous slab of W's rows and sweeps it
 // kSlabSweepDepth rows at a time across every column (32-column panels, eight x rows in registers), reading its slab
 // in memory order as one row does; the threads' partial sums are added at the end. On the Zen 4 EPYC, GOT's seven
-// layer products over 24 layers with the float32 weights in memory: four rows 68-71 -> 48-56 ms, eight 70-73 ->
-// 52-59 ms against rows_in_by_out_columns (whose panels on AVX-512 took 90 and 94 ms).
+// layer products over 24 layers, float32 weights from memory, against rows_in_by_out_columns: on 2 MB pages (numpy's
+// buffers) four rows 67-74 -> 48-63 ms, eight 71-73 -> 49-66 ms (AVX-512 column panels took 90 and 94 ms); on a
+// loaded model's 4 KB pages four rows 57-68 -> 50-62 ms, eight the same either way (48-68 ms).
 template <typename W>
 void rows_in_by_out_slabs(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
                           const float* bias, float* out, int num_threads) {
