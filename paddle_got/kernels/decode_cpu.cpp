@@ -595,8 +595,8 @@ __attribute__((target("avx512f"))) void dot_block_wide(const float* x, int64_t i
 }
 
 // Every row of x against OUTPUTS weight rows, four x rows at a time (eight on AVX-512, see wide_products); the first
-// block also fetches `prefetch`'s rows (reading the next block from memory while
-// computing: 1.4x for the eight-row bfloat16 head here).
+// block also fetches `prefetch`'s rows (reading the next block from memory while computing: 1.4x for the eight-row
+// bfloat16 head on the Xeon).
 template <int OUTPUTS, typename W>
 void dot_block_rows(int64_t rows, const float* x, int64_t in_features, const W* weight, const float* bias,
                     int64_t out_features, float* out, const W* prefetch) {

@@ -89,7 +89,7 @@ def wide_tiles(request):
 @pytest.fixture(params=[False, True], ids=["avx2_products", "avx512_products"])
 def wide_products(request):
     """Run a few rows' products, on float32 and on bfloat16 weights, on AVX2 and on AVX-512 (where the CPU has it),
-    whichever this CPU would choose; afterwards its own choice again."""
+    whatever this CPU would choose; afterwards its own choice again."""
     library = decode_cpu.load_library()
     if not library.use_wide_products(int(request.param), int(request.param)) and request.param:
         pytest.skip("this CPU has no AVX-512")
