@@ -200,34 +200,37 @@ void one_row_slab_even_odd(const float* x, const bfloat16* weight, int64_t out_f
             partial[even_odd_index(j, out_features)] += x[k] * to_float(weight[k * out_features + j]);
 }
 
-// One row, in parallel: each thread sums its share of W's rows (`slab(depth, partial)`, in multiples of
-// `granule`), then out[j] = bias[j] + the threads' partial sums at `index(j)`, each thread a share of the columns.
+// `rows` x rows, in parallel by depth: each thread sums its share of W's rows (`slab(depth, partial)`, in multiples
+// of `granule`, into its partial [rows, out_features]), then out[r, j] = bias[j] + the threads' partial sums at
+// [r, index(j)], each thread a share of the columns.
 template <typename Slab, typename Index>
-void one_row_sweeping(int64_t in_features, int64_t out_features, int64_t granule, const float* bias, float* out,
-                      int num_threads, Slab slab, Index index) {
+void sweep_depth_slabs(int64_t in_features, int64_t rows, int64_t out_features, int64_t granule, const float* bias,
+                       float* out, int num_threads, Slab slab, Index index) {
     thread_local std::vector<float> partials;
-    partials.resize(static_cast<size_t>(out_features) * num_threads);
+    const int64_t values = rows * out_features;
+    partials.resize(static_cast<size_t>(values) * num_threads);
     float* const partial_base = partials.data();
 #pragma omp parallel num_threads(num_threads)
     {
         const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
-        slab(share(in_features, granule), partial_base + thread * out_features);
+        slab(share(in_features, granule), partial_base + thread * values);
 #pragma omp barrier
         const Range columns = share(out_features, 1);
-        for (int64_t j = columns.begin; j < columns.end; ++j) {
-            float total = bias ? bias[j] : 0.0f;
-            const int64_t at = index(j);
-            for (int t = 0; t < threads; ++t) total += partial_base[t * out_features + at];
-            out[j] = total;
-        }
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t j = columns.begin; j < columns.end; ++j) {
+                float total = bias ? bias[j] : 0.0f;
+                const int64_t at = r * out_features + index(j);
+                for (int t = 0; t < threads; ++t) total += partial_base[t * values + at];
+                out[r * out_features + j] = total;
+            }
     }
 }
 
 template <int ROWS>
 void one_row_in_by_out_sweeping(const float* x, int64_t in_features, const float* weight, int64_t out_features,
                                 const float* bias, float* out, int num_threads) {
-    one_row_sweeping(
-        in_features, out_features, ROWS, bias, out, num_threads,
+    sweep_depth_slabs(
+        in_features, 1, out_features, ROWS, bias, out, num_threads,
         [=](Range depth, float* partial) { one_row_slab<ROWS>(x, weight, out_features, out_features, depth, partial); },
         [](int64_t j) { return j; });
 }
@@ -259,8 +262,8 @@ bool next_sweep_into_l1() {
 void one_row_in_by_out(const float* x, int64_t in_features, const bfloat16* weight, int64_t out_features,
                        const float* bias, float* out, int num_threads) {
     const bool into_l1 = next_sweep_into_l1();
-    one_row_sweeping(
-        in_features, out_features, 8, bias, out, num_threads,
+    sweep_depth_slabs(
+        in_features, 1, out_features, 8, bias, out, num_threads,
         [=](Range depth, float* partial) {
             if (into_l1)
                 one_row_slab_even_odd<_MM_HINT_T0>(x, weight, out_features, depth, partial);
@@ -444,7 +447,7 @@ constexpr int64_t kSlabSweepDepth = 16;  // weight rows per sweep in rows_in_by_
 
 // Several rows on AVX-512, W [in, out], by depth: each thread owns a contiguous slab of W's rows and sweeps it
 // kSlabSweepDepth rows at a time across every column (32-column panels, eight x rows in registers), reading its slab
-// in memory order as one row does; the threads' partial sums are added at the end. On the Zen 4 EPYC, GOT's seven
+// in memory order as one row does (sweep_depth_slabs adds the threads' partial sums). On the Zen 4 EPYC, GOT's seven
 // layer products over 24 layers, float32 weights from memory, against rows_in_by_out_columns: on 2 MB pages (numpy's
 // buffers) four rows 67-74 -> 48-63 ms, eight 71-73 -> 49-66 ms (AVX-512 column panels took 90 and 94 ms); on a
 // loaded model's 4 KB pages four rows 57-68 -> 50-62 ms, eight the same either way (48-68 ms).
@@ -452,12 +455,7 @@ template <typename W>
 void rows_in_by_out_slabs(const float* x, int64_t rows, int64_t in_features, const W* weight, int64_t out_features,
                           const float* bias, float* out, int num_threads) {
     const int64_t panel_columns = out_features / kWidePanelWidth * kWidePanelWidth;
-    std::vector<float> partials(std::max(num_threads - 1, 0) * rows * out_features);  // [thread - 1, rows, out]
-#pragma omp parallel num_threads(num_threads)
-    {
-        const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
-        const Range slab = share(in_features, kSlabSweepDepth);
-        float* sums = thread == 0 ? out : partials.data() + (thread - 1) * rows * out_features;
+    const auto slab_sums = [=](Range slab, float* sums) {
         if (slab.begin == slab.end) std::fill(sums, sums + rows * out_features, 0.0f);
         for (int64_t k = slab.begin; k < slab.end; k += kSlabSweepDepth) {
             const Range depth{k, std::min(slab.end, k + kSlabSweepDepth)};
@@ -480,18 +478,9 @@ void rows_in_by_out_slabs(const float* x, int64_t rows, int64_t in_features, con
                     sums[r * out_features + j] = total;
                 }
         }
-#pragma omp barrier
-        const Range columns = share(out_features, kFloatsPerVector);
-        for (int64_t r = 0; r < rows; ++r) {
-            float* row = out + r * out_features;
-            for (int t = 1; t < threads; ++t) {
-                const float* partial = partials.data() + ((t - 1) * rows + r) * out_features;
-                for (int64_t j = columns.begin; j < columns.end; ++j) row[j] += partial[j];
-            }
-            if (bias)
-                for (int64_t j = columns.begin; j < columns.end; ++j) row[j] += bias[j];
-        }
-    }
+    };
+    sweep_depth_slabs(in_features, rows, out_features, kSlabSweepDepth, bias, out, num_threads, slab_sums,
+                      [](int64_t j) { return j; });
 }
 
 // Several rows, W [in, out]: by depth slabs where the weights' products are wide (float32 on AVX-512), else by
